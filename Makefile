@@ -1,0 +1,47 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# A virtual environment is created in $(VENV) when there is none.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is pinned so pip takes one known build: the CPU wheel where a local
+# wheel directory provides it, the default (CUDA-enabled) wheel from PyPI on
+# a machine with a GPU. Override with `make TORCH_SPEC=... test`.
+TORCH_SPEC ?= torch==2.13.0
+# DEMO_ARGS are extra Hydra overrides for the demo run.
+DEMO_ARGS ?=
+
+.PHONY: install install-dev demo test test-fast pretrained bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# One stamp per install flavour; re-run when pyproject.toml changes.
+$(VENV)/.stamp-install: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.stamp-dev: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev,bench]"
+	touch $@ $(VENV)/.stamp-install
+
+install: $(VENV)/.stamp-install
+install-dev: $(VENV)/.stamp-dev
+
+# Generates the built-in turbulence data if missing, trains the default
+# tokenizer and prints where the results are.
+demo: install
+	$(PY) -m dynfield.train dataset=turbulence $(DEMO_ARGS)
+
+# The whole suite, slow tests included.
+test: install-dev
+	$(PY) -m pytest -m "slow or not slow" -q
+
+# Fast tests only (the default pytest selection).
+test-fast: install-dev
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf outputs multirun .pytest_cache

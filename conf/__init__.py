@@ -1,0 +1,1 @@
+# Makes the Hydra configs importable as `dynfield.conf` from an installed wheel.

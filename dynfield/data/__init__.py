@@ -1,0 +1,23 @@
+"""Data: files -> xarray.Dataset -> normalised (C, H, W) tensors, and the built-in turbulence set.
+
+Dependency-light: numpy, xarray, dask, h5py, netCDF4 and torch; no Hydra.
+"""
+
+from .fields import FieldDataset, compute_stats, denormalise, load_stats, normalise, pad_to_multiple, save_stats
+from .io import detect_layout, open_fields
+from .turbulence import NavierStokes2D, ensure_dataset, generate
+
+__all__ = [
+    "FieldDataset",
+    "NavierStokes2D",
+    "compute_stats",
+    "denormalise",
+    "detect_layout",
+    "ensure_dataset",
+    "generate",
+    "load_stats",
+    "normalise",
+    "open_fields",
+    "pad_to_multiple",
+    "save_stats",
+]

@@ -1,0 +1,393 @@
+"""Open field files (netCDF, HDF5, The Well, PDEBench, zarr) as one lazy xarray.Dataset.
+
+Every layout ends in the same shape: data variables with dimensions among
+``sample, time, z, y, x`` (in that order), backed by dask arrays with one chunk
+per sample and time step, so files larger than memory are streamed and a
+training item reads only its own plane.
+
+HDF5 datasets are read through a small picklable proxy that opens the file on
+first access in each process: a dataset can be sent to DataLoader workers and
+no open file handle is ever pickled or shared across a fork.
+"""
+
+import glob
+import os
+import re
+from pathlib import Path
+
+import dask.array as da
+import h5py
+import numpy as np
+import xarray as xr
+from dask.base import tokenize
+
+from dynfield.conventions import DIMS, SAMPLE, TIME, X, Y, Z
+
+LAYOUTS = ("netcdf", "zarr", "well", "pdebench", "hdf5")
+
+# File dimension names we recognise without being told (compared lower-case).
+DIM_ALIASES = {
+    SAMPLE: ("sample", "samples", "member", "ensemble", "realization", "realisation", "batch",
+             "trajectory", "trajectories", "traj", "run", "seed", "case"),
+    TIME: ("time", "t", "times", "step", "steps", "nt", "time_counter", "timestep", "frame"),
+    Z: ("z", "depth", "lev", "level", "height", "altitude", "nz", "zc"),
+    Y: ("y", "lat", "latitude", "ny", "yc", "nlat", "rlat"),
+    X: ("x", "lon", "longitude", "nx", "xc", "nlon", "rlon"),
+}
+_ALIAS_TO_DIM = {alias: dim for dim, aliases in DIM_ALIASES.items() for alias in aliases}
+
+# HDF5 arrays without dimension scales or labels are read as (..., y, x) with
+# leading sample, time and z axes, by number of dimensions.
+_POSITIONAL_DIMS = {2: (Y, X), 3: (SAMPLE, Y, X), 4: (SAMPLE, TIME, Y, X), 5: (SAMPLE, TIME, Z, Y, X)}
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_PDEBENCH_CFD = ("density", "pressure", "Vx", "Vy", "Vz")
+_PDEBENCH_COORDS = {"x-coordinate": X, "y-coordinate": Y, "z-coordinate": Z, "t-coordinate": TIME}
+# HDF5 attributes that describe storage, not the variable.
+_H5_INTERNAL_ATTRS = {"DIMENSION_LIST", "DIMENSION_LABELS", "REFERENCE_LIST", "CLASS", "NAME",
+                      "_Netcdf4Dimid", "_Netcdf4Coordinates"}
+
+
+def open_fields(paths, variables=None, dims=None, *, layout=None, engine=None, chunks="auto", group=None):
+    """Open one or several field files as a lazy xarray.Dataset.
+
+    Parameters
+    ----------
+    paths : str, Path or list of them
+        A file, a glob pattern, or a list. Several files are concatenated along
+        ``sample`` when they have it, else along ``time``, else along a new
+        ``sample`` dimension (files in sorted order for a pattern).
+    variables : str or list of str, optional
+        Variables to keep, in this order; default all field variables.
+    dims : dict, optional
+        File dimension name -> one of ``sample, time, z, y, x``, e.g.
+        ``{"lat": "y", "lon": "x", "member": "sample"}``. Common names are
+        guessed; a dimension that is neither given nor guessed is an error.
+    layout : str, optional
+        Force the layout, one of ``LAYOUTS``; detected from the content otherwise.
+    engine : str, optional
+        xarray engine for netCDF files (default ``"netcdf4"``).
+    chunks : "auto" or dict
+        ``"auto"``: one chunk per sample and time step, whole in space. A dict
+        of our dimension names to chunk sizes overrides it (-1 = whole).
+    group : str, optional
+        Group inside a netCDF or generic HDF5 file.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dask-backed variables with dims in ``sample, time, z, y, x`` order.
+    """
+    files = _expand_paths(paths)
+    variables = [variables] if isinstance(variables, str) else variables
+    parts = [_open_one(f, variables, dims or {}, layout, engine, chunks, group) for f in files]
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    concat_dim = SAMPLE if SAMPLE in first.dims else TIME if TIME in first.dims else SAMPLE
+    ds = xr.concat(parts, dim=concat_dim, data_vars="all", coords="minimal", compat="override", join="exact")
+    ds.set_close(lambda: [p.close() for p in parts])
+    return ds
+
+
+def detect_layout(path):
+    """Name the layout of a file from its content: one of ``LAYOUTS``."""
+    path = Path(path)
+    if path.is_dir():
+        if any((path / marker).exists() for marker in (".zgroup", ".zattrs", "zarr.json")):
+            return "zarr"
+        raise ValueError(f"{path} is a directory but not a zarr store (no .zgroup or zarr.json)")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:3] == b"CDF":  # netCDF classic and 64-bit offset
+        return "netcdf"
+    if head != _HDF5_SIGNATURE:
+        raise ValueError(f"unknown format for {path} (starts with {head!r}); "
+                         f"accepted: netCDF, HDF5 (generic, The Well, PDEBench), zarr")
+    with h5py.File(path, "r") as f:
+        if "t0_fields" in f and "dimensions" in f:
+            return "well"
+        keys = set(f.keys())
+        if ("x-coordinate" in keys and ("tensor" in keys or keys & set(_PDEBENCH_CFD))) or _pdebench_seeds(f):
+            return "pdebench"
+        if "_NCProperties" in f.attrs:
+            return "netcdf"
+    return "hdf5"
+
+
+def _expand_paths(paths):
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files = []
+    for p in map(str, paths):
+        if glob.has_magic(p):
+            matches = sorted(glob.glob(p))
+            if not matches:
+                raise FileNotFoundError(f"no files match the pattern {p!r}")
+            files += matches
+        elif not os.path.exists(p):
+            raise FileNotFoundError(f"no such file: {p!r}")
+        else:
+            files.append(p)
+    if not files:
+        raise ValueError("no paths given")
+    return files
+
+
+def _open_one(path, variables, dims, layout, engine, chunks, group):
+    layout = layout or detect_layout(path)
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; accepted: {', '.join(LAYOUTS)}")
+    if layout in ("netcdf", "zarr"):
+        return _open_xarray(path, layout, variables, dims, engine, chunks, group)
+    reader = {"well": _read_well, "pdebench": _read_pdebench, "hdf5": _read_hdf5}[layout]
+    fields, coords, attrs = reader(path, group)
+    return _build_dataset(path, fields, coords, attrs, variables, dims, chunks)
+
+
+# --------------------------------------------------------------------------- dims and chunks
+
+def _map_dims(file_dims, dims, where):
+    """Our dimension names for a variable's file dimension names."""
+    mapped = []
+    for name in file_dims:
+        target = dims.get(name, name if name in DIMS else _ALIAS_TO_DIM.get(str(name).lower()))
+        if target not in DIMS:
+            given = f"it is mapped to {target!r}, which" if name in dims else "it"
+            raise ValueError(f"cannot map dimension {name!r} of {where}: {given} is not one of "
+                             f"{', '.join(DIMS)}; pass dims={{{name!r}: <one of those>}}")
+        mapped.append(target)
+    if len(set(mapped)) != len(mapped):
+        raise ValueError(f"dimensions {tuple(file_dims)} of {where} map to repeated names {tuple(mapped)}; "
+                         f"fix it with the dims argument")
+    return tuple(mapped)
+
+
+def _chunk_sizes(our_dims, shape, chunks):
+    """One chunk per sample and time step, whole in space, unless overridden."""
+    wanted = {SAMPLE: 1, TIME: 1} if chunks == "auto" else dict(chunks)
+    sizes = [wanted.get(d, -1) for d in our_dims]
+    return tuple(n if size <= 0 else min(size, n) for size, n in zip(sizes, shape))
+
+
+def _select(available, variables, path):
+    if variables is None:
+        return list(available)
+    missing = [v for v in variables if v not in available]
+    if missing:
+        raise KeyError(f"variable(s) {missing} not in {path}; available: {sorted(available)}")
+    return list(variables)
+
+
+def _canonical(ds):
+    return ds.transpose(*[d for d in DIMS if d in ds.dims])
+
+
+# --------------------------------------------------------------------------- netCDF and zarr
+
+def _import_zarr():
+    """Import zarr or say clearly that it is needed."""
+    try:
+        import zarr
+    except Exception as err:  # a broken install fails with errors other than ImportError
+        raise ImportError(f"reading or writing zarr stores needs the 'zarr' package, which could "
+                          f"not be imported ({type(err).__name__}: {err})") from err
+    return zarr
+
+
+def _open_xarray(path, layout, variables, dims, engine, chunks, group):
+    if layout == "zarr":
+        _import_zarr()
+        engine = "zarr"
+    ds = xr.open_dataset(path, engine=engine or "netcdf4", chunks=None, decode_coords="all", group=group)
+    fields = [v for v, arr in ds.data_vars.items() if arr.ndim >= 2]
+    keep = _select(fields, variables, path)
+    renames = {}
+    for v in keep:
+        for name, ours in zip(ds[v].dims, _map_dims(ds[v].dims, dims, f"variable {v!r} in {path}")):
+            if renames.setdefault(name, ours) != ours:
+                raise ValueError(f"dimension {name!r} in {path} maps to both {renames[name]!r} and {ours!r}")
+    used = set(renames)
+    coords = [c for c in ds.coords if set(ds[c].dims) <= used]
+    out = ds[keep].drop_vars([c for c in ds.coords if c not in coords]).rename(renames)
+    out = out.chunk({d: _chunk_sizes((d,), (n,), chunks)[0] for d, n in out.sizes.items()})
+    out = _canonical(out)
+    out.set_close(ds.close)
+    return out
+
+
+# --------------------------------------------------------------------------- HDF5 through h5py
+
+class _H5File:
+    """An HDF5 file opened on first use in each process; pickles as its path."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self._handle, self._pid = None, None
+
+    def get(self):
+        # a handle inherited through fork belongs to the parent: open our own
+        if self._handle is None or self._pid != os.getpid():
+            self._handle, self._pid = h5py.File(self.path, "r"), os.getpid()
+        return self._handle
+
+    def close(self):
+        if self._handle is not None and self._pid == os.getpid():
+            self._handle.close()
+        self._handle = None
+
+    def __getstate__(self):
+        return {"path": self.path}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"])
+
+
+class _H5Array:
+    """Lazy array over HDF5 datasets, read only where indexed (for dask.array.from_array).
+
+    ``names`` is one dataset, or several equally shaped ones stacked along a new
+    leading axis (PDEBench's one group per sample); ``component`` fixes the
+    trailing axes (a vector or tensor component, a channel).
+    """
+
+    def __init__(self, file, names, component=()):
+        self.file, self.names, self.component = file, list(names), tuple(component)
+        dset = file.get()[self.names[0]]
+        shape = dset.shape[:dset.ndim - len(self.component)]
+        self.shape = (len(self.names), *shape) if len(self.names) > 1 else shape
+        self.dtype, self.ndim = dset.dtype, len(self.shape)
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        f = self.file.get()
+        if len(self.names) == 1:
+            return f[self.names[0]][key + self.component]
+        rows = range(*key[0].indices(len(self.names)))
+        return np.stack([f[self.names[i]][key[1:] + self.component] for i in rows])
+
+
+def _h5_attrs(obj):
+    """Plain (string and number) attributes of an HDF5 object."""
+    out = {}
+    for k, v in obj.attrs.items():
+        if k in _H5_INTERNAL_ATTRS:
+            continue
+        v = v.decode() if isinstance(v, bytes) else v
+        if isinstance(v, (str, int, float, np.number, np.bool_)):
+            out[k] = v.item() if isinstance(v, (np.number, np.bool_)) else v
+    return out
+
+
+def _build_dataset(path, fields, coords, attrs, variables, dims, chunks):
+    """fields: name -> (file dims, _H5Array, attrs); coords: file dim -> 1-D values."""
+    keep = _select(fields, variables, path)
+    data_vars, used = {}, set()
+    for v in keep:
+        file_dims, array, var_attrs = fields[v]
+        ours = _map_dims(file_dims, dims, f"variable {v!r} in {path}")
+        used |= set(zip(file_dims, ours))
+        chunk = _chunk_sizes(ours, array.shape, chunks)
+        name = "h5-" + tokenize(path, os.path.getmtime(path), v, chunk)
+        data = da.from_array(array, chunks=chunk, name=name, meta=np.empty((0,) * array.ndim, array.dtype))
+        data_vars[v] = xr.Variable(ours, data, var_attrs)
+    renames = dict(used)
+    coord_vars = {renames[d]: xr.Variable(renames[d], values) for d, values in coords.items() if d in renames}
+    ds = xr.Dataset(data_vars, coords=coord_vars, attrs=attrs)
+    # a coordinate whose length disagrees with its dimension (PDEBench stores
+    # time edges in some files) is dropped rather than guessed
+    ds = ds.drop_vars([c for c, var in coord_vars.items() if var.size != ds.sizes[c]])
+    files = {id(a.file): a.file for _, a, _ in fields.values()}
+    ds.set_close(lambda: [f.close() for f in files.values()])
+    return _canonical(ds)
+
+
+def _read_well(path, group=None):
+    """The Well: t{0,1,2}_fields/<name> shaped ([traj], [time], *space, *tensor) and dimensions/."""
+    file = _H5File(path)
+    f = file.get()
+    spatial = [s.decode() if isinstance(s, bytes) else str(s) for s in f["dimensions"].attrs["spatial_dims"]]
+    fields = {}
+    for order in range(3):
+        grp = f.get(f"t{order}_fields")
+        if grp is None:
+            continue
+        for name in grp.attrs.get("field_names", list(grp.keys())):
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            dset = grp[name]
+            varying = dset.attrs.get("dim_varying", [True] * len(spatial))
+            file_dims = ((SAMPLE,) if dset.attrs.get("sample_varying", True) else ()) + \
+                        ((TIME,) if dset.attrs.get("time_varying", True) else ()) + \
+                        tuple(s for s, v in zip(spatial, varying) if v)
+            attrs = _h5_attrs(dset)
+            # vector and tensor components are named name_x, name_xy, ... as The Well does
+            for component in np.ndindex(*dset.shape[dset.ndim - order:]):
+                suffix = "".join(spatial[i] for i in component)
+                key = f"{name}_{suffix}" if suffix else name
+                fields[key] = (file_dims, _H5Array(file, [dset.name], component), attrs)
+    # sample-varying coordinates (2-D) are left out
+    coords = {ours: f["dimensions"][name][()] for name, ours in [*zip(spatial, spatial), ("time", TIME)]
+              if name in f["dimensions"] and f["dimensions"][name].ndim == 1}
+    return fields, coords, _h5_attrs(f)
+
+
+def _pdebench_seeds(f):
+    """Group names of PDEBench's one-group-per-sample layout ('0000/data', '0000/grid/x')."""
+    seeds = sorted(k for k in f.keys() if re.fullmatch(r"\d+", k))
+    return seeds if seeds and "data" in f[seeds[0]] and "grid" in f[seeds[0]] else []
+
+
+def _read_pdebench(path, group=None):
+    """PDEBench: top-level arrays (sample, time, x, y[, z]) or per-sample groups (time, x, y[, z], channel)."""
+    file = _H5File(path)
+    f = file.get()
+    seeds = _pdebench_seeds(f)
+    if seeds:
+        grid = f[seeds[0]]["grid"]
+        spatial = [d for d in (X, Y, Z) if d in grid]
+        coords = {d: grid[d][()] for d in spatial}
+        if "t" in grid:
+            coords[TIME] = grid["t"][()]
+        names = [f"{s}/data" for s in seeds]
+        shape = f[names[0]].shape
+        file_dims = (SAMPLE, TIME, *spatial)
+        if len(shape) == len(spatial) + 1:  # no channel axis
+            return {"data": (file_dims, _H5Array(file, names), {})}, coords, {}
+        n_channels = shape[-1]
+        fields = {("data" if n_channels == 1 else f"data_{c}"): (file_dims, _H5Array(file, names, (c,)), {})
+                  for c in range(n_channels)}
+        return fields, coords, {}
+    coords = {d: f[name][()] for name, d in _PDEBENCH_COORDS.items() if name in f}
+    spatial = tuple(d for d in (X, Y, Z) if d in coords)
+    fields = {}
+    for name, dset in f.items():
+        if name in _PDEBENCH_COORDS or not isinstance(dset, h5py.Dataset) or dset.ndim < 2:
+            continue
+        # (sample, time, *space) for solutions, (sample, *space) for static inputs such as Darcy's nu
+        lead = (SAMPLE, TIME) if dset.ndim == len(spatial) + 2 else (SAMPLE,)
+        fields[name] = ((*lead, *spatial)[-dset.ndim:], _H5Array(file, [dset.name]), _h5_attrs(dset))
+        if TIME in coords and lead == (SAMPLE, TIME) and len(coords[TIME]) == dset.shape[1] + 1:
+            coords[TIME] = coords[TIME][:-1]  # PDEBench stores the end time too; its readers drop it
+    return fields, coords, _h5_attrs(f)
+
+
+def _read_hdf5(path, group=None):
+    """Generic HDF5: field datasets (2-D or more) in one group; dimension scales or labels name the axes."""
+    file = _H5File(path)
+    grp = file.get()[group or "/"]
+    fields, coords = {}, {}
+    for name, dset in grp.items():
+        if not isinstance(dset, h5py.Dataset):
+            continue
+        if dset.is_scale:
+            if dset.ndim == 1:
+                coords[name] = dset[()]
+            continue
+        if dset.ndim < 2:
+            continue
+        positional = _POSITIONAL_DIMS.get(dset.ndim, tuple(f"dim_{i}" for i in range(dset.ndim)))
+        file_dims = tuple(
+            Path(axis[0].name).name if len(axis) else axis.label or positional[i]
+            for i, axis in enumerate(dset.dims))
+        fields[name] = (file_dims, _H5Array(file, [dset.name]), _h5_attrs(dset))
+    return fields, coords, _h5_attrs(grp)

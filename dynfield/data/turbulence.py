@@ -1,0 +1,390 @@
+"""The built-in turbulence data set: forced 2D Navier-Stokes with a passive scalar.
+
+A pseudo-spectral solver on the periodic box [0, 2pi)^2 for the vorticity
+
+    dw/dt + u.grad w = nu lap w - nu_h (-lap)^p w - alpha w + f
+
+and a passive scalar fluctuation s about a mean gradient G in y (the full
+scalar is G*y + s, of which only the periodic part s is simulated and stored):
+
+    ds/dt + u.grad s = kappa lap s - nu_h (-lap)^p s - G v
+
+The mean gradient is what keeps the scalar statistically steady: the flow
+stirs it down the gradient, producing variance that diffusion removes.
+
+Fields are indexed [..., y, x]; spectral arrays are rfft2 coefficients of
+the Fourier series (norm="forward"), shape (..., n, n // 2 + 1), so their
+amplitudes do not depend on the resolution. The velocity comes from the
+stream function (u = dpsi/dy, v = -dpsi/dx, w = -lap psi), so it is
+divergence-free by construction.
+"""
+
+import hashlib
+import inspect
+import json
+import math
+import os
+import pathlib
+import tempfile
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+import xarray as xr
+from tqdm.auto import tqdm
+
+from dynfield.conventions import CF_CONVENTIONS, COORD_ATTRS, SAMPLE, VARIABLE_ATTRS, X, Y
+
+FORCINGS = ("kolmogorov", "stochastic")
+
+
+def _parseval_weights(n, dtype, device):
+    """Weights that turn a sum over rfft2 coefficients into one over the full plane."""
+    w = torch.full((n // 2 + 1,), 2.0, dtype=dtype, device=device)
+    w[0] = 1.0  # the kx = 0 column has no mirror image in the rfft layout
+    if n % 2 == 0:
+        w[-1] = 1.0  # nor has the Nyquist column
+    return w
+
+
+class NavierStokes2D:
+    """Batched pseudo-spectral solver for forced 2D Navier-Stokes in vorticity form.
+
+    Parameters
+    ----------
+    resolution : int
+        Grid points per side (n).
+    batch : int
+        Number of independent trajectories advanced together.
+    viscosity, hyperviscosity, hyperviscosity_order : float, float, int
+        nu, nu_h and p in -nu_h (-lap)^p; ``hyperviscosity=0`` turns it off.
+    drag : float
+        Linear (Rayleigh) drag alpha on the vorticity.
+    forcing : {"kolmogorov", "stochastic", "none"}
+        ``kolmogorov``: body force ``forcing_amplitude * sin(k_f y)`` along x.
+        ``stochastic``: white-in-time forcing in the shell
+        ``|k - k_f| <= forcing_bandwidth`` injecting energy at ``injection_rate``.
+    forcing_wavenumber : int
+        k_f.
+    scalar_diffusivity : float or None
+        kappa; None means equal to the viscosity (Schmidt number 1).
+    scalar_gradient : float
+        Mean scalar gradient G along y.
+    cfl : float
+        Courant number dt * max(|u| + |v|) / dx of the adaptive time step.
+    max_dt : float
+        Upper bound on the step, for nearly motionless states.
+    seed : int
+        Seeds the random initial condition and the stochastic forcing.
+    """
+
+    def __init__(self, resolution=128, batch=1, *, viscosity=1e-3, hyperviscosity=0.0, hyperviscosity_order=4,
+                 drag=0.1, forcing="kolmogorov", forcing_wavenumber=4, forcing_amplitude=1.0,
+                 injection_rate=0.1, forcing_bandwidth=1.0, scalar_diffusivity=None, scalar_gradient=1.0,
+                 cfl=0.5, max_dt=0.05, seed=0, dtype=torch.float64, device="cpu"):
+        if forcing not in FORCINGS + ("none",):
+            raise ValueError(f"forcing must be one of {FORCINGS + ('none',)}, got {forcing!r}")
+        if resolution < 8 or batch < 1:
+            raise ValueError(f"need resolution >= 8 and batch >= 1, got {resolution} and {batch}")
+        if min(viscosity, hyperviscosity, drag) < 0 or hyperviscosity_order < 1:
+            raise ValueError("viscosity, hyperviscosity and drag must be >= 0 and hyperviscosity_order >= 1")
+        if not 0 < cfl <= 1.3:
+            # IF-RK4 is stable for |lambda dt| < 2.8 on the imaginary axis; with the
+            # 2/3 cutoff k_max = n/3 that is a Courant number of about 1.35.
+            raise ValueError(f"cfl must be in (0, 1.3], got {cfl}")
+        n = resolution
+        self.n, self.batch, self.forcing = n, batch, forcing
+        self.cfl, self.max_dt, self.dx = cfl, max_dt, 2 * math.pi / n
+        self.scalar_gradient = scalar_gradient
+        self.injection_rate = injection_rate
+        self.dtype, self.device = dtype, device
+        self.generator = torch.Generator(device).manual_seed(seed)
+        self.time, self.steps = 0.0, 0
+
+        kw = dict(dtype=dtype, device=device)
+        self.kx = torch.arange(n // 2 + 1, **kw)  # (m,), m = n // 2 + 1
+        self.ky = torch.fft.fftfreq(n, 1.0 / n, **kw)[:, None]  # (n, 1), integer wavenumbers
+        self.k2 = self.kx ** 2 + self.ky ** 2  # (n, m)
+        self.ikxy = torch.stack([1j * self.kx.expand(n, -1), 1j * self.ky.expand(-1, n // 2 + 1)])[:, None, None]  # (2, 1, 1, n, m)
+        self.inv_k2 = torch.where(self.k2 > 0, 1.0 / self.k2.clamp(min=1.0), torch.zeros_like(self.k2))
+        self.weights = _parseval_weights(n, **kw)
+        # 2/3 rule: a product of modes with |k_j| < n/3 aliases only onto modes
+        # outside that square, so truncating the nonlinear term to it is exact.
+        # The mean (k = 0) is excluded: it is zero for w and conserved for s.
+        self.mask = (3 * self.kx.abs() < n) & (3 * self.ky.abs() < n) & (self.k2 > 0)  # (n, m)
+
+        kappa = viscosity if scalar_diffusivity is None else scalar_diffusivity
+        hyper = hyperviscosity * self.k2 ** hyperviscosity_order
+        # Linear operator of (vorticity, scalar), integrated exactly by the integrating factor.
+        self.linear = torch.stack([-viscosity * self.k2 - hyper - drag, -kappa * self.k2 - hyper])[:, None]  # (2, 1, n, m)
+
+        self.forcing_hat = torch.zeros(n, n // 2 + 1, dtype=self._complex, device=device)
+        if forcing == "kolmogorov":
+            y = torch.arange(n, **kw) * self.dx
+            f_y = -forcing_wavenumber * forcing_amplitude * torch.cos(forcing_wavenumber * y)  # curl of A sin(k_f y) x
+            self.forcing_hat = self._rfft(f_y[:, None].expand(n, n)) * self.mask
+        k = self.k2.sqrt()
+        self.forcing_shell = self.mask & ((k - forcing_wavenumber).abs() <= forcing_bandwidth)
+        if forcing == "stochastic" and not self.forcing_shell.any():
+            raise ValueError(f"the forcing shell around k_f={forcing_wavenumber} holds no resolved mode at n={n}")
+
+        # (2, B, n, m): spectral vorticity and scalar, zero until set_state or randomize
+        self.fields_hat = torch.zeros(2, batch, n, n // 2 + 1, dtype=self._complex, device=device)
+
+    @property
+    def _complex(self):
+        return torch.complex128 if self.dtype == torch.float64 else torch.complex64
+
+    def _rfft(self, x):
+        return torch.fft.rfft2(x, norm="forward")
+
+    def _irfft(self, x_hat):
+        return torch.fft.irfft2(x_hat, s=(self.n, self.n), norm="forward")
+
+    # ---------------------------------------------------------------- state
+    def set_state(self, vorticity, scalar=None):
+        """Set the fields from physical-space arrays of shape (B, n, n) or (n, n).
+
+        Both are projected onto the dealiased modes with zero mean.
+        """
+        w = torch.as_tensor(vorticity, dtype=self.dtype, device=self.device).expand(self.batch, self.n, self.n)
+        s = torch.zeros_like(w) if scalar is None else torch.as_tensor(scalar, dtype=self.dtype, device=self.device)
+        self.fields_hat = self._rfft(torch.stack([w, s.expand_as(w)])) * self.mask
+
+    def randomize(self, energy=0.5, peak_wavenumber=4.0):
+        """Random vorticity (Gaussian, spectrum peaked at ``peak_wavenumber``) of the given energy; zero scalar."""
+        noise = torch.randn(self.batch, self.n, self.n, generator=self.generator, dtype=self.dtype, device=self.device)
+        k = self.k2.sqrt()
+        # energy spectrum ~ k^3 exp(-(k/k0)^2) per shell, i.e. |w_k|^2 ~ k^4 exp(-(k/k0)^2) per mode
+        w_hat = self._rfft(noise) * k ** 2 * torch.exp(-0.5 * (k / peak_wavenumber) ** 2) * self.mask
+        w_hat = w_hat * (energy / self._energy(w_hat))[:, None, None].sqrt()
+        self.fields_hat = torch.stack([w_hat, torch.zeros_like(w_hat)])
+
+    @property
+    def vorticity(self):
+        """Vorticity dv/dx - du/dy, (B, n, n)."""
+        return self._irfft(self.fields_hat[0])
+
+    @property
+    def scalar(self):
+        """Passive scalar fluctuation about the mean gradient, (B, n, n)."""
+        return self._irfft(self.fields_hat[1])
+
+    def velocity(self):
+        """Velocity components (u, v), each (B, n, n)."""
+        psi_hat = self.fields_hat[0] * self.inv_k2
+        u_hat, v_hat = 1j * self.ky * psi_hat, -1j * self.kx * psi_hat
+        return self._irfft(u_hat), self._irfft(v_hat)
+
+    def _energy(self, w_hat):
+        return 0.5 * (w_hat.abs() ** 2 * self.inv_k2 * self.weights).sum(dim=(-2, -1))
+
+    def energy(self):
+        """Kinetic energy per unit area, mean of (u^2 + v^2) / 2, (B,)."""
+        return self._energy(self.fields_hat[0])
+
+    def enstrophy(self):
+        """Enstrophy per unit area, mean of w^2 / 2, (B,)."""
+        return 0.5 * (self.fields_hat[0].abs() ** 2 * self.weights).sum(dim=(-2, -1))
+
+    def energy_spectrum(self):
+        """Energy per integer wavenumber shell |k| in [k - 1/2, k + 1/2).
+
+        Returns
+        -------
+        k : (K,) tensor of shell wavenumbers 0..K-1
+        spectrum_BK : (B, K) tensor; its sum over k is ``energy()``
+        """
+        shell = self.k2.sqrt().round().long().flatten()  # (n * m,)
+        e = (0.5 * self.fields_hat[0].abs() ** 2 * self.inv_k2 * self.weights).flatten(1)  # (B, n * m)
+        spectrum_BK = torch.zeros(self.batch, int(shell.max()) + 1, dtype=self.dtype, device=self.device)
+        spectrum_BK.index_add_(1, shell, e)
+        return torch.arange(spectrum_BK.shape[1], device=self.device), spectrum_BK
+
+    # ---------------------------------------------------------------- dynamics
+    def _tendency(self, z_hat):
+        """Nonlinear and forcing terms of (w, s), and the maximum of |u| + |v|.
+
+        Advection in Jacobian form, u.grad q = psi_y q_x - psi_x q_y, with all
+        six derivatives of (w, s, psi) taken by one broadcast multiply and one
+        batched inverse FFT: the step's cost is these FFTs.
+        """
+        psi_hat = z_hat[0] * self.inv_k2
+        grads_hat = self.ikxy * torch.cat([z_hat, psi_hat[None]])  # (2, 3, B, n, m): d/dx, d/dy of w, s, psi
+        grads = self._irfft(grads_hat)  # (2, 3, B, n, n)
+        psi_x, psi_y = grads[0, 2], grads[1, 2]
+        advection_hat = self._rfft(psi_y * grads[0, :2] - psi_x * grads[1, :2]) * self.mask  # (2, B, n, m)
+        dw = self.forcing_hat - advection_hat[0]
+        ds = self.scalar_gradient * grads_hat[0, 2] - advection_hat[1]  # -G v, with v = -psi_x
+        return torch.stack([dw, ds]), (psi_x.abs() + psi_y.abs()).amax()
+
+    def step(self, dt=None, *, max_dt=None):
+        """Advance one step of integrating-factor RK4; returns the step taken.
+
+        The integrating factor exp(L dt) solves viscosity, hyperviscosity, drag
+        and diffusion exactly, so their stiffness sets no step limit and a
+        decaying mode decays at its exact rate. Classical RK4 for the rest is
+        fourth order and its stability region covers the imaginary axis up to
+        2.8, enough for advection at the Courant numbers allowed here. Without
+        ``dt`` the step is the CFL step, capped by ``max_dt`` (default: the
+        solver's).
+        """
+        k1, speed = self._tendency(self.fields_hat)
+        if dt is None:
+            cap = self.max_dt if max_dt is None else max_dt
+            dt = cap if speed == 0 else min(cap, self.cfl * self.dx / float(speed))
+        e = torch.exp(self.linear * (dt / 2))  # (2, 1, n, m): exp(L dt/2)
+        z = self.fields_hat
+        ez = e * z
+        k2, _ = self._tendency(ez + dt / 2 * (e * k1))
+        k3, _ = self._tendency(ez + dt / 2 * k2)
+        k4, _ = self._tendency(e * (ez + dt * k3))
+        z = e * (ez + dt / 6 * (e * k1 + 2 * (k2 + k3))) + dt / 6 * k4
+        if self.forcing == "stochastic":
+            z[0] += math.sqrt(dt) * self._forcing_increment()
+        self.fields_hat = z
+        self.time += dt
+        self.steps += 1
+        return dt
+
+    def _forcing_increment(self):
+        """A white-noise vorticity draw in the forcing shell, scaled to inject exactly ``injection_rate``.
+
+        Adding sqrt(dt) * xi raises the expected energy by dt * sum |xi_k|^2 / (2 k^2),
+        whatever the state, since the cross term has zero mean. Normalising every
+        draw makes that sum equal the injection rate exactly rather than on average.
+        """
+        noise = torch.randn(self.batch, self.n, self.n, generator=self.generator, dtype=self.dtype, device=self.device)
+        xi_hat = self._rfft(noise) * self.forcing_shell
+        return xi_hat * (self.injection_rate / self._energy(xi_hat))[:, None, None].sqrt()
+
+    def advance(self, t):
+        """Integrate over a time span ``t``, landing on it exactly; returns the number of steps."""
+        end, steps = self.time + t, 0
+        while end - self.time > 1e-9 * self.max_dt:
+            self.step(max_dt=min(self.max_dt, end - self.time))
+            steps += 1
+        self.time = end
+        return steps
+
+
+# ---------------------------------------------------------------- data set
+def generate(n_samples=256, *, resolution=128, seed=0, viscosity=1e-3, hyperviscosity=0.0, hyperviscosity_order=4,
+             drag=0.1, forcing="kolmogorov", forcing_wavenumber=4, forcing_amplitude=1.0, injection_rate=0.1,
+             forcing_bandwidth=1.0, scalar_diffusivity=1e-3, scalar_gradient=1.0, trajectories=16,
+             spinup_time=15.0, snapshot_interval=1.5, cfl=0.5, progress=True):
+    """Generate decorrelated snapshots of forced 2D turbulence with a passive scalar.
+
+    ``trajectories`` independent random initial conditions are integrated
+    together, spun up for ``spinup_time`` to the statistically steady state,
+    then sampled every ``snapshot_interval``; sample i belongs to trajectory
+    i // ceil(n_samples / trajectories). See NavierStokes2D for the physical
+    parameters; the defaults and their measured turnover and correlation
+    times are in datasets/turbulence/README.md.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``u``, ``v``, ``vorticity``, ``scalar`` (float32, dims (sample, y, x))
+        with CF attributes and every parameter as a global attribute.
+    """
+    params = dict(locals())
+    del params["progress"]
+    batch = min(trajectories, n_samples)
+    per_trajectory = math.ceil(n_samples / batch)
+    # float32 is three times faster than float64 here; round-off does not
+    # change the statistics of a chaotic flow, and the data are stored in float32.
+    solver = NavierStokes2D(resolution, batch, viscosity=viscosity, hyperviscosity=hyperviscosity,
+                            hyperviscosity_order=hyperviscosity_order, drag=drag, forcing=forcing,
+                            forcing_wavenumber=forcing_wavenumber, forcing_amplitude=forcing_amplitude,
+                            injection_rate=injection_rate, forcing_bandwidth=forcing_bandwidth,
+                            scalar_diffusivity=scalar_diffusivity, scalar_gradient=scalar_gradient, cfl=cfl,
+                            seed=seed, dtype=torch.float32)
+    solver.randomize(energy=1.0, peak_wavenumber=forcing_wavenumber)
+
+    total = spinup_time + per_trajectory * snapshot_interval
+    snapshots = []  # per_trajectory entries of (4, B, n, n)
+    with tqdm(total=round(total, 6), disable=not progress, desc="turbulence", unit="t") as bar:
+        spun = 0.0
+        while spun < spinup_time:  # in pieces, so the bar moves
+            piece = min(snapshot_interval, spinup_time - spun)
+            solver.advance(piece)
+            spun += piece
+            bar.update(piece)
+        for _ in range(per_trajectory):
+            solver.advance(snapshot_interval)
+            bar.update(snapshot_interval)
+            u, v = solver.velocity()
+            snapshots.append(torch.stack([u, v, solver.vorticity, solver.scalar]).float())
+    fields = torch.stack(snapshots, dim=2).flatten(1, 2)[:, :n_samples].numpy()  # (4, B * per_trajectory, n, n), trajectory-major
+    sample = np.arange(n_samples)
+
+    coord = np.arange(resolution) * (2 * np.pi / resolution)
+    names = ("u", "v", "vorticity", "scalar")
+    ds = xr.Dataset(
+        {name: ((SAMPLE, Y, X), field, dict(VARIABLE_ATTRS[name])) for name, field in zip(names, fields)},
+        coords={
+            X: (X, coord, dict(COORD_ATTRS[X])),
+            Y: (Y, coord, dict(COORD_ATTRS[Y])),
+            SAMPLE: (SAMPLE, sample, dict(COORD_ATTRS[SAMPLE])),
+            "trajectory": (SAMPLE, sample // per_trajectory, {"long_name": "index of the independent trajectory"}),
+            "simulation_time": (SAMPLE, spinup_time + (sample % per_trajectory + 1) * snapshot_interval,
+                                {"units": "1", "long_name": "time since the random initial condition"}),
+        },
+    )
+    ds.attrs = {
+        "Conventions": CF_CONVENTIONS,
+        "title": f"Forced 2D turbulence ({forcing} forcing) with a passive scalar",
+        "source": ("dynfield pseudo-spectral 2D Navier-Stokes solver: vorticity form, 2/3-rule dealiasing, "
+                   "integrating-factor RK4 with CFL time step; scalar is the periodic fluctuation about "
+                   "a mean gradient scalar_gradient along y"),
+        "history": f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} generated by dynfield.data.turbulence.generate",
+        "periodic": 1,
+        **params,
+    }
+    return ds
+
+
+def _dataset_params(params):
+    """``params`` completed with generate's defaults, floats as floats, without ``progress``."""
+    signature = inspect.signature(generate)
+    unknown = sorted(set(params) - set(signature.parameters))
+    if unknown:
+        raise TypeError(f"unknown turbulence data set parameter(s) {unknown}; known: {sorted(signature.parameters)}")
+    bound = signature.bind(**params)
+    bound.apply_defaults()
+    resolved = {}
+    for name, value in bound.arguments.items():
+        if name == "progress":
+            continue
+        # 0 and 0.0 are the same viscosity and must give the same file
+        resolved[name] = float(value) if isinstance(signature.parameters[name].default, float) else value
+    return resolved
+
+
+def ensure_dataset(directory, **params):
+    """Path of the cached data set for ``params`` under ``directory``, generating it if missing.
+
+    The file name carries a hash of all parameters (defaults included), so
+    different parameters never share a file; it is written to a temporary
+    file first and renamed, so an interrupted run leaves no partial data set.
+    ``progress`` is passed on to generate and is not part of the hash.
+    """
+    progress = params.pop("progress", True)
+    params = _dataset_params(params)
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
+    directory = pathlib.Path(directory)
+    path = directory / f"turbulence_{params['resolution']}px_{params['n_samples']}_{digest}.nc"
+    if path.exists():
+        return path
+    directory.mkdir(parents=True, exist_ok=True)
+    ds = generate(**params, progress=progress)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.stem}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        ds.to_netcdf(tmp, engine="netcdf4")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

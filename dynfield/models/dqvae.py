@@ -1,0 +1,288 @@
+"""The dynamic-grain VQ-VAE for fields (DQ-VAE), and its fixed-grain baseline.
+
+Pipeline: pad -> encoder (one map per grain level) -> router (one level per
+coarsest-grid region) -> quantize each level's vectors against one codebook,
+counting only the vectors of the chosen level -> copy the chosen codes onto
+the finest token grid -> decoder -> crop.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .decoder import Decoder
+from .encoder import Encoder
+from .quantizer import VectorQuantizer
+from .router import (
+    ROUTERS,
+    Router,
+    budget_loss,
+    budget_ratios,
+    check_ratios,
+    enstrophy_score,
+    expected_fineness,
+    gumbel_gate,
+    level_counts,
+    random_score,
+    rank_assign,
+)
+from .tokens import Tokens, check_factors, repeat_cells
+
+
+@dataclass
+class DQVAEOutput:
+    """What one forward pass returns.
+
+    recon : (B, C, H, W) reconstruction.
+    tokens : the grain map and codes used.
+    losses : {"vq": commitment loss, "budget": grain budget loss} (scalars).
+    stats : floats for logging: fine_fraction, tokens (per field), usage, perplexity.
+    probs : (B, K, Hc, Wc) gate probabilities of the learned router, else None.
+    """
+
+    recon: torch.Tensor
+    tokens: Tokens
+    losses: dict
+    stats: dict
+    probs: torch.Tensor | None
+
+
+class DQVAE(nn.Module):
+    """Dynamic-grain VQ-VAE; with one factor, the plain fixed-grain VQ-VAE.
+
+    Parameters
+    ----------
+    in_channels : channels of the (normalised) field.
+    factors : ascending powers of two, one per grain level (0 = finest).
+    hidden, channel_mult, num_res_blocks, attention : encoder/decoder size,
+        see ``Encoder``.
+    code_dim, codebook_size : the shared codebook.
+    router : grain router used in training and by default at inference,
+        one of ``ROUTERS``.
+    target_ratios : fraction of regions per level (default: uniform); the
+        budget loss target of the learned router and the ratios of the
+        random and enstrophy routers.
+    budget_mode : "batch" or "sample", see ``budget_loss``.
+    periodic : the fields are periodic: circular padding everywhere.
+    commitment, ema_decay, dead_code_threshold : see ``VectorQuantizer``.
+    fixed_level : level of the "fixed" router.
+    vorticity_channel : channel the enstrophy router squares; None uses the
+        gradient energy of all channels.
+    seed : seed of the random router.
+
+    The constructor arguments are kept in ``self.config`` (JSON-serialisable),
+    so ``DQVAE(**model.config)`` rebuilds the architecture.
+    """
+
+    def __init__(
+        self,
+        in_channels=4,
+        factors=(4, 8),
+        hidden=64,
+        channel_mult=None,
+        num_res_blocks=1,
+        code_dim=64,
+        codebook_size=1024,
+        router="learned",
+        target_ratios=None,
+        budget_mode="batch",
+        periodic=True,
+        attention=False,
+        commitment=0.25,
+        ema_decay=0.99,
+        dead_code_threshold=0.03,
+        fixed_level=0,
+        vorticity_channel=None,
+        seed=0,
+    ):
+        super().__init__()
+        factors = check_factors(factors)
+        K = len(factors)
+        if router not in ROUTERS:
+            raise ValueError(f"router must be one of {ROUTERS}, got {router!r}")
+        if budget_mode not in ("batch", "sample"):
+            raise ValueError(f"budget_mode must be 'batch' or 'sample', got {budget_mode!r}")
+        if not 0 <= fixed_level < K:
+            raise ValueError(f"fixed_level must index one of the {K} levels, got {fixed_level}")
+        if vorticity_channel is not None and not 0 <= vorticity_channel < in_channels:
+            raise ValueError(f"vorticity_channel {vorticity_channel} is not one of the {in_channels} input channels")
+        target_ratios = check_ratios(target_ratios if target_ratios is not None else [1.0 / K] * K, K)
+        self.config = dict(
+            in_channels=in_channels, factors=list(factors), hidden=hidden,
+            channel_mult=list(channel_mult) if channel_mult is not None else None,
+            num_res_blocks=num_res_blocks, code_dim=code_dim, codebook_size=codebook_size, router=router,
+            target_ratios=list(target_ratios), budget_mode=budget_mode, periodic=periodic, attention=attention,
+            commitment=commitment, ema_decay=ema_decay, dead_code_threshold=dead_code_threshold,
+            fixed_level=fixed_level, vorticity_channel=vorticity_channel, seed=seed,
+        )
+        self.in_channels, self.factors, self.code_dim = in_channels, factors, code_dim
+        self.router_mode, self.target_ratios, self.budget_mode = router, target_ratios, budget_mode
+        self.periodic, self.fixed_level, self.vorticity_channel, self.seed = periodic, fixed_level, vorticity_channel, seed
+        arch = dict(factors=factors, hidden=hidden, channel_mult=channel_mult, num_res_blocks=num_res_blocks,
+                    code_dim=code_dim, periodic=periodic, attention=attention)
+        self.encoder = Encoder(in_channels, **arch)
+        self.decoder = Decoder(in_channels, **arch)
+        # only the learned router has parameters; the others are rules applied on the fly
+        self.router = Router(factors, code_dim) if router == "learned" and K > 1 else None
+        self.quantizer = VectorQuantizer(codebook_size, code_dim, commitment, ema_decay, dead_code_threshold=dead_code_threshold)
+        self._train_generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def num_levels(self):
+        return len(self.factors)
+
+    def _pad(self, x):
+        """Pad (B, C, H, W) at the bottom/right to multiples of the coarsest factor."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected a (B, {self.in_channels}, H, W) field, got shape {tuple(x.shape)}")
+        f = self.factors[-1]
+        H, W = x.shape[-2:]
+        if H < f or W < f:
+            raise ValueError(f"a {H}x{W} field is smaller than one coarsest region ({f}x{f})")
+        pad_h, pad_w = -H % f, -W % f
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="circular" if self.periodic else "replicate")
+        return x
+
+    def _route(self, x_pad, feats, mode, fine_ratio=None, level=None, temperature=None):
+        """Choose the grain of every region.
+
+        Returns (grain (B, Hc, Wc), gate (B, K, Hc, Wc), logits or None). The
+        gate is one-hot; it carries the straight-through gradient when the
+        learned router samples (temperature given).
+        """
+        K = self.num_levels
+        coarse = feats[-1]
+        B, _, Hc, Wc = coarse.shape
+        if mode not in ROUTERS:
+            raise ValueError(f"router must be one of {ROUTERS}, got {mode!r}")
+        ratios = self.target_ratios if fine_ratio is None else budget_ratios(fine_ratio, self.target_ratios)
+        logits = None
+        if K == 1:
+            grain = torch.zeros(B, Hc, Wc, dtype=torch.long, device=coarse.device)
+        elif mode == "learned":
+            if self.router is None:
+                raise ValueError(f"this model has no learned router (it was built with router={self.router_mode!r})")
+            logits = self.router(feats)
+            if temperature is not None:
+                gate = gumbel_gate(logits, temperature)
+                return gate.argmax(1), gate, logits
+            grain = logits.argmax(1) if fine_ratio is None else rank_assign(expected_fineness(logits), ratios)
+        elif mode == "fixed":
+            level = self.fixed_level if level is None else level
+            if not 0 <= level < K:
+                raise ValueError(f"fixed router level must index one of the {K} levels, got {level}")
+            grain = torch.full((B, Hc, Wc), level, dtype=torch.long, device=coarse.device)
+        elif mode == "random":
+            # training draws fresh regions every step; inference is repeatable
+            generator = self._train_generator if self.training else torch.Generator().manual_seed(self.seed)
+            grain = rank_assign(random_score((B, Hc, Wc), generator, coarse.device), ratios)
+        else:  # enstrophy
+            score = enstrophy_score(x_pad, self.factors[-1], self.periodic, self.vorticity_channel)
+            grain = rank_assign(score, ratios)
+        gate = F.one_hot(grain, K).permute(0, 3, 1, 2).to(coarse.dtype)
+        return grain, gate, logits
+
+    def _merge(self, gate_BKHW, q_levels):
+        """Sum over levels of gate * codes, all copied onto the finest token grid: (B, D, H1, W1)."""
+        f_1, f_K = self.factors[0], self.factors[-1]
+        return sum(
+            repeat_cells(gate_BKHW[:, k : k + 1], f_K // f_1) * repeat_cells(q, f // f_1)
+            for k, (q, f) in enumerate(zip(q_levels, self.factors))
+        )
+
+    def _level_masks(self, grain):
+        """Per level k, (B, Hp / f_k, Wp / f_k) bool: where the grain map chooses level k."""
+        return [repeat_cells(grain == k, self.factors[-1] // f) for k, f in enumerate(self.factors)]
+
+    def _tokens(self, grain, idx_levels, shape):
+        codes = tuple(torch.where(mask, idx, -1) for mask, idx in zip(self._level_masks(grain), idx_levels))
+        return Tokens(grain, codes, self.factors, tuple(shape), self.quantizer.codebook_size)
+
+    def forward(self, x, temperature=1.0):
+        """Encode, quantize and decode a batch (B, C, H, W); see ``DQVAEOutput``.
+
+        In training mode the learned router samples with Gumbel temperature
+        `temperature` and the codebook is updated; in eval mode the configured
+        router chooses as in ``encode`` (argmax for the learned one).
+        """
+        H, W = x.shape[-2:]
+        x_pad = self._pad(x)
+        feats = self.encoder(x_pad)  # K x (B, D, Hp / f_k, Wp / f_k)
+        grain, gate, logits = self._route(x_pad, feats, self.router_mode, temperature=temperature if self.training else None)
+        # quantize every level's vectors at once (one codebook, one EMA step); only the
+        # chosen ones count, so a coarse vector is one code however many cells it covers
+        z_ND = torch.cat([f.permute(0, 2, 3, 1).reshape(-1, self.code_dim) for f in feats])
+        chosen_N = torch.cat([mask.flatten() for mask in self._level_masks(grain)])
+        q_ND, idx_N, vq_loss = self.quantizer(z_ND, chosen_N)
+        q_levels, idx_levels, start = [], [], 0
+        for f in feats:
+            B, D, h, w = f.shape
+            q_levels.append(q_ND[start : start + B * h * w].view(B, h, w, D).permute(0, 3, 1, 2))
+            idx_levels.append(idx_N[start : start + B * h * w].view(B, h, w))
+            start += B * h * w
+        recon = self.decoder(self._merge(gate, q_levels), grain)[..., :H, :W]
+        tokens = self._tokens(grain, idx_levels, (H, W))
+        learned = logits is not None
+        budget = budget_loss(gate, self.target_ratios, self.budget_mode) if learned else vq_loss.new_zeros(())
+        codebook = self.quantizer.codebook_stats()
+        stats = {
+            "fine_fraction": tokens.fine_fraction().mean().item(),
+            "tokens": tokens.count().float().mean().item(),
+            "usage": codebook["usage"],
+            "perplexity": codebook["perplexity"],
+        }
+        probs = logits.detach().softmax(1) if learned else None
+        return DQVAEOutput(recon, tokens, {"vq": vq_loss, "budget": budget}, stats, probs)
+
+    @torch.no_grad()
+    def encode(self, x, fine_ratio=None, router=None, level=None):
+        """Tokens of a batch of fields (B, C, H, W), without touching the codebook.
+
+        Parameters
+        ----------
+        fine_ratio : exact per-sample fraction of regions finer than the coarsest
+            level (see ``dynfield.models.router``); None: argmax of the learned
+            router, or the target ratios for the random/enstrophy routers.
+        router : overrides the configured router, one of ``ROUTERS``, so one
+            trained model can be evaluated with several routing rules.
+        level : level of the "fixed" router (default: ``fixed_level``).
+        """
+        x_pad = self._pad(x)
+        feats = self.encoder(x_pad)
+        grain, _, _ = self._route(x_pad, feats, router or self.router_mode, fine_ratio=fine_ratio, level=level)
+        idx_levels = [self.quantizer.nearest(f.permute(0, 2, 3, 1).reshape(-1, self.code_dim)).view(f.shape[0], *f.shape[2:]) for f in feats]
+        return self._tokens(grain, idx_levels, x.shape[-2:])
+
+    @torch.no_grad()
+    def decode(self, tokens):
+        """Field (B, C, H, W) from tokens; deterministic for given tokens in eval mode."""
+        if tokens.factors != self.factors or tokens.codebook_size != self.quantizer.codebook_size:
+            raise ValueError(
+                f"tokens were made with factors {tokens.factors} and {tokens.codebook_size} codes, "
+                f"this model has factors {self.factors} and {self.quantizer.codebook_size} codes"
+            )
+        tokens.validate()
+        H, W = tokens.shape
+        q_levels = [self.quantizer.lookup(c.clamp(min=0)).permute(0, 3, 1, 2) for c in tokens.codes]
+        gate = F.one_hot(tokens.grain, self.num_levels).permute(0, 3, 1, 2).to(self.quantizer.embed.dtype)
+        return self.decoder(self._merge(gate, q_levels), tokens.grain)[..., :H, :W]
+
+    def tokens_per_field(self, shape, fine_ratio=None):
+        """Number of codes for a field of `shape` (H, W) under the exact budget.
+
+        `fine_ratio` as in ``encode``; None takes the target ratios. This is the
+        count of the random and enstrophy routers, and of the learned router
+        when it is given `fine_ratio`.
+        """
+        f_K = self.factors[-1]
+        regions = -(-shape[0] // f_K) * -(-shape[1] // f_K)
+        ratios = self.target_ratios if fine_ratio is None else budget_ratios(fine_ratio, self.target_ratios)
+        return sum(n * (f_K // f) ** 2 for n, f in zip(level_counts(regions, ratios), self.factors))
+
+
+def vqvae(factor=8, **kwargs):
+    """The fixed-grain VQ-VAE baseline: one level, every region one code per f x f cells."""
+    return DQVAE(factors=(factor,), router="fixed", **kwargs)

@@ -1,0 +1,318 @@
+"""Train the tokenizer: ``python -m dynfield.train dataset=turbulence``.
+
+The Hydra harness around the library: it composes the config, prepares the
+data (generating the built-in set on first use), builds the model from
+``cfg.model`` and runs one plain training loop. Everything is written under
+the run directory: ``metrics.csv``, TensorBoard events in ``tb/``,
+``last.pt`` (with optimizer state, for ``resume=``), the final
+``tokenizer.pt`` and ``metrics.json``.
+
+Multi-GPU (or multi-process CPU) runs use torchrun, e.g.
+``torchrun --nproc_per_node 2 -m dynfield.train``; rank 0 alone logs and writes.
+"""
+
+import csv
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import hydra
+import torch
+import torch.distributed as dist
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+
+from . import checkpoint, paths
+from .data import FieldDataset, compute_stats, denormalise, ensure_dataset, open_fields
+from .evaluation import merge_batches, reconstruction_metrics
+from .models import gumbel_temperature, total_loss
+
+
+def _run_dir(resume):
+    # A resumed run goes on in its own directory. Under torchrun every rank
+    # composes the config; the elastic run id gives them one shared directory.
+    if resume:
+        resume = Path(resume).expanduser().resolve()
+        return str(resume.parent if resume.is_file() else resume)
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and run_id != "none":
+        return f"outputs/torchrun-{run_id}"
+    return "outputs/" + time.strftime("%Y-%m-%d/%H-%M-%S")
+
+
+OmegaConf.register_new_resolver("dynfield_data_dir", lambda: str(paths.default_data_dir()), replace=True)
+OmegaConf.register_new_resolver("dynfield_run_dir", _run_dir, replace=True)
+
+
+# ---------------------------------------------------------------------------
+# Data
+
+
+def open_splits(cfg_data, data_dir):
+    """The train and validation xarray.Datasets of a data set config."""
+    if cfg_data.source == "generated":
+        gen = OmegaConf.to_container(cfg_data.generator)
+        train_path = ensure_dataset(data_dir / cfg_data.name, **gen, **cfg_data.train)
+        val_path = ensure_dataset(data_dir / cfg_data.name, **gen, **cfg_data.val)
+        return open_fields(train_path, cfg_data.variables), open_fields(val_path, cfg_data.variables)
+    variables = list(cfg_data.variables) if cfg_data.variables is not None else None
+    dims = OmegaConf.to_container(cfg_data.dims)
+    ds = open_fields(cfg_data.paths, variables, dims)
+    if cfg_data.val_paths is not None:
+        return ds, open_fields(cfg_data.val_paths, list(ds.data_vars), dims)
+    n = ds.sizes["sample"]
+    n_val = max(1, int(round(cfg_data.val_fraction * n)))
+    if n_val >= n:
+        raise ValueError(f"{n} samples are too few to hold out {n_val} for validation; give dataset.val_paths")
+    return ds.isel(sample=slice(0, n - n_val)), ds.isel(sample=slice(n - n_val, n))
+
+
+# ---------------------------------------------------------------------------
+# Distributed set-up (a no-op for a single process)
+
+
+def setup_distributed(device):
+    """Initialise the process group under torchrun; returns (rank, world_size)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world
+
+
+def pick_device(name):
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    return device
+
+
+# ---------------------------------------------------------------------------
+# Logging: CSV (long format, one row per value) and TensorBoard, rank 0 only
+
+
+class MetricLogger:
+    def __init__(self, run_dir):
+        from torch.utils.tensorboard import SummaryWriter
+
+        path = run_dir / "metrics.csv"
+        new = not path.exists()
+        self.file = open(path, "a", newline="")
+        self.csv = csv.writer(self.file)
+        if new:
+            self.csv.writerow(["step", "split", "name", "value"])
+        self.tb = SummaryWriter(run_dir / "tb")
+
+    def log(self, step, split, values):
+        for name, value in values.items():
+            self.csv.writerow([step, split, name, f"{value:.6g}"])
+            self.tb.add_scalar(f"{split}/{name}", value, step)
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
+        self.tb.close()
+
+
+# ---------------------------------------------------------------------------
+# Stage 1
+
+
+@torch.no_grad()
+def validate(model, loader, device, stats, variables):
+    """Encode with the inference router, decode, and measure in physical units."""
+    model.eval()
+    results, sizes, fine, usage = [], [], [], []
+    for x in loader:
+        x = x.to(device)
+        tokens = model.encode(x)
+        recon = model.decode(tokens)
+        ref_phys = denormalise(x.cpu(), stats, variables)
+        est_phys = denormalise(recon.float().cpu(), stats, variables)
+        results.append(reconstruction_metrics(ref_phys, est_phys, variables))
+        sizes.append(len(x))
+        fine.append(tokens.fine_fraction().mean().item())
+        usage.append(torch.cat([c[c >= 0] for c in tokens.codes]))
+    out = merge_batches(results, sizes)
+    out["fine_ratio"] = sum(f * n for f, n in zip(fine, sizes)) / sum(sizes)
+    codes = torch.cat(usage)
+    counts = torch.bincount(codes, minlength=model.config["codebook_size"]).double()
+    p = counts / counts.sum()
+    out["codebook_usage"] = (counts > 0).double().mean().item()
+    out["perplexity"] = torch.exp(-(p[p > 0] * p[p > 0].log()).sum()).item()
+    out["tokens_per_field"] = codes.numel() / sum(sizes)
+    model.train()
+    return out
+
+
+def train_tokenizer(cfg, run_dir, device, rank, world):
+    main = rank == 0
+    tcfg = cfg.trainer
+    data_dir = Path(cfg.paths.data_dir)
+    # Rank 0 generates a missing data set first; the others then find it cached.
+    if main:
+        train_ds, val_ds = open_splits(cfg.dataset, data_dir)
+    if world > 1:
+        dist.barrier()
+    if not main:
+        train_ds, val_ds = open_splits(cfg.dataset, data_dir)
+    variables = list(train_ds.data_vars)
+
+    stats_path = run_dir / "stats.json"
+    if main and not stats_path.exists():
+        stats = compute_stats(train_ds, variables)
+        stats_path.write_text(json.dumps(stats, indent=2))
+    if world > 1:
+        dist.barrier()
+    stats = json.loads(stats_path.read_text())
+
+    periodic = bool(cfg.dataset.periodic)
+    # The enstrophy router (an inference-time option) squares the vorticity channel when there is one.
+    vort = variables.index("vorticity") if "vorticity" in variables else None
+    model = instantiate(cfg.model, in_channels=len(variables), periodic=periodic, vorticity_channel=vort).to(device)
+    # Augmentations are drawn from (seed, epoch, index): a resumed run sees the same ones.
+    train_set = FieldDataset(
+        train_ds, variables, stats=stats, crop=cfg.dataset.crop, periodic=periodic, flips=cfg.dataset.flips,
+        min_size=model.factors[-1], seed=cfg.seed + rank,
+    )
+    val_set = FieldDataset(val_ds, variables, stats=stats, periodic=periodic, min_size=model.factors[-1])
+    val_loader = DataLoader(val_set, batch_size=tcfg.batch_size, num_workers=tcfg.num_workers)
+
+    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay, betas=(0.9, 0.95))
+    sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
+    steps_per_epoch = len(sampler) // tcfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_set)} training fields give no batch of {tcfg.batch_size} per process")
+    total_steps = tcfg.epochs * steps_per_epoch
+
+    def lr_at(step):
+        # Linear warm-up, then cosine decay to 10 %: the usual recipe for small VQ models.
+        if step < tcfg.warmup_steps:
+            return tcfg.lr * (step + 1) / tcfg.warmup_steps
+        t = (step - tcfg.warmup_steps) / max(1, total_steps - tcfg.warmup_steps)
+        return tcfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+    step, train_time, samples_seen = 0, 0.0, 0
+    last = run_dir / "last.pt"
+    if last.exists():
+        state = checkpoint.read_checkpoint(last, map_location=device)
+        model.load_state_dict(state["state_dict"])
+        ts = state["train_state"]
+        opt.load_state_dict(ts["optimizer"])
+        step, train_time, samples_seen = ts["step"], ts["train_time"], ts["samples_seen"]
+        if main:
+            print(f"resuming {run_dir} at step {step}/{total_steps}")
+
+    train_model = model
+    if tcfg.compile:
+        train_model = torch.compile(model)
+    if world > 1:
+        train_model = DistributedDataParallel(train_model)
+    use_bf16 = tcfg.precision == "bf16" and device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
+
+    logger = MetricLogger(run_dir) if main else None
+    weights = OmegaConf.to_container(tcfg.loss_weights)
+
+    def save(metrics=None):
+        if main:
+            train_state = {"optimizer": opt.state_dict(), "step": step, "train_time": train_time, "samples_seen": samples_seen}
+            checkpoint.save_checkpoint(
+                last, model, kind="tokenizer", stats=stats, variables=variables, periodic=periodic,
+                train_state=train_state, metrics=metrics,
+            )
+
+    val_metrics = {}
+    model.train()
+    while step < total_steps:
+        epoch = step // steps_per_epoch
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        # Skip the part of the epoch a resumed run already did (no data is loaded for it).
+        order = list(sampler)[(step % steps_per_epoch) * tcfg.batch_size :]
+        loader = DataLoader(train_set, batch_size=tcfg.batch_size, sampler=order, num_workers=tcfg.num_workers, drop_last=True)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tcfg.epochs}", disable=not main, dynamic_ncols=True)
+        for x in bar:
+            t0 = time.perf_counter()
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            temperature = gumbel_temperature(step, tcfg.gumbel.start, tcfg.gumbel.end, total_steps)
+            x = x.to(device, non_blocking=True)
+            with autocast():
+                out = train_model(x, temperature=temperature)
+                loss, parts = total_loss(out, x, weights, recon_kind=tcfg.recon_loss, periodic=periodic)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if tcfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+            opt.step()
+            step += 1
+            samples_seen += len(x) * world
+            train_time += time.perf_counter() - t0
+            if main and (step % tcfg.log_every == 0 or step == total_steps):
+                values = dict(parts, total=loss.item(), lr=lr_at(step - 1), temperature=temperature)
+                values.update(out.stats, samples_per_s=samples_seen / train_time)
+                logger.log(step, "train", values)
+                bar.set_postfix(loss=f"{values['total']:.4f}", fine=f"{values['fine_fraction']:.2f}")
+            if step % tcfg.ckpt_every == 0:
+                save()
+            if step >= total_steps:
+                break
+        if step % steps_per_epoch == 0 or step >= total_steps:
+            if main:
+                val_metrics = validate(model, val_loader, device, stats, variables)
+                logger.log(step, "val", val_metrics)
+                print(f"step {step}: val " + ", ".join(f"{k}={v:.4g}" for k, v in val_metrics.items() if "/" not in k))
+            save(val_metrics)
+
+    if main:
+        summary = {
+            "steps": step,
+            "epochs": tcfg.epochs,
+            "train_time_s": train_time,
+            "samples_per_s": samples_seen / max(train_time, 1e-9),
+            "device": str(device),
+            "world_size": world,
+            "val": val_metrics,
+        }
+        checkpoint.save_checkpoint(
+            run_dir / "tokenizer.pt", model, kind="tokenizer", stats=stats, variables=variables, periodic=periodic,
+            metrics=summary,
+        )
+        (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+        logger.close()
+        print(f"results in {run_dir}: tokenizer.pt, metrics.json, metrics.csv, tb/")
+        print(json.dumps({k: v for k, v in val_metrics.items() if "/" not in k}, indent=2))
+    return val_metrics
+
+
+@hydra.main(config_path=paths.config_dir(), config_name="config", version_base="1.3")
+def main(cfg):
+    device = pick_device(cfg.trainer.device)
+    rank, world = setup_distributed(device)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    torch.manual_seed(cfg.seed + rank)
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    try:
+        if cfg.stage == "tokenizer":
+            return train_tokenizer(cfg, run_dir, device, rank, world)
+        raise ValueError(f"unknown stage {cfg.stage!r}; expected 'tokenizer'")
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from dynfield.models import gradient_loss, radial_power_spectrum, reconstruction_loss, spectral_loss, total_loss
+from dynfield.models.losses import forward_differences
+
+
+def test_single_mode_lands_in_its_shell_with_parseval_power():
+    n = 32
+    y, x = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    field = torch.tensor(np.cos(2 * np.pi * (3 * x + 4 * y) / n), dtype=torch.float32)[None, None]
+    spec = radial_power_spectrum(field)[0, 0]  # (S,)
+    assert spec.shape == (n // 2 + 1,)
+    # |k| = 5: all the power in shell 5, spread over the modes of that shell
+    k = np.fft.fftfreq(n) * n
+    modes_in_shell = int((np.round(np.hypot(k[:, None], k[None, :])) == 5).sum())
+    assert spec[5].item() * modes_in_shell == pytest.approx((field**2).sum().item(), rel=1e-4)
+    others = torch.cat([spec[:5], spec[6:]])
+    assert others.max() < 1e-6 * spec[5]
+
+
+def test_spectrum_handles_non_square_fields():
+    field = torch.randn(2, 3, 24, 40)
+    spec = radial_power_spectrum(field)
+    assert spec.shape == (2, 3, 13) and torch.isfinite(spec).all() and (spec > 0).all()
+
+
+def test_spectral_loss_zero_positive_and_finite_gradient():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 32, 40, generator=g)
+    assert spectral_loss(x, x) == 0
+    y = (x + 0.3 * torch.randn(x.shape, generator=g)).requires_grad_()
+    loss = spectral_loss(y, x)
+    assert loss > 0
+    loss.backward()
+    assert torch.isfinite(y.grad).all() and y.grad.abs().sum() > 0
+
+
+def test_spectral_loss_of_a_scaled_field_is_log_of_the_power_ratio_squared():
+    x = torch.randn(1, 2, 32, 32)
+    assert spectral_loss(2 * x, x).item() == pytest.approx(math.log(4) ** 2, rel=1e-4)
+
+
+def test_forward_differences_periodic_and_not():
+    ramp = torch.arange(6.0).expand(1, 1, 4, 6)
+    dx, dy = forward_differences(ramp, periodic=False)
+    assert torch.equal(dx[..., :-1], torch.ones(1, 1, 4, 5)) and (dx[..., -1] == 0).all() and (dy == 0).all()
+    dx, _ = forward_differences(ramp, periodic=True)
+    assert (dx[..., -1] == -5).all()  # wraps around to the first column
+
+
+def test_gradient_loss_ignores_offsets_and_respects_periodicity():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, 2, 16, 20, generator=g), torch.randn(2, 2, 16, 20, generator=g)
+    assert gradient_loss(x + 3.0, x) < 1e-6
+    assert gradient_loss(y, x) > 0
+    rolled = lambda t: torch.roll(t, (5, 7), dims=(-2, -1))  # noqa: E731
+    assert gradient_loss(rolled(y), rolled(x), periodic=True).item() == pytest.approx(gradient_loss(y, x, periodic=True).item(), rel=1e-6)
+    assert gradient_loss(rolled(y), rolled(x), periodic=False).item() != pytest.approx(gradient_loss(y, x, periodic=False).item(), rel=1e-3)
+
+
+def test_reconstruction_loss_kinds():
+    x, y = torch.zeros(1, 1, 2, 2), torch.full((1, 1, 2, 2), 2.0)
+    assert reconstruction_loss(y, x, "l1") == 2 and reconstruction_loss(y, x, "mse") == 4
+    with pytest.raises(ValueError, match="'l1' or 'mse'"):
+        reconstruction_loss(y, x, "huber")
+
+
+def test_total_loss_weights_and_skips_terms():
+    x = torch.randn(1, 2, 16, 16)
+    out = SimpleNamespace(recon=x + 1.0, losses={"vq": torch.tensor(0.5), "budget": torch.tensor(0.25)})
+    total, parts = total_loss(out, x, {"recon": 2.0, "spectral": 0.0, "gradient": 1.0, "vq": 1.0, "budget": 4.0}, recon_kind="mse")
+    assert set(parts) == {"recon", "gradient", "vq", "budget"}
+    assert parts["gradient"] == pytest.approx(0.0, abs=1e-6)
+    assert total.item() == pytest.approx(2.0 * 1.0 + 0.5 + 4 * 0.25, rel=1e-5)
+    with pytest.raises(ValueError, match="unknown loss weights"):
+        total_loss(out, x, {"perceptual": 1.0})

@@ -1,0 +1,125 @@
+"""The training entry point: config composition, a smoke run, resume, DDP, wheel install."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from dynfield import checkpoint, paths
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def compose_config(overrides=()):
+    with initialize_config_dir(config_dir=paths.config_dir(), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def test_default_config_is_the_turbulence_tokenizer():
+    cfg = compose_config()
+    assert cfg.dataset.name == "turbulence" and cfg.stage == "tokenizer"
+    assert cfg.model._target_ == "dynfield.models.DQVAE"
+    assert list(cfg.dataset.variables) == ["u", "v", "vorticity", "scalar"]
+
+
+def test_smoke_experiment_overrides_sizes():
+    cfg = compose_config(["experiment=smoke"])
+    assert cfg.dataset.generator.resolution == 64 and cfg.trainer.epochs == 2
+    assert compose_config(["model=vqvae"]).model.factor == 8
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Environment of the training subprocesses: a private data cache, one thread each."""
+    data = tmp_path_factory.mktemp("data")
+    return dict(os.environ, DYNFIELD_DATA_DIR=str(data), OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+
+
+def train(run_dir, env, *overrides, cwd, launcher=(sys.executable, "-m")):
+    cmd = [*launcher, "dynfield.train", "experiment=smoke", f"hydra.run.dir={run_dir}", *overrides]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def read_steps(run_dir, split):
+    with open(run_dir / "metrics.csv") as f:
+        return sorted({int(r["step"]) for r in csv.DictReader(f) if r["split"] == split})
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, env):
+    # Run from an unrelated working directory: the configs must still be found.
+    cwd = tmp_path_factory.mktemp("elsewhere")
+    run_dir = tmp_path_factory.mktemp("runs") / "smoke"
+    proc = train(run_dir, env, cwd=cwd)
+    return run_dir, proc, cwd
+
+
+def test_smoke_run_writes_results_and_nothing_in_cwd(smoke_run):
+    run_dir, proc, cwd = smoke_run
+    assert list(cwd.iterdir()) == []
+    for name in ["tokenizer.pt", "last.pt", "metrics.json", "metrics.csv", "stats.json"]:
+        assert (run_dir / name).is_file(), name
+    assert any((run_dir / "tb").iterdir())
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    val = summary["val"]
+    for key in ["rel_l2/u", "rel_l2/vorticity", "psnr", "spectrum_error", "fine_ratio", "codebook_usage", "perplexity"]:
+        assert key in val, key
+    # 32 fields / batch 8 = 4 steps an epoch, 2 epochs, validated after each.
+    assert summary["steps"] == 8 and read_steps(run_dir, "val") == [4, 8]
+    assert 0 < val["rel_l2"] < 2 and summary["samples_per_s"] > 0
+    assert str(run_dir) in proc.stdout
+
+
+def test_checkpoint_alone_encodes_and_decodes(smoke_run):
+    run_dir, _, _ = smoke_run
+    model, state = checkpoint.load_model(run_dir / "tokenizer.pt")
+    assert state["variables"] == ["u", "v", "vorticity", "scalar"]
+    assert set(state["stats"]) == set(state["variables"])
+    x = torch.randn(2, 4, 64, 64)
+    tokens = model.encode(x)
+    assert model.decode(tokens).shape == x.shape
+    again, _ = checkpoint.load_model(run_dir / "tokenizer.pt")
+    assert all(torch.equal(a, b) for a, b in zip(again.encode(x).codes, tokens.codes))
+
+
+def test_resume_continues_from_saved_step(tmp_path, env, smoke_run):
+    run_dir = tmp_path / "run"
+    train(run_dir, env, "trainer.epochs=1", cwd=tmp_path)
+    assert checkpoint.read_checkpoint(run_dir / "last.pt")["train_state"]["step"] == 4
+    proc = train(run_dir, env, f"resume={run_dir}", "trainer.epochs=2", cwd=tmp_path)
+    assert "resuming" in proc.stdout and "at step 4/8" in proc.stdout
+    assert read_steps(run_dir, "val") == [4, 8]
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 8
+    # the second run logged only the steps it trained
+    train_steps = read_steps(run_dir, "train")
+    assert train_steps == sorted(set(train_steps)) and max(train_steps) == 8
+
+
+def test_refuses_unknown_stage(tmp_path, env):
+    proc = subprocess.run(
+        [sys.executable, "-m", "dynfield.train", "experiment=smoke", "stage=nope", f"hydra.run.dir={tmp_path}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode != 0 and "unknown stage 'nope'" in proc.stderr
+
+
+@pytest.mark.slow
+def test_ddp_two_gloo_processes(tmp_path, env, smoke_run):
+    run_dir = tmp_path / "ddp"
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "-m")
+    train(run_dir, env, "trainer.epochs=1", "trainer.batch_size=4", cwd=tmp_path, launcher=launcher)
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    # 32 fields over 2 processes of batch 4: 4 steps, 32 samples seen
+    assert summary["world_size"] == 2 and summary["steps"] == 4
+    # one run directory, written by rank 0 only
+    assert [p.name for p in tmp_path.iterdir()] == ["ddp"]
+    model, _ = checkpoint.load_model(run_dir / "tokenizer.pt")
+    assert model.decode(model.encode(torch.randn(1, 4, 64, 64))).shape == (1, 4, 64, 64)
