@@ -267,8 +267,6 @@ def train_tokenizer(cfg, run_dir, device, rank, world):
                 bar.set_postfix(loss=f"{values['total']:.4f}", fine=f"{values['fine_fraction']:.2f}")
             if step % tcfg.ckpt_every == 0:
                 save()
-            if step >= total_steps:
-                break
         if step % steps_per_epoch == 0 or step >= total_steps:
             if main:
                 val_metrics = validate(model, val_loader, device, stats, variables)

@@ -78,10 +78,12 @@ def test_random_router_is_seeded_and_differs_from_learned():
     assert not torch.equal(a.grain, m.encode(x, fine_ratio=0.5, router="learned").grain)
     other_seed = model(seed=1).eval()
     assert not torch.equal(a.grain, other_seed.encode(x, fine_ratio=0.5, router="random").grain)
-    # a model trained with the random router draws new regions at every step
+    # a model trained with the random router draws new regions at every step,
+    # while encode stays repeatable even in training mode
     r = model(router="random").train()
     assert r.router is None
     assert not torch.equal(r(x).tokens.grain, r(x).tokens.grain)
+    assert torch.equal(r.encode(x).grain, r.encode(x).grain)
     with pytest.raises(ValueError, match="no learned router"):
         r.encode(x, router="learned")
 
@@ -95,8 +97,11 @@ def test_enstrophy_router_codes_the_active_region_finely():
 
 
 def test_fixed_router_override():
-    t = model().encode(field(), router="fixed", level=1)
-    assert (t.grain == 1).all() and (t.count() == 35).all()
+    m = model()
+    for level, per_region in ((0, 4), (1, 1)):
+        t = m.encode(field(), router="fixed", level=level)
+        assert (t.grain == level).all() and (t.count() == 35 * per_region).all()
+        assert m.tokens_per_field((40, 56), router="fixed", level=level) == 35 * per_region
     with pytest.raises(ValueError, match="level"):
         model().encode(field(), router="fixed", level=2)
 
@@ -200,3 +205,32 @@ def test_budget_loss_steers_the_learned_router():
         out.losses["budget"].backward()
         opt.step()
     assert abs(sampled_fraction() - 0.8) < 0.05 < abs(before - 0.8)
+
+
+def smooth_field(B, C, n, seed=0):
+    """Random periodic fields with a steep spectrum (amplitude ~ k^-2), unit variance."""
+    g = torch.Generator().manual_seed(seed)
+    k = torch.sqrt(torch.fft.fftfreq(n)[:, None] ** 2 + torch.fft.rfftfreq(n)[None] ** 2) * n
+    coeffs = torch.view_as_complex(torch.randn(B, C, n, n // 2 + 1, 2, generator=g))
+    x = torch.fft.irfft2(coeffs / (1 + k) ** 2, s=(n, n))
+    return x / x.std()
+
+
+def test_tiny_model_overfits_one_batch():
+    m = model(factors=(4, 8))
+    x = smooth_field(2, 4, 32)
+    opt = torch.optim.Adam(m.parameters(), 3e-3)
+
+    def eval_mse():
+        m.eval()
+        with torch.no_grad():
+            return (m.decode(m.encode(x)) - x).square().mean().item()
+
+    before = eval_mse()
+    m.train()
+    for step in range(300):
+        loss, _ = total_loss(m(x, temperature=max(0.3, 1 - step / 200)), x, {"spectral": 0.0})
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert eval_mse() < before / 10

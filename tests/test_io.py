@@ -11,14 +11,14 @@ import pytest
 from dynfield.conventions import SAMPLE, TIME, X, Y
 from dynfield.data.dummy import (PDEBENCH_CFD_FROM_DUMMY, dummy_dataset, write_dummy_netcdf,
                                  write_dummy_pdebench_hdf5, write_dummy_well_hdf5, write_dummy_zarr)
-from dynfield.data.io import _import_zarr, detect_layout, open_fields
+from dynfield.data.io import detect_layout, open_fields, require_zarr
 
 N_SAMPLE, N_TIME, NY, NX = 2, 3, 16, 24
 
 
 def _zarr_usable():
     try:
-        _import_zarr()
+        require_zarr()
         return True
     except ImportError:
         return False
@@ -163,7 +163,8 @@ def test_variable_selection_keeps_the_requested_order(tmp_path):
 
 @pytest.mark.parametrize("writer", ["netcdf", "well"])
 def test_missing_variable_lists_available_ones(tmp_path, writer):
-    path = (write_dummy_netcdf(tmp_path / "f.nc") if writer == "netcdf" else write_dummy_well_hdf5(tmp_path / "w.h5"))
+    write = {"netcdf": write_dummy_netcdf, "well": write_dummy_well_hdf5}[writer]
+    path = write(tmp_path / "file")
     with pytest.raises(KeyError, match=r"\['pressure'\].*available.*'vorticity'"):
         open_fields(path, ["vorticity", "pressure"])
 

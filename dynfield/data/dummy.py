@@ -18,7 +18,7 @@ import numpy as np
 import xarray as xr
 
 from dynfield.conventions import CF_CONVENTIONS, COORD_ATTRS, SAMPLE, TIME, VARIABLE_ATTRS, X, Y
-from dynfield.data.io import _import_zarr
+from dynfield.data.io import require_zarr
 
 # PDEBench 2D CFD variables written by write_dummy_pdebench_hdf5, from the dummy flow.
 PDEBENCH_CFD_FROM_DUMMY = {
@@ -80,7 +80,7 @@ def write_dummy_netcdf(path, n_sample=2, n_time=None, ny=16, nx=24, sample_offse
 
 def write_dummy_zarr(path, n_sample=2, n_time=None, ny=16, nx=24, sample_offset=0):
     """Write ``dummy_dataset`` to a zarr store (needs the zarr package)."""
-    _import_zarr()
+    require_zarr()
     # format 2: consolidated metadata, readable by every zarr version, no format-3 warnings
     dummy_dataset(n_sample, n_time, ny, nx, sample_offset).to_zarr(path, mode="w", zarr_format=2)
     return path

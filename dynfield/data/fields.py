@@ -53,7 +53,7 @@ def compute_stats(ds, variables=None, *, mask=False, block_bytes=64 * 2**20):
     """
     variables = list(ds.data_vars) if variables is None else list(variables)
     _check_variables(ds, variables)
-    tasks, layouts = [], {}
+    tasks, n_blocks = [], {}
     for v in variables:
         data = ds[v].data if isinstance(ds[v].data, da.Array) else da.from_array(np.asarray(ds[v].data))
         lead = {i for i, d in enumerate(ds[v].dims) if d in (SAMPLE, TIME)}
@@ -62,12 +62,12 @@ def compute_stats(ds, variables=None, *, mask=False, block_bytes=64 * 2**20):
         starts = [np.cumsum((0, *c[:-1])) for c in data.chunks]
         blocks = data.to_delayed().ravel()
         offsets = [tuple(int(s[i]) for s, i in zip(starts, idx)) for idx in np.ndindex(*data.numblocks)]
-        layouts[v] = len(blocks)
+        n_blocks[v] = len(blocks)
         tasks += [dask.delayed(_block_moments)(b, off) for b, off in zip(blocks, offsets)]
     results = iter(dask.compute(*tasks))  # every block of every variable, read once
     stats = {}
     for v in variables:
-        moments = [next(results) for _ in range(layouts[v])]
+        moments = [next(results) for _ in range(n_blocks[v])]
         bad = next((m["bad"] for m in moments if m["bad"] is not None), None)
         if bad is not None and not mask:
             raise _nonfinite_error(v, ds[v].dims, *bad)
@@ -88,7 +88,8 @@ def _block_moments(block, offset):
     if n == 0:
         return {"n": 0, "masked": int((~finite).sum()), "bad": bad}
     mean = block.mean()
-    return {"n": n, "mean": mean, "m2": float(((block - mean) ** 2).sum()), "min": float(block.min()),
+    centred = (block - mean).ravel()
+    return {"n": n, "mean": mean, "m2": float(centred @ centred), "min": float(block.min()),
             "max": float(block.max()), "masked": int((~finite).sum()), "bad": bad}
 
 
@@ -264,7 +265,7 @@ class FieldDataset(torch.utils.data.Dataset):
         self.lead_dims = [d for d in (SAMPLE, TIME) if d in ds.dims]
         self.lead_sizes = [ds.sizes[d] for d in self.lead_dims]
         self.field_hw = (ds.sizes[Y], ds.sizes[X])
-        self.crop = (crop, crop) if isinstance(crop, int) else tuple(crop) if crop else None
+        self.crop = None if crop is None else (int(crop),) * 2 if np.isscalar(crop) else tuple(crop)
         if self.crop and (self.crop[0] > self.field_hw[0] or self.crop[1] > self.field_hw[1]):
             raise ValueError(f"crop {self.crop} is larger than the {self.field_hw[0]}x{self.field_hw[1]} fields")
         self.size_hw = self.crop or self.field_hw
@@ -275,6 +276,7 @@ class FieldDataset(torch.utils.data.Dataset):
         self.pad_hw = (-self.size_hw[0] % multiple, -self.size_hw[1] % multiple)
         self.periodic, self.flips, self.mask, self.seed, self.epoch = periodic, flips, mask, seed, 0
         self.stats = compute_stats(ds, self.variables, mask=mask) if stats is None else stats
+        _mean_std(self.stats, self.variables, torch.zeros(0))  # every channel has statistics
         # mask channels ride along through the geometric transforms with sign +1
         extra = torch.ones(len(self.variables) if mask else 0)
         self._signs = {axis: torch.cat([reflection_signs(self.variables, axis), extra])[:, None, None]
@@ -306,8 +308,11 @@ class FieldDataset(torch.utils.data.Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} items")
         where = {d: int(i) for d, i in zip(self.lead_dims, np.unravel_index(index, self.lead_sizes))}
-        planes = self._dataset()[self.variables].isel(where).compute()
-        x = torch.from_numpy(np.stack([planes[v].transpose(Y, X).values for v in self.variables]).astype(np.float32))
+        # synchronous: an item is a few small reads, DataLoader workers give the
+        # parallelism, and dask's thread pool does not survive a fork into a worker
+        planes = self._dataset()[self.variables].isel(where).compute(scheduler="synchronous")
+        x = np.stack([planes[v].transpose(Y, X).values for v in self.variables])
+        x = torch.from_numpy(x.astype(np.float32))
         valid = torch.isfinite(x)  # (C, H, W)
         if not self.mask and not valid.all():
             c, i, j = np.unravel_index(int(torch.argmin(valid.to(torch.uint8))), x.shape)

@@ -64,7 +64,14 @@ def open_fields(paths, variables=None, dims=None, *, layout=None, engine=None, c
         ``{"lat": "y", "lon": "x", "member": "sample"}``. Common names are
         guessed; a dimension that is neither given nor guessed is an error.
     layout : str, optional
-        Force the layout, one of ``LAYOUTS``; detected from the content otherwise.
+        Force the layout, one of ``LAYOUTS``; detected from the content otherwise:
+        ``"well"`` (``t{0,1,2}_fields/`` + ``dimensions/``; vector and tensor
+        fields become ``<name>_x``, ``<name>_xy``, ...), ``"pdebench"``
+        (top-level ``Vx, density, tensor, ...`` shaped (sample, time, x, y),
+        or groups ``0000/data`` whose channels become ``data_0, data_1, ...``),
+        ``"hdf5"`` (datasets of 2 or more dims in one group, axes named by
+        dimension scales or labels, else read as (..., y, x)), ``"netcdf"``,
+        ``"zarr"``.
     engine : str, optional
         xarray engine for netCDF files (default ``"netcdf4"``).
     chunks : "auto" or dict
@@ -185,7 +192,7 @@ def _canonical(ds):
 
 # --------------------------------------------------------------------------- netCDF and zarr
 
-def _import_zarr():
+def require_zarr():
     """Import zarr or say clearly that it is needed."""
     try:
         import zarr
@@ -197,19 +204,16 @@ def _import_zarr():
 
 def _open_xarray(path, layout, variables, dims, engine, chunks, group):
     if layout == "zarr":
-        _import_zarr()
+        require_zarr()
         engine = "zarr"
     ds = xr.open_dataset(path, engine=engine or "netcdf4", chunks=None, decode_coords="all", group=group)
     fields = [v for v, arr in ds.data_vars.items() if arr.ndim >= 2]
     keep = _select(fields, variables, path)
     renames = {}
     for v in keep:
-        for name, ours in zip(ds[v].dims, _map_dims(ds[v].dims, dims, f"variable {v!r} in {path}")):
-            if renames.setdefault(name, ours) != ours:
-                raise ValueError(f"dimension {name!r} in {path} maps to both {renames[name]!r} and {ours!r}")
-    used = set(renames)
-    coords = [c for c in ds.coords if set(ds[c].dims) <= used]
-    out = ds[keep].drop_vars([c for c in ds.coords if c not in coords]).rename(renames)
+        renames.update(zip(ds[v].dims, _map_dims(ds[v].dims, dims, f"variable {v!r} in {path}")))
+    # selecting the variables keeps only the coordinates on their dimensions
+    out = ds[keep].rename(renames)
     out = out.chunk({d: _chunk_sizes((d,), (n,), chunks)[0] for d, n in out.sizes.items()})
     out = _canonical(out)
     out.set_close(ds.close)

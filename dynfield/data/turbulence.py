@@ -12,11 +12,13 @@ scalar is G*y + s, of which only the periodic part s is simulated and stored):
 The mean gradient is what keeps the scalar statistically steady: the flow
 stirs it down the gradient, producing variance that diffusion removes.
 
-Fields are indexed [..., y, x]; spectral arrays are rfft2 coefficients of
-the Fourier series (norm="forward"), shape (..., n, n // 2 + 1), so their
-amplitudes do not depend on the resolution. The velocity comes from the
-stream function (u = dpsi/dy, v = -dpsi/dx, w = -lap psi), so it is
-divergence-free by construction.
+Fields are indexed [..., y, x]. Spectral arrays hold Fourier-series
+coefficients (amplitudes independent of the resolution) in the rfft layout,
+kept only for the columns 0 <= kx < n/3 that the 2/3 rule retains: shape
+(..., n, c) with c = (n - 1) // 3 + 1. Dropping the other columns leaves a
+third less work in every elementwise operation and in the y transforms.
+The velocity comes from the stream function (u = dpsi/dy, v = -dpsi/dx,
+w = -lap psi), so it is divergence-free by construction.
 """
 
 import hashlib
@@ -25,7 +27,7 @@ import json
 import math
 import os
 import pathlib
-import tempfile
+import uuid
 from datetime import datetime, timezone
 
 import numpy as np
@@ -36,15 +38,6 @@ from tqdm.auto import tqdm
 from dynfield.conventions import CF_CONVENTIONS, COORD_ATTRS, SAMPLE, VARIABLE_ATTRS, X, Y
 
 FORCINGS = ("kolmogorov", "stochastic")
-
-
-def _parseval_weights(n, dtype, device):
-    """Weights that turn a sum over rfft2 coefficients into one over the full plane."""
-    w = torch.full((n // 2 + 1,), 2.0, dtype=dtype, device=device)
-    w[0] = 1.0  # the kx = 0 column has no mirror image in the rfft layout
-    if n % 2 == 0:
-        w[-1] = 1.0  # nor has the Nyquist column
-    return w
 
 
 class NavierStokes2D:
@@ -66,8 +59,8 @@ class NavierStokes2D:
         ``|k - k_f| <= forcing_bandwidth`` injecting energy at ``injection_rate``.
     forcing_wavenumber : int
         k_f.
-    scalar_diffusivity : float or None
-        kappa; None means equal to the viscosity (Schmidt number 1).
+    scalar_diffusivity : float
+        kappa (the default equals the viscosity: Schmidt number 1).
     scalar_gradient : float
         Mean scalar gradient G along y.
     cfl : float
@@ -78,10 +71,10 @@ class NavierStokes2D:
         Seeds the random initial condition and the stochastic forcing.
     """
 
-    def __init__(self, resolution=128, batch=1, *, viscosity=1e-3, hyperviscosity=0.0, hyperviscosity_order=4,
+    def __init__(self, resolution=128, batch=1, *, viscosity=1e-3, hyperviscosity=2e-13, hyperviscosity_order=4,
                  drag=0.1, forcing="kolmogorov", forcing_wavenumber=4, forcing_amplitude=1.0,
-                 injection_rate=0.1, forcing_bandwidth=1.0, scalar_diffusivity=None, scalar_gradient=1.0,
-                 cfl=0.5, max_dt=0.05, seed=0, dtype=torch.float64, device="cpu"):
+                 injection_rate=0.1, forcing_bandwidth=1.0, scalar_diffusivity=1e-3, scalar_gradient=1.0,
+                 cfl=0.8, max_dt=0.05, seed=0, dtype=torch.float64, device="cpu"):
         if forcing not in FORCINGS + ("none",):
             raise ValueError(f"forcing must be one of {FORCINGS + ('none',)}, got {forcing!r}")
         if resolution < 8 or batch < 1:
@@ -102,23 +95,25 @@ class NavierStokes2D:
         self.time, self.steps = 0.0, 0
 
         kw = dict(dtype=dtype, device=device)
-        self.kx = torch.arange(n // 2 + 1, **kw)  # (m,), m = n // 2 + 1
+        c = (n - 1) // 3 + 1  # retained columns, 3 kx < n
+        self.kx = torch.arange(c, **kw)  # (c,)
         self.ky = torch.fft.fftfreq(n, 1.0 / n, **kw)[:, None]  # (n, 1), integer wavenumbers
-        self.k2 = self.kx ** 2 + self.ky ** 2  # (n, m)
-        self.ikxy = torch.stack([1j * self.kx.expand(n, -1), 1j * self.ky.expand(-1, n // 2 + 1)])[:, None, None]  # (2, 1, 1, n, m)
+        self.k2 = self.kx ** 2 + self.ky ** 2  # (n, c)
+        # (2, 1, 1, n, c): i kx and i ky, broadcast against (fields, B, n, c)
+        self.ikxy = torch.stack([1j * self.kx.expand(n, c), 1j * self.ky.expand(n, c)])[:, None, None]
         self.inv_k2 = torch.where(self.k2 > 0, 1.0 / self.k2.clamp(min=1.0), torch.zeros_like(self.k2))
-        self.weights = _parseval_weights(n, **kw)
+        # a column kx > 0 stands for its mirror image -kx too; kx = 0 has none
+        self.weights = torch.where(self.kx > 0, 2.0, 1.0)  # (c,)
         # 2/3 rule: a product of modes with |k_j| < n/3 aliases only onto modes
         # outside that square, so truncating the nonlinear term to it is exact.
         # The mean (k = 0) is excluded: it is zero for w and conserved for s.
-        self.mask = (3 * self.kx.abs() < n) & (3 * self.ky.abs() < n) & (self.k2 > 0)  # (n, m)
+        self.mask = (3 * self.ky.abs() < n) & (self.k2 > 0)  # (n, c)
 
-        kappa = viscosity if scalar_diffusivity is None else scalar_diffusivity
         hyper = hyperviscosity * self.k2 ** hyperviscosity_order
-        # Linear operator of (vorticity, scalar), integrated exactly by the integrating factor.
-        self.linear = torch.stack([-viscosity * self.k2 - hyper - drag, -kappa * self.k2 - hyper])[:, None]  # (2, 1, n, m)
+        # (2, 1, n, c): linear operator of (vorticity, scalar), integrated exactly by the integrating factor
+        self.linear = torch.stack([-viscosity * self.k2 - hyper - drag, -scalar_diffusivity * self.k2 - hyper])[:, None]
 
-        self.forcing_hat = torch.zeros(n, n // 2 + 1, dtype=self._complex, device=device)
+        self.forcing_hat = torch.zeros(n, c, dtype=self._complex, device=device)
         if forcing == "kolmogorov":
             y = torch.arange(n, **kw) * self.dx
             f_y = -forcing_wavenumber * forcing_amplitude * torch.cos(forcing_wavenumber * y)  # curl of A sin(k_f y) x
@@ -128,18 +123,22 @@ class NavierStokes2D:
         if forcing == "stochastic" and not self.forcing_shell.any():
             raise ValueError(f"the forcing shell around k_f={forcing_wavenumber} holds no resolved mode at n={n}")
 
-        # (2, B, n, m): spectral vorticity and scalar, zero until set_state or randomize
-        self.fields_hat = torch.zeros(2, batch, n, n // 2 + 1, dtype=self._complex, device=device)
+        # (2, B, n, c): spectral vorticity and scalar, zero until set_state or randomize
+        self.fields_hat = torch.zeros(2, batch, n, c, dtype=self._complex, device=device)
 
     @property
     def _complex(self):
         return torch.complex128 if self.dtype == torch.float64 else torch.complex64
 
+    # Two 1-D transforms rather than rfft2/irfft2: about twice as fast on CPU,
+    # and the y transforms see only the retained columns.
     def _rfft(self, x):
-        return torch.fft.rfft2(x, norm="forward")
+        """(..., n, n) real -> (..., n, c) retained coefficients."""
+        return torch.fft.fft(torch.fft.rfft(x, norm="forward")[..., : self.kx.numel()], dim=-2, norm="forward")
 
     def _irfft(self, x_hat):
-        return torch.fft.irfft2(x_hat, s=(self.n, self.n), norm="forward")
+        """(..., n, c) coefficients -> (..., n, n); irfft pads the dropped columns with zeros."""
+        return torch.fft.irfft(torch.fft.ifft(x_hat, dim=-2, norm="forward"), n=self.n, norm="forward")
 
     # ---------------------------------------------------------------- state
     def set_state(self, vorticity, scalar=None):
@@ -195,8 +194,8 @@ class NavierStokes2D:
         k : (K,) tensor of shell wavenumbers 0..K-1
         spectrum_BK : (B, K) tensor; its sum over k is ``energy()``
         """
-        shell = self.k2.sqrt().round().long().flatten()  # (n * m,)
-        e = (0.5 * self.fields_hat[0].abs() ** 2 * self.inv_k2 * self.weights).flatten(1)  # (B, n * m)
+        shell = self.k2.sqrt().round().long().flatten()  # (n * c,)
+        e = (0.5 * self.fields_hat[0].abs() ** 2 * self.inv_k2 * self.weights).flatten(1)  # (B, n * c)
         spectrum_BK = torch.zeros(self.batch, int(shell.max()) + 1, dtype=self.dtype, device=self.device)
         spectrum_BK.index_add_(1, shell, e)
         return torch.arange(spectrum_BK.shape[1], device=self.device), spectrum_BK
@@ -210,10 +209,10 @@ class NavierStokes2D:
         batched inverse FFT: the step's cost is these FFTs.
         """
         psi_hat = z_hat[0] * self.inv_k2
-        grads_hat = self.ikxy * torch.cat([z_hat, psi_hat[None]])  # (2, 3, B, n, m): d/dx, d/dy of w, s, psi
+        grads_hat = self.ikxy * torch.cat([z_hat, psi_hat[None]])  # (2, 3, B, n, c): d/dx, d/dy of w, s, psi
         grads = self._irfft(grads_hat)  # (2, 3, B, n, n)
         psi_x, psi_y = grads[0, 2], grads[1, 2]
-        advection_hat = self._rfft(psi_y * grads[0, :2] - psi_x * grads[1, :2]) * self.mask  # (2, B, n, m)
+        advection_hat = self._rfft(psi_y * grads[0, :2] - psi_x * grads[1, :2]) * self.mask  # (2, B, n, c)
         dw = self.forcing_hat - advection_hat[0]
         ds = self.scalar_gradient * grads_hat[0, 2] - advection_hat[1]  # -G v, with v = -psi_x
         return torch.stack([dw, ds]), (psi_x.abs() + psi_y.abs()).amax()
@@ -233,7 +232,7 @@ class NavierStokes2D:
         if dt is None:
             cap = self.max_dt if max_dt is None else max_dt
             dt = cap if speed == 0 else min(cap, self.cfl * self.dx / float(speed))
-        e = torch.exp(self.linear * (dt / 2))  # (2, 1, n, m): exp(L dt/2)
+        e = torch.exp(self.linear * (dt / 2))  # (2, 1, n, c): exp(L dt/2)
         z = self.fields_hat
         ez = e * z
         k2, _ = self._tendency(ez + dt / 2 * (e * k1))
@@ -269,10 +268,10 @@ class NavierStokes2D:
 
 
 # ---------------------------------------------------------------- data set
-def generate(n_samples=256, *, resolution=128, seed=0, viscosity=1e-3, hyperviscosity=0.0, hyperviscosity_order=4,
+def generate(n_samples=256, *, resolution=128, seed=0, viscosity=1e-3, hyperviscosity=2e-13, hyperviscosity_order=4,
              drag=0.1, forcing="kolmogorov", forcing_wavenumber=4, forcing_amplitude=1.0, injection_rate=0.1,
              forcing_bandwidth=1.0, scalar_diffusivity=1e-3, scalar_gradient=1.0, trajectories=16,
-             spinup_time=15.0, snapshot_interval=1.5, cfl=0.5, progress=True):
+             spinup_time=15.0, snapshot_interval=1.5, cfl=0.8, progress=True):
     """Generate decorrelated snapshots of forced 2D turbulence with a passive scalar.
 
     ``trajectories`` independent random initial conditions are integrated
@@ -290,8 +289,8 @@ def generate(n_samples=256, *, resolution=128, seed=0, viscosity=1e-3, hypervisc
     """
     params = dict(locals())
     del params["progress"]
-    batch = min(trajectories, n_samples)
-    per_trajectory = math.ceil(n_samples / batch)
+    per_trajectory = math.ceil(n_samples / min(trajectories, n_samples))
+    batch = math.ceil(n_samples / per_trajectory)  # no more trajectories than the samples need
     # float32 is three times faster than float64 here; round-off does not
     # change the statistics of a chaotic flow, and the data are stored in float32.
     solver = NavierStokes2D(resolution, batch, viscosity=viscosity, hyperviscosity=hyperviscosity,
@@ -316,7 +315,8 @@ def generate(n_samples=256, *, resolution=128, seed=0, viscosity=1e-3, hypervisc
             bar.update(snapshot_interval)
             u, v = solver.velocity()
             snapshots.append(torch.stack([u, v, solver.vorticity, solver.scalar]).float())
-    fields = torch.stack(snapshots, dim=2).flatten(1, 2)[:, :n_samples].numpy()  # (4, B * per_trajectory, n, n), trajectory-major
+    # (4, n_samples, n, n), trajectory-major
+    fields = torch.stack(snapshots, dim=2).flatten(1, 2)[:, :n_samples].numpy()
     sample = np.arange(n_samples)
 
     coord = np.arange(resolution) * (2 * np.pi / resolution)
@@ -338,27 +338,29 @@ def generate(n_samples=256, *, resolution=128, seed=0, viscosity=1e-3, hypervisc
         "source": ("dynfield pseudo-spectral 2D Navier-Stokes solver: vorticity form, 2/3-rule dealiasing, "
                    "integrating-factor RK4 with CFL time step; scalar is the periodic fluctuation about "
                    "a mean gradient scalar_gradient along y"),
-        "history": f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} generated by dynfield.data.turbulence.generate",
+        "history": f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ} generated by dynfield.data.turbulence.generate",
         "periodic": 1,
         **params,
     }
     return ds
 
 
+_GENERATE = inspect.signature(generate)
+
+
 def _dataset_params(params):
     """``params`` completed with generate's defaults, floats as floats, without ``progress``."""
-    signature = inspect.signature(generate)
-    unknown = sorted(set(params) - set(signature.parameters))
+    unknown = sorted(set(params) - set(_GENERATE.parameters))
     if unknown:
-        raise TypeError(f"unknown turbulence data set parameter(s) {unknown}; known: {sorted(signature.parameters)}")
-    bound = signature.bind(**params)
+        raise TypeError(f"unknown turbulence data set parameter(s) {unknown}; known: {sorted(_GENERATE.parameters)}")
+    bound = _GENERATE.bind(**params)
     bound.apply_defaults()
     resolved = {}
     for name, value in bound.arguments.items():
         if name == "progress":
             continue
         # 0 and 0.0 are the same viscosity and must give the same file
-        resolved[name] = float(value) if isinstance(signature.parameters[name].default, float) else value
+        resolved[name] = float(value) if isinstance(_GENERATE.parameters[name].default, float) else value
     return resolved
 
 
@@ -379,12 +381,10 @@ def ensure_dataset(directory, **params):
         return path
     directory.mkdir(parents=True, exist_ok=True)
     ds = generate(**params, progress=progress)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.stem}.", suffix=".tmp")
-    os.close(fd)
+    tmp = directory / f".{path.name}.{uuid.uuid4().hex}.tmp"  # unique, so concurrent writers never clash
     try:
         ds.to_netcdf(tmp, engine="netcdf4")
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
     return path

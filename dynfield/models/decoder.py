@@ -5,7 +5,7 @@ import math
 import torch
 import torch.nn as nn
 
-from .encoder import AttnBlock, ResBlock, conv, norm, stage_channels
+from .encoder import ResBlock, conv, norm, stage_channels
 from .tokens import repeat_cells
 
 
@@ -19,10 +19,12 @@ class Decoder(nn.Module):
 
     The trunk mirrors the encoder's channels; the last doubling is a sub-pixel
     convolution (conv at half resolution, then pixel shuffle) so no layer
-    runs at full resolution with many channels.
+    runs at full resolution with many channels. No self-attention: the
+    decoder starts on the finest token grid, where it would cost
+    (H W / f_1^2)^2 per sample.
     """
 
-    def __init__(self, out_channels, factors, hidden, channel_mult, num_res_blocks, code_dim, periodic, attention):
+    def __init__(self, out_channels, factors, hidden, channel_mult, num_res_blocks, code_dim, periodic):
         super().__init__()
         depth_fine, depth_coarse = int(math.log2(factors[0])), int(math.log2(factors[-1]))
         chans = stage_channels(hidden, channel_mult, depth_coarse)[:depth_fine]  # after halving 1 .. log2(f_1)
@@ -31,8 +33,6 @@ class Decoder(nn.Module):
         self.offset_embed = nn.Embedding(self.block**2, code_dim) if len(factors) > 1 else None
         layers = [conv(code_dim, chans[-1], 3, periodic)]
         layers += [ResBlock(chans[-1], chans[-1], periodic) for _ in range(num_res_blocks)]
-        if attention:
-            layers.append(AttnBlock(chans[-1]))
         for c_in, c_out in zip(chans[::-1], chans[-2::-1]):
             layers += [nn.Upsample(scale_factor=2, mode="nearest"), conv(c_in, c_out, 3, periodic)]
             layers += [ResBlock(c_out, c_out, periodic) for _ in range(num_res_blocks)]

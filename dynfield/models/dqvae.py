@@ -56,8 +56,8 @@ class DQVAE(nn.Module):
     ----------
     in_channels : channels of the (normalised) field.
     factors : ascending powers of two, one per grain level (0 = finest).
-    hidden, channel_mult, num_res_blocks, attention : encoder/decoder size,
-        see ``Encoder``.
+    hidden, channel_mult, num_res_blocks : encoder/decoder size, see ``Encoder``.
+    attention : a self-attention block at the coarsest encoder level.
     code_dim, codebook_size : the shared codebook.
     router : grain router used in training and by default at inference,
         one of ``ROUTERS``.
@@ -92,7 +92,7 @@ class DQVAE(nn.Module):
         attention=False,
         commitment=0.25,
         ema_decay=0.99,
-        dead_code_threshold=0.03,
+        dead_code_threshold=0.5,
         fixed_level=0,
         vorticity_channel=None,
         seed=0,
@@ -121,8 +121,8 @@ class DQVAE(nn.Module):
         self.router_mode, self.target_ratios, self.budget_mode = router, target_ratios, budget_mode
         self.periodic, self.fixed_level, self.vorticity_channel, self.seed = periodic, fixed_level, vorticity_channel, seed
         arch = dict(factors=factors, hidden=hidden, channel_mult=channel_mult, num_res_blocks=num_res_blocks,
-                    code_dim=code_dim, periodic=periodic, attention=attention)
-        self.encoder = Encoder(in_channels, **arch)
+                    code_dim=code_dim, periodic=periodic)
+        self.encoder = Encoder(in_channels, **arch, attention=attention)
         self.decoder = Decoder(in_channels, **arch)
         # only the learned router has parameters; the others are rules applied on the fly
         self.router = Router(factors, code_dim) if router == "learned" and K > 1 else None
@@ -143,15 +143,19 @@ class DQVAE(nn.Module):
             raise ValueError(f"a {H}x{W} field is smaller than one coarsest region ({f}x{f})")
         pad_h, pad_w = -H % f, -W % f
         if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode="circular" if self.periodic else "replicate")
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="constant")
         return x
 
     def _route(self, x_pad, feats, mode, fine_ratio=None, level=None, temperature=None):
         """Choose the grain of every region.
 
+        With a `temperature` the choice is the training one: the learned router
+        samples by Gumbel-softmax, the random one draws fresh regions.
+        Without, it is the inference one, and repeatable.
+
         Returns (grain (B, Hc, Wc), gate (B, K, Hc, Wc), logits or None). The
         gate is one-hot; it carries the straight-through gradient when the
-        learned router samples (temperature given).
+        learned router samples.
         """
         K = self.num_levels
         coarse = feats[-1]
@@ -176,8 +180,7 @@ class DQVAE(nn.Module):
                 raise ValueError(f"fixed router level must index one of the {K} levels, got {level}")
             grain = torch.full((B, Hc, Wc), level, dtype=torch.long, device=coarse.device)
         elif mode == "random":
-            # training draws fresh regions every step; inference is repeatable
-            generator = self._train_generator if self.training else torch.Generator().manual_seed(self.seed)
+            generator = self._train_generator if temperature is not None else torch.Generator().manual_seed(self.seed)
             grain = rank_assign(random_score((B, Hc, Wc), generator, coarse.device), ratios)
         else:  # enstrophy
             score = enstrophy_score(x_pad, self.factors[-1], self.periodic, self.vorticity_channel)
@@ -270,16 +273,19 @@ class DQVAE(nn.Module):
         gate = F.one_hot(tokens.grain, self.num_levels).permute(0, 3, 1, 2).to(self.quantizer.embed.dtype)
         return self.decoder(self._merge(gate, q_levels), tokens.grain)[..., :H, :W]
 
-    def tokens_per_field(self, shape, fine_ratio=None):
-        """Number of codes for a field of `shape` (H, W) under the exact budget.
+    def tokens_per_field(self, shape, fine_ratio=None, router=None, level=None):
+        """Number of codes ``encode`` gives a field of `shape` (H, W), same arguments.
 
-        `fine_ratio` as in ``encode``; None takes the target ratios. This is the
-        count of the random and enstrophy routers, and of the learned router
-        when it is given `fine_ratio`.
+        Exact for every router except the learned one without `fine_ratio`
+        (argmax): for it, the count at the target ratios, which training aims at.
         """
-        f_K = self.factors[-1]
+        f_K, K = self.factors[-1], self.num_levels
         regions = -(-shape[0] // f_K) * -(-shape[1] // f_K)
-        ratios = self.target_ratios if fine_ratio is None else budget_ratios(fine_ratio, self.target_ratios)
+        if (router or self.router_mode) == "fixed":
+            level = self.fixed_level if level is None else level
+            ratios = [float(k == level) for k in range(K)]
+        else:
+            ratios = self.target_ratios if fine_ratio is None else budget_ratios(fine_ratio, self.target_ratios)
         return sum(n * (f_K // f) ** 2 for n, f in zip(level_counts(regions, ratios), self.factors))
 
 

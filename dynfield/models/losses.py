@@ -9,7 +9,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-DEFAULT_WEIGHTS = {"recon": 1.0, "spectral": 0.1, "gradient": 0.0, "vq": 1.0, "budget": 1.0}
+DEFAULT_WEIGHTS = {"recon": 1.0, "spectral": 0.01, "gradient": 0.0, "vq": 1.0, "budget": 1.0}
 
 
 def reconstruction_loss(recon, x, kind="l1"):
@@ -72,9 +72,17 @@ def radial_power_spectrum(x_BCHW):
     return sums / counts
 
 
-def spectral_loss(recon, x, eps=1e-8):
-    """Mean squared difference of the log radial power spectra, per sample and channel."""
-    return F.mse_loss(torch.log(radial_power_spectrum(recon) + eps), torch.log(radial_power_spectrum(x) + eps))
+def spectral_loss(recon, x, eps=1e-4):
+    """Mean squared difference of the log radial power spectra, per sample and channel.
+
+    `eps` is relative: the floor added inside the log is `eps` times the
+    target's mean shell power (per sample and channel). An absolute floor
+    lets shells with vanishing power, which the target does not care about,
+    produce gradients of size 1 / power that swamp the rest of the training.
+    """
+    spec_x = radial_power_spectrum(x)
+    floor = eps * spec_x.mean(-1, keepdim=True)  # (B, C, 1)
+    return F.mse_loss(torch.log(radial_power_spectrum(recon) + floor), torch.log(spec_x + floor))
 
 
 def total_loss(out, x, weights=None, recon_kind="l1", periodic=True):
