@@ -37,3 +37,6 @@ VELOCITY_COMPONENTS = {X: ("u", "vx", "velocity_x", "ux"), Y: ("v", "vy", "veloc
 PSEUDO_SCALARS = ("vorticity", "vort", "streamfunction", "psi")
 
 COORD_ATTRS[TIME] = {"units": "1", "long_name": "time (nondimensional)", "axis": "T"}
+
+# Channel names read as the vertical vorticity itself (matched case-insensitively).
+VORTICITY_NAMES = ("vorticity", "vort")

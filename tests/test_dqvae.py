@@ -157,6 +157,28 @@ def test_periodic_model_commutes_with_rolls_by_whole_regions():
     assert torch.allclose(m.decode(t_rolled), roll(m.decode(t)), atol=1e-5)
 
 
+def test_decoder_tells_the_copies_of_a_coarse_code_apart():
+    """One code everywhere, all regions coarse: only the offset embedding breaks the symmetry between copies."""
+    m = model(periodic=True).eval()
+    t = m.encode(field(H=32, W=32), router="fixed", level=1)
+    t.codes = (t.codes[0], torch.full_like(t.codes[1], 5))
+    y = m.decode(t.validate())
+    assert torch.allclose(torch.roll(y, (8, 8), dims=(-2, -1)), y, atol=1e-5)  # one coarse block
+    assert not torch.allclose(torch.roll(y, (4, 4), dims=(-2, -1)), y, atol=1e-3)  # one fine cell
+
+
+@pytest.mark.parametrize("periodic", [True, False])
+def test_padding_wraps_periodic_fields_and_extends_others(periodic):
+    m = model(periodic=periodic)
+    x = field(H=37, W=45)
+    xp = m._pad(x)
+    assert xp.shape[-2:] == (40, 48) and torch.equal(xp[..., :37, :45], x)
+    if periodic:
+        assert torch.equal(xp[..., 37:, :45], x[..., :3, :]) and torch.equal(xp[..., :37, 45:], x[..., :, :3])
+    else:
+        assert torch.equal(xp[..., 37:, :45], x[..., -1:, :].expand(-1, -1, 3, -1))
+
+
 def test_checkpoint_round_trip_rebuilds_an_identical_model():
     m = model(factors=(2, 4, 8), budget_mode="sample", attention=True).train()
     x = field()

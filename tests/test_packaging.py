@@ -1,6 +1,7 @@
 """Packaging: the wheel holds every subpackage and the Hydra configs."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +20,12 @@ def test_every_subpackage_is_listed_in_pyproject():
 
 @pytest.mark.slow
 def test_installed_wheel_finds_its_configs(tmp_path):
+    # Build from a copy so no build/ directory is left in (or reused from) the checkout.
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".*", "build", "outputs", "datasets", "*.egg-info"))
     wheel_dir = tmp_path / "wheel"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheel_dir), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheel_dir), str(src)],
         check=True, capture_output=True, timeout=600,
     )
     target = tmp_path / "site"

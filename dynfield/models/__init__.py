@@ -1,7 +1,14 @@
 """Stage-1 models: the dynamic-grain VQ-VAE (DQ-VAE) and the fixed-grain baseline."""
 
 from .dqvae import DQVAE, DQVAEOutput, vqvae
-from .losses import DEFAULT_WEIGHTS, gradient_loss, radial_power_spectrum, reconstruction_loss, spectral_loss, total_loss
+from .losses import (
+    DEFAULT_WEIGHTS,
+    gradient_loss,
+    radial_power_spectrum,
+    reconstruction_loss,
+    spectral_loss,
+    total_loss,
+)
 from .quantizer import VectorQuantizer
 from .router import ROUTERS, Router, budget_loss, enstrophy_score, gumbel_temperature
 from .tokens import Tokens

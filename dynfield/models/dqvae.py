@@ -119,14 +119,17 @@ class DQVAE(nn.Module):
         )
         self.in_channels, self.factors, self.code_dim = in_channels, factors, code_dim
         self.router_mode, self.target_ratios, self.budget_mode = router, target_ratios, budget_mode
-        self.periodic, self.fixed_level, self.vorticity_channel, self.seed = periodic, fixed_level, vorticity_channel, seed
+        self.periodic, self.fixed_level, self.seed = periodic, fixed_level, seed
+        self.vorticity_channel = vorticity_channel
         arch = dict(factors=factors, hidden=hidden, channel_mult=channel_mult, num_res_blocks=num_res_blocks,
                     code_dim=code_dim, periodic=periodic)
         self.encoder = Encoder(in_channels, **arch, attention=attention)
         self.decoder = Decoder(in_channels, **arch)
         # only the learned router has parameters; the others are rules applied on the fly
         self.router = Router(factors, code_dim) if router == "learned" and K > 1 else None
-        self.quantizer = VectorQuantizer(codebook_size, code_dim, commitment, ema_decay, dead_code_threshold=dead_code_threshold)
+        self.quantizer = VectorQuantizer(
+            codebook_size, code_dim, commitment, ema_decay, dead_code_threshold=dead_code_threshold
+        )
         self._train_generator = torch.Generator().manual_seed(seed)
 
     @property
@@ -143,7 +146,7 @@ class DQVAE(nn.Module):
             raise ValueError(f"a {H}x{W} field is smaller than one coarsest region ({f}x{f})")
         pad_h, pad_w = -H % f, -W % f
         if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode="constant")
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="circular" if self.periodic else "replicate")
         return x
 
     def _route(self, x_pad, feats, mode, fine_ratio=None, level=None, temperature=None):
@@ -214,18 +217,16 @@ class DQVAE(nn.Module):
         H, W = x.shape[-2:]
         x_pad = self._pad(x)
         feats = self.encoder(x_pad)  # K x (B, D, Hp / f_k, Wp / f_k)
-        grain, gate, logits = self._route(x_pad, feats, self.router_mode, temperature=temperature if self.training else None)
+        sample_temperature = temperature if self.training else None
+        grain, gate, logits = self._route(x_pad, feats, self.router_mode, temperature=sample_temperature)
         # quantize every level's vectors at once (one codebook, one EMA step); only the
         # chosen ones count, so a coarse vector is one code however many cells it covers
         z_ND = torch.cat([f.permute(0, 2, 3, 1).reshape(-1, self.code_dim) for f in feats])
         chosen_N = torch.cat([mask.flatten() for mask in self._level_masks(grain)])
         q_ND, idx_N, vq_loss = self.quantizer(z_ND, chosen_N)
-        q_levels, idx_levels, start = [], [], 0
-        for f in feats:
-            B, D, h, w = f.shape
-            q_levels.append(q_ND[start : start + B * h * w].view(B, h, w, D).permute(0, 3, 1, 2))
-            idx_levels.append(idx_N[start : start + B * h * w].view(B, h, w))
-            start += B * h * w
+        sizes = [f[:, 0].numel() for f in feats]
+        q_levels = [q.view(f.shape[0], *f.shape[2:], -1).permute(0, 3, 1, 2) for q, f in zip(q_ND.split(sizes), feats)]
+        idx_levels = [i.view(f.shape[0], *f.shape[2:]) for i, f in zip(idx_N.split(sizes), feats)]
         recon = self.decoder(self._merge(gate, q_levels), grain)[..., :H, :W]
         tokens = self._tokens(grain, idx_levels, (H, W))
         learned = logits is not None
@@ -256,7 +257,10 @@ class DQVAE(nn.Module):
         x_pad = self._pad(x)
         feats = self.encoder(x_pad)
         grain, _, _ = self._route(x_pad, feats, router or self.router_mode, fine_ratio=fine_ratio, level=level)
-        idx_levels = [self.quantizer.nearest(f.permute(0, 2, 3, 1).reshape(-1, self.code_dim)).view(f.shape[0], *f.shape[2:]) for f in feats]
+        idx_levels = [
+            self.quantizer.nearest(f.permute(0, 2, 3, 1).reshape(-1, self.code_dim)).view(f.shape[0], *f.shape[2:])
+            for f in feats
+        ]
         return self._tokens(grain, idx_levels, x.shape[-2:])
 
     @torch.no_grad()

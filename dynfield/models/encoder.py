@@ -18,7 +18,8 @@ def norm(channels):
 def conv(c_in, c_out, kernel, periodic, stride=1):
     # padding keeps (H, W) for odd kernels and halves it exactly for kernel 4, stride 2
     padding = (kernel - 1) // 2 if stride == 1 else (kernel - stride) // 2
-    return nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, padding_mode="circular" if periodic else "zeros")
+    mode = "circular" if periodic else "zeros"
+    return nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding, padding_mode=mode)
 
 
 class ResBlock(nn.Module):
@@ -54,7 +55,10 @@ def stage_channels(hidden, channel_mult, num_stages):
     """Channels of the trunk after each halving: hidden * channel_mult[i]."""
     mult = channel_mult if channel_mult is not None else (1,) + (2,) * (num_stages - 1)
     if len(mult) != num_stages:
-        raise ValueError(f"channel_mult needs one entry per halving ({num_stages} for the coarsest factor {2 ** num_stages}), got {tuple(mult)}")
+        raise ValueError(
+            f"channel_mult needs one entry per halving ({num_stages} for the coarsest factor {2 ** num_stages}), "
+            f"got {tuple(mult)}"
+        )
     return [hidden * m for m in mult]
 
 

@@ -9,6 +9,8 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+# The spectral term is a regulariser on top of the point-wise one: weighted 0.1
+# it slowed the early fall of the L1 error several-fold in short CPU runs.
 DEFAULT_WEIGHTS = {"recon": 1.0, "spectral": 0.01, "gradient": 0.0, "vq": 1.0, "budget": 1.0}
 
 

@@ -1,6 +1,7 @@
 """Vector quantization with one shared codebook, EMA updates and dead-code restart."""
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -37,7 +38,9 @@ class VectorQuantizer(nn.Module):
     def __init__(self, codebook_size=1024, dim=64, commitment=0.25, decay=0.99, eps=1e-5, dead_code_threshold=0.5):
         super().__init__()
         if not 0.0 <= dead_code_threshold < 1.0:
-            raise ValueError(f"dead_code_threshold is relative to the mean usage and must lie in [0, 1), got {dead_code_threshold}")
+            raise ValueError(
+                f"dead_code_threshold is relative to the mean usage and must lie in [0, 1), got {dead_code_threshold}"
+            )
         self.codebook_size, self.dim = codebook_size, dim
         self.commitment, self.decay, self.eps = commitment, decay, eps
         self.dead_code_threshold = dead_code_threshold
@@ -50,11 +53,13 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def nearest(self, z_ND, chunk=8192):
         """(N,) index of the nearest code (squared Euclidean distance) for each row of z_ND."""
-        e_sq = self.embed.square().sum(1)
-        out = []
-        for z in z_ND.detach().split(chunk):
-            # |z|^2 is the same for every code, so it does not change the argmin
-            out.append((e_sq - 2 * z @ self.embed.T).argmin(1))
+        # float32 even under autocast: bf16 distances cannot tell nearby codes apart
+        with torch.autocast(z_ND.device.type, enabled=False):
+            e_sq = self.embed.square().sum(1)
+            out = []
+            for z in z_ND.detach().float().split(chunk):
+                # |z|^2 is the same for every code, so it does not change the argmin
+                out.append((e_sq - 2 * z @ self.embed.T).argmin(1))
         return torch.cat(out) if out else z_ND.new_zeros(0, dtype=torch.long)
 
     def lookup(self, indices):
@@ -78,24 +83,26 @@ class VectorQuantizer(nn.Module):
         """
         if z.shape[-1] != self.dim:
             raise ValueError(f"expected vectors of size {self.dim}, got shape {tuple(z.shape)}")
-        z_ND = z.reshape(-1, self.dim)
-        counted = z_ND if mask is None else z_ND[mask.reshape(-1)]
+        z_ND = z.reshape(-1, self.dim).float()  # the codebook and its statistics stay float32
+        mask_N = None if mask is None else mask.reshape(-1)
+        counted = z_ND if mask_N is None else z_ND[mask_N]
         if self.training and not self.initialised and len(counted):
             self._init_codebook(counted.detach())
         idx = self.nearest(z_ND)
         q_ND = self.lookup(idx)
-        idx_counted = idx if mask is None else idx[mask.reshape(-1)]
+        idx_counted = idx if mask_N is None else idx[mask_N]
         q_counted = self.lookup(idx_counted)
         loss = self.commitment * F.mse_loss(counted, q_counted) if len(counted) else z_ND.new_zeros(())
         self.last_counts = torch.bincount(idx_counted, minlength=self.codebook_size).float()
         if self.training:
             self._ema_update(counted.detach(), idx_counted)
         q_ND = z_ND + (q_ND - z_ND).detach()
-        return q_ND.view_as(z), idx.view(z.shape[:-1]), loss
+        return q_ND.view(z.shape), idx.view(z.shape[:-1]), loss
 
     @torch.no_grad()
     def _init_codebook(self, z_ND):
-        pick = torch.randperm(len(z_ND))[: self.codebook_size] if len(z_ND) >= self.codebook_size else torch.randint(len(z_ND), (self.codebook_size,))
+        n = len(z_ND)
+        pick = torch.randperm(n)[: self.codebook_size] if n >= self.codebook_size else torch.randint(n, (self.codebook_size,))
         self.embed.copy_(z_ND[pick.to(z_ND.device)])
         # every code starts as if it had had its fair share of the batch
         self.cluster_size.fill_(len(z_ND) / self.codebook_size)
@@ -104,8 +111,15 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _ema_update(self, z_ND, idx):
-        sums = torch.zeros_like(self.embed_sum).index_add_(0, idx, z_ND.to(self.embed_sum.dtype))
-        self.cluster_size.lerp_(self.last_counts.to(self.cluster_size), 1 - self.decay)
+        sums = torch.zeros_like(self.embed_sum).index_add_(0, idx, z_ND)
+        counts = self.last_counts.to(self.cluster_size)
+        if dist.is_available() and dist.is_initialized():
+            # Pool every process's assignments so the codebook follows all the data.
+            # DistributedDataParallel broadcasts rank 0's buffers before each forward,
+            # so rank 0's restarts (drawn from its own batch) are the ones kept.
+            dist.all_reduce(counts)
+            dist.all_reduce(sums)
+        self.cluster_size.lerp_(counts, 1 - self.decay)
         self.embed_sum.lerp_(sums, 1 - self.decay)
         n = self.cluster_size.sum()
         smoothed = (self.cluster_size + self.eps) / (n + self.codebook_size * self.eps) * n

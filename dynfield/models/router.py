@@ -9,10 +9,13 @@ Routers, by name:
   gradient energy of the input field (or its squared vorticity).
 - ``fixed``: every region at one given level.
 
-Exact budget (every router but ``fixed``): regions are ranked by a score,
-the top round(r_0 * R) get level 0 (halves rounded up) (finest), the next ones level 1, and so
-on, with the counts rounded on the cumulative ratios so they add up to R.
-The token count per sample is then the same for every sample. A scalar
+Exact budget (every router but ``fixed``): the R regions of a sample are
+ranked by a score, the top round(r_0 * R) get level 0 (the finest), the
+next ones level 1, and so on; counts are rounded (halves up) on the
+cumulative ratios so they add up to R. Every sample then has the same token
+count. Scores: the learned router's expected fineness under its gate
+probabilities (for K = 2 an increasing function of logit_fine -
+logit_coarse), uniform noise, or the enstrophy score. A scalar
 ``fine_ratio`` r sets the fraction of regions finer than the coarsest: for
 K = 2 the ratios are (r, 1 - r); for K > 2 r is split between the finer
 levels in proportion to the target ratios.
@@ -43,7 +46,8 @@ class Router(nn.Module):
         hidden = hidden or code_dim
         self.pool = [factors[-1] // f for f in factors]
         self.norms = nn.ModuleList(nn.LayerNorm(code_dim) for _ in factors)
-        self.mlp = nn.Sequential(nn.Conv2d(len(factors) * code_dim, hidden, 1), nn.SiLU(), nn.Conv2d(hidden, len(factors), 1))
+        K = len(factors)
+        self.mlp = nn.Sequential(nn.Conv2d(K * code_dim, hidden, 1), nn.SiLU(), nn.Conv2d(hidden, K, 1))
 
     def forward(self, feats):
         pooled = []

@@ -89,28 +89,33 @@ class Tokens:
         return (self.grain < self.num_levels - 1).flatten(1).float().mean(1)
 
     def to(self, device):
-        return Tokens(self.grain.to(device), tuple(c.to(device) for c in self.codes), self.factors, self.shape, self.codebook_size)
+        codes = tuple(c.to(device) for c in self.codes)
+        return Tokens(self.grain.to(device), codes, self.factors, self.shape, self.codebook_size)
 
     def validate(self):
         """Raise ValueError if grain map, codes, factors and shape disagree; return self."""
         factors = check_factors(self.factors)
         K, f_K = len(factors), factors[-1]
         if self.grain.dim() != 3 or self.grain.dtype != torch.long:
-            raise ValueError(f"grain must be a (B, Hc, Wc) long tensor, got {tuple(self.grain.shape)} {self.grain.dtype}")
+            raise ValueError(f"grain must be a (B, Hc, Wc) long tensor, got {tuple(self.grain.shape)} of {self.grain.dtype}")
         if len(self.codes) != K:
             raise ValueError(f"expected one code tensor per level ({K}), got {len(self.codes)}")
         B, Hc, Wc = self.grain.shape
         H, W = self.shape
         if -(-H // f_K) != Hc or -(-W // f_K) != Wc:
-            raise ValueError(f"shape {self.shape} padded to multiples of {f_K} gives a {(-(-H // f_K), -(-W // f_K))} grid, grain map is {(Hc, Wc)}")
+            grid = (-(-H // f_K), -(-W // f_K))
+            raise ValueError(f"shape {self.shape} padded to multiples of {f_K} gives a {grid} grid, grain map is {(Hc, Wc)}")
         if self.grain.numel() and (self.grain.min() < 0 or self.grain.max() >= K):
             raise ValueError(f"grain levels must lie in [0, {K}), got [{self.grain.min()}, {self.grain.max()}]")
         for k, (codes, f) in enumerate(zip(self.codes, factors)):
             expected = (B, Hc * f_K // f, Wc * f_K // f)
             if tuple(codes.shape) != expected or codes.dtype != torch.long:
-                raise ValueError(f"level {k} codes must be a {expected} long tensor, got {tuple(codes.shape)} {codes.dtype}")
+                raise ValueError(f"level {k} codes must be a {expected} long tensor, got {tuple(codes.shape)} of {codes.dtype}")
             if codes.numel() and (codes.min() < -1 or codes.max() >= self.codebook_size):
-                raise ValueError(f"level {k} codes must lie in [-1, {self.codebook_size}), got [{codes.min()}, {codes.max()}]")
+                bounds = f"[{codes.min()}, {codes.max()}]"
+                raise ValueError(f"level {k} codes must lie in [-1, {self.codebook_size}), got {bounds}")
             if not torch.equal(codes >= 0, self.level_mask(k)):
-                raise ValueError(f"level {k} codes are set (>= 0) where the grain map does not select level {k}, or missing where it does")
+                raise ValueError(
+                    f"level {k} codes are set (>= 0) where the grain map does not select level {k}, or missing where it does"
+                )
         return self

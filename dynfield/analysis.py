@@ -1,0 +1,420 @@
+"""Where does a tokenizer spend its codes? Grain allocation against the physics of the flow.
+
+Every region of the coarsest grid carries one grain decision. For each region
+this module gathers the grain a router chose, the score the router ranked it
+by, and statistics of the flow inside it: mean enstrophy and palinstrophy, the
+fraction of its area that is vortex-dominated by the Okubo-Weiss criterion,
+mean kinetic energy and scalar-gradient energy (the ``INDICATORS``). It then
+measures how well each router's ranking follows each indicator:
+
+- ROC-AUC of the router score for "region in the top q of the indicator",
+  per field and averaged over the fields;
+- precision and recall of the fine regions under an exact budget b (a
+  fraction b of the regions finer than the coarsest grain) against those
+  top-q regions, counts pooled over the fields;
+- the fine/coarse ratio: the indicator's mean over the fine regions divided
+  by its mean over the coarse ones;
+
+for the learned router and, as references, the random and enstrophy routers;
+and it splits the reconstruction error between vortex-dominated,
+strain-dominated and background points.
+
+What the indicators come from depends on the channels (``FlowDiagnostics.basis``):
+- "velocity": u and v (any names in ``VELOCITY_COMPONENTS``); the vorticity is
+  the vorticity channel when there is one, else the curl of the velocity.
+- "vorticity": a vorticity channel and no velocity. On a periodic domain the
+  velocity is recovered through the stream function; otherwise what needs it
+  (Okubo-Weiss, kinetic energy, the error split) is left out.
+- "gradient_energy": neither (a scalar field only, say); the one indicator is
+  the gradient energy of all channels.
+
+Derivatives assume the 2*pi box of ``dynfield.physics``. Every figure here is a
+ranking, a ratio of means, or a threshold relative to a per-field standard
+deviation, so none depends on the true grid spacing.
+"""
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+from tqdm.auto import tqdm
+
+from dynfield import physics
+from dynfield.conventions import VELOCITY_COMPONENTS, VORTICITY_NAMES, X, Y
+from dynfield.data import FieldDataset, denormalise, ensure_dataset, open_fields
+from dynfield.models.router import enstrophy_score, random_score
+from dynfield.paths import default_data_dir
+
+INDICATORS = ("enstrophy", "palinstrophy", "vortex_fraction", "kinetic_energy", "scalar_gradient", "gradient_energy")
+REGION_TYPES = ("vortex", "strain", "background")
+ROUTERS = ("learned", "random", "enstrophy")
+BUDGETS = (0.25, 0.5, 0.75)
+QUANTILES = (0.1, 0.2, 0.5)
+OW_THRESHOLD = 0.2  # vortex-dominated where W < -0.2 std(W), strain-dominated where W > 0.2 std(W)
+HELD_OUT_SEED = 2  # solver seed of the held-out turbulence; training uses 0 and validation 1
+BUNDLED_TOKENIZER = Path(__file__).resolve().parent / "pretrained" / "tokenizer.pt"
+
+
+# --------------------------------------------------------------------------- flow diagnostics
+
+
+def channel_roles(variables):
+    """Which channels hold the velocity, the vorticity and the other fields.
+
+    Returns
+    -------
+    dict : ``u``, ``v``, ``vorticity``: a channel index or None (u and v only
+    as a pair); ``others``: indices of the channels that are neither a
+    velocity component nor the vorticity.
+    """
+    names = [v.lower() for v in variables]
+
+    def find(candidates):
+        return next((i for i, n in enumerate(names) if n in candidates), None)
+
+    u, v, vort = find(VELOCITY_COMPONENTS[X]), find(VELOCITY_COMPONENTS[Y]), find(VORTICITY_NAMES)
+    if u is None or v is None:
+        u = v = None
+    velocity_names = set().union(*VELOCITY_COMPONENTS.values())
+    others = [i for i, n in enumerate(names) if n not in velocity_names and i != vort]
+    return {"u": u, "v": v, "vorticity": vort, "others": others}
+
+
+def velocity_from_vorticity(omega):
+    """Zero-mean velocity ``(u, v)`` of a periodic vorticity field (..., H, W) on the 2*pi box.
+
+    Solves ``lap psi = -omega`` spectrally and takes ``u = dpsi/dy``,
+    ``v = -dpsi/dx``. The curl of the result is omega less its mean (the mean
+    flow, which the vorticity does not determine, is zero).
+    """
+    omega = np.asarray(omega, dtype=np.float64)
+    H, W = omega.shape[-2:]
+    k2 = np.fft.fftfreq(H, 1.0 / H)[:, None] ** 2 + np.fft.rfftfreq(W, 1.0 / W)[None, :] ** 2
+    k2[0, 0] = 1.0  # the mean of psi is arbitrary: set to zero below
+    psi_hat = np.fft.rfft2(omega) / k2
+    psi_hat[..., 0, 0] = 0.0
+    dpsi_dy, dpsi_dx = physics.gradient(np.fft.irfft2(psi_hat, s=(H, W)))
+    return dpsi_dy, -dpsi_dx
+
+
+def region_types(okubo_weiss, threshold=OW_THRESHOLD):
+    """Index into ``REGION_TYPES`` of every point of Okubo-Weiss fields (..., H, W), int8.
+
+    0 vortex-dominated (W < -threshold std(W)), 1 strain-dominated
+    (W > threshold std(W)), 2 background; std over (H, W) of each field, as
+    in ``physics.vortex_mask``.
+    """
+    w = np.asarray(okubo_weiss)
+    sigma = w.std(axis=(-2, -1), keepdims=True)
+    kinds = np.full(w.shape, 2, dtype=np.int8)
+    kinds[w < -threshold * sigma] = 0
+    kinds[w > threshold * sigma] = 1
+    return kinds
+
+
+def gradient_energy(fields_BCHW, periodic=True):
+    """(B, H, W): ``0.5 * sum_c |grad f_c|^2``, each channel first divided by its std over the batch.
+
+    The scaling lets channels in different units add up.
+    """
+    f = np.asarray(fields_BCHW, dtype=np.float64)
+    scale = f.std(axis=(0, 2, 3), keepdims=True)
+    d_dy, d_dx = physics.gradient(f / np.where(scale > 0, scale, 1.0), periodic=periodic)
+    return 0.5 * (d_dx**2 + d_dy**2).sum(1)
+
+
+@dataclass
+class FlowDiagnostics:
+    """Pointwise diagnostics of a batch of fields: numpy arrays (B, H, W) in physical units.
+
+    basis : "velocity", "vorticity" or "gradient_energy" (see the module docstring).
+    note : what the indicators were computed from, in words.
+    densities : indicator name -> pointwise density; its mean over a region is the indicator.
+    vorticity, okubo_weiss : None where the channels do not give them.
+    region_type : int8 index into ``REGION_TYPES`` per point; None without Okubo-Weiss.
+    """
+
+    basis: str
+    note: str
+    densities: dict
+    vorticity: np.ndarray | None
+    okubo_weiss: np.ndarray | None
+    region_type: np.ndarray | None
+
+
+def flow_diagnostics(fields_BCHW, variables, periodic=True, threshold=OW_THRESHOLD):
+    """Vorticity, Okubo-Weiss, region types and the indicator densities of fields (B, C, H, W).
+
+    Parameters
+    ----------
+    fields_BCHW : array or tensor in physical units, channels named by ``variables``.
+    periodic : spectral derivatives if True, else finite differences.
+    threshold : Okubo-Weiss threshold in units of std(W), see ``region_types``.
+    """
+    f = np.asarray(torch.as_tensor(fields_BCHW).detach().cpu(), dtype=np.float64)
+    if f.ndim != 4 or f.shape[1] != len(variables):
+        raise ValueError(f"expected fields (B, {len(variables)}, H, W) for channels {list(variables)}, got shape {f.shape}")
+    roles = channel_roles(variables)
+    u = v = omega = None
+    if roles["u"] is not None:
+        u, v = f[:, roles["u"]], f[:, roles["v"]]
+    if roles["vorticity"] is not None:
+        omega = f[:, roles["vorticity"]]
+    elif u is not None:
+        omega = physics.vorticity(u, v, periodic=periodic)
+
+    if u is not None:
+        basis, note = "velocity", "indicators from the velocity channels" + (" and the vorticity channel" if roles["vorticity"] is not None else "")
+    elif omega is not None and periodic:
+        basis, note = "vorticity", "no velocity channels: velocity recovered from the vorticity through the stream function (mean flow zero)"
+        u, v = velocity_from_vorticity(omega)
+    elif omega is not None:
+        basis, note = "vorticity", ("no velocity channels and a non-periodic domain: no Okubo-Weiss field, "
+                                    "kinetic energy or error split by region type")
+    else:
+        basis, note = "gradient_energy", ("no velocity or vorticity channel: the indicator is the gradient energy of all "
+                                          "channels (each scaled by its std); no Okubo-Weiss field or error split by region type")
+
+    densities, okubo, kinds = {}, None, None
+    if omega is not None:
+        densities["enstrophy"] = physics.enstrophy(omega)
+        densities["palinstrophy"] = physics.palinstrophy(omega, periodic=periodic)
+    if u is not None:
+        okubo = physics.okubo_weiss(u, v, periodic=periodic)
+        kinds = region_types(okubo, threshold)
+        densities["vortex_fraction"] = (kinds == 0).astype(np.float64)
+        densities["kinetic_energy"] = physics.kinetic_energy(u, v)
+    if omega is None:
+        densities["gradient_energy"] = gradient_energy(f, periodic)
+    elif roles["others"]:
+        densities["scalar_gradient"] = gradient_energy(f[:, roles["others"]], periodic)
+    return FlowDiagnostics(basis, note, densities, omega, okubo, kinds)
+
+
+def region_means(density, factor):
+    """(..., ceil(H / f), ceil(W / f)): mean of a density (..., H, W) over each region of f x f cells.
+
+    A region that sticks out of the field (H or W not a multiple of f)
+    averages the cells inside it only.
+    """
+    density = np.asarray(density, dtype=np.float64)
+    H, W = density.shape[-2:]
+    Hc, Wc = -(-H // factor), -(-W // factor)
+    padded = np.zeros(density.shape[:-2] + (Hc * factor, Wc * factor))
+    padded[..., :H, :W] = density
+    inside = np.zeros((Hc * factor, Wc * factor))
+    inside[:H, :W] = 1.0
+
+    def block_sum(a):
+        return a.reshape(*a.shape[:-2], Hc, factor, Wc, factor).sum(axis=(-3, -1))
+
+    return block_sum(padded) / block_sum(inside)
+
+
+# --------------------------------------------------------------------------- router scores
+
+
+def fineness_log_odds(logits_BKHW):
+    """(B, Hc, Wc): ``log(E / (K - 1 - E))``, E the expected number of levels finer than the coarsest.
+
+    An exact budget ranks the learned router's regions by E
+    (``models.router.expected_fineness``); this is an increasing function of
+    it, computed in log space so that it does not saturate. With two levels
+    it is the fine logit minus the coarse logit.
+    """
+    K = logits_BKHW.shape[1]
+    logp = logits_BKHW.double().log_softmax(1)
+    # level k is K - 1 - k levels finer than the coarsest; E = sum_k p_k (K-1-k) and K-1-E = sum_k p_k k
+    finer = torch.arange(K - 1, -1, -1, dtype=logp.dtype, device=logp.device)[:, None, None]
+    return torch.logsumexp(logp + finer.log(), 1) - torch.logsumexp(logp + (K - 1 - finer).log(), 1)
+
+
+@torch.no_grad()
+def router_scores(model, x_BCHW, router="learned"):
+    """(B, Hc, Wc) score by which an exact budget ranks the regions: the top ones get the finer grains.
+
+    learned: ``fineness_log_odds`` of the router's logits. random: the
+    router's seeded draws, which start afresh for every call, so pass the
+    same batches as to ``model.encode``. enstrophy: the mean gradient energy
+    (or squared vorticity) of each region.
+    """
+    if model.num_levels < 2:
+        raise ValueError(f"a model with one grain level (factors {model.factors}) routes nothing")
+    x_pad = model._pad(x_BCHW)  # the padding encode applies, so that the regions line up
+    f_K = model.factors[-1]
+    if router == "learned":
+        if model.router is None:
+            raise ValueError(f"this model has no learned router (it was built with router={model.router_mode!r})")
+        return fineness_log_odds(model.router(model.encoder(x_pad)))
+    if router == "random":
+        shape = (x_pad.shape[0], x_pad.shape[-2] // f_K, x_pad.shape[-1] // f_K)
+        return random_score(shape, torch.Generator().manual_seed(model.seed), x_pad.device)
+    if router == "enstrophy":
+        return enstrophy_score(x_pad, f_K, model.periodic, model.vorticity_channel)
+    raise ValueError(f"router must be one of {ROUTERS}, got {router!r}")
+
+
+# --------------------------------------------------------------------------- alignment metrics
+
+
+def _ratio(num, den):
+    return float(num) / float(den) if den else math.nan
+
+
+def _auc_row(score, label):
+    n_pos = int(label.sum())
+    n_neg = label.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    _, inverse, counts = np.unique(score, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]  # 1-based, tied scores share their mean rank
+    return (ranks[label].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def roc_auc(score, label):
+    """ROC-AUC of ``score`` for the binary ``label``: rows (..., R) give (...), a float for one row.
+
+    The Mann-Whitney statistic: the probability that a random positive
+    outscores a random negative, ties counting one half. NaN for a row
+    without positives or without negatives.
+    """
+    score, label = np.broadcast_arrays(np.asarray(score, dtype=np.float64), np.asarray(label, dtype=bool))
+    R = score.shape[-1]
+    auc = np.array([_auc_row(s, l) for s, l in zip(score.reshape(-1, R), label.reshape(-1, R))])
+    auc = auc.reshape(score.shape[:-1])
+    return float(auc) if auc.ndim == 0 else auc
+
+
+def roc_curve(score, label):
+    """False and true positive rates ``(fpr, tpr)`` of one row, from (0, 0) to (1, 1).
+
+    One point per distinct score, from the highest down; a group of tied
+    scores is one diagonal step, so the trapezoidal area is ``roc_auc``.
+    """
+    score, label = np.asarray(score, dtype=np.float64), np.asarray(label, dtype=bool)
+    if label.all() or not label.any():
+        raise ValueError("a ROC curve needs both positives and negatives")
+    order = np.argsort(-score, kind="stable")
+    s, l = score[order], label[order]
+    last = np.r_[s[1:] != s[:-1], True]  # last member of each group of tied scores
+    tp, fp = np.cumsum(l)[last], np.cumsum(~l)[last]
+    return np.r_[0.0, fp / fp[-1]], np.r_[0.0, tp / tp[-1]]
+
+
+def mean_roc(score_NR, label_NR, fpr=None):
+    """``(fpr, tpr)``: the rows' ROC curves averaged vertically at the false-positive rates ``fpr``.
+
+    Rows without positives or without negatives are left out; tpr is NaN if
+    none is left.
+    """
+    fpr = np.linspace(0.0, 1.0, 101) if fpr is None else np.asarray(fpr)
+    curves = []
+    for s, l in zip(np.asarray(score_NR), np.asarray(label_NR, dtype=bool)):
+        if l.all() or not l.any():
+            continue
+        f, t = roc_curve(s, l)
+        top = np.r_[f[1:] != f[:-1], True]  # at a vertical step the curve reaches its highest tpr
+        curves.append(np.interp(fpr, f[top], t[top]))
+    return fpr, np.mean(curves, axis=0) if curves else np.full(fpr.shape, np.nan)
+
+
+def top_fraction(values, q):
+    """(..., R) bool: per row, the regions in the top fraction ``q`` of ``values``.
+
+    round(q R) regions, less those tied with the best region left out: a tie
+    at the cut is resolved against every tied region, never by their order.
+    """
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"q must lie in [0, 1], got {q}")
+    values = np.asarray(values, dtype=np.float64)
+    k = math.floor(q * values.shape[-1] + 0.5)
+    if k >= values.shape[-1]:
+        return np.ones(values.shape, dtype=bool)
+    cut = -np.sort(-values, axis=-1)[..., k : k + 1]  # the (k+1)-th largest of each row
+    return values > cut
+
+
+def precision_recall(selected, relevant):
+    """``(precision, recall)`` of the selected regions against the relevant ones, counts pooled over all rows.
+
+    NaN for a measure whose set is empty.
+    """
+    selected, relevant = np.asarray(selected, dtype=bool), np.asarray(relevant, dtype=bool)
+    hits = (selected & relevant).sum()
+    return _ratio(hits, selected.sum()), _ratio(hits, relevant.sum())
+
+
+def fine_coarse_ratio(values, fine):
+    """Mean of ``values`` over the fine regions divided by their mean over the coarse ones.
+
+    NaN when either set is empty or the coarse mean is zero.
+    """
+    values, fine = np.asarray(values, dtype=np.float64), np.asarray(fine, dtype=bool)
+    if fine.all() or not fine.any():
+        return math.nan
+    return _ratio(values[fine].mean(), values[~fine].mean())
+
+
+def error_by_region(sq_error_BHW, region_type=None):
+    """Mean of a pointwise squared error over all points and over each type of ``REGION_TYPES``.
+
+    Returns ``{"all": ..., "vortex": ..., "strain": ..., "background": ...}``
+    (only "all" without region types; NaN for a type with no point).
+    """
+    err = np.asarray(sq_error_BHW, dtype=np.float64)
+    out = {"all": float(err.mean())}
+    if region_type is not None:
+        for k, name in enumerate(REGION_TYPES):
+            mask = region_type == k
+            out[name] = float(err[mask].mean()) if mask.any() else math.nan
+    return out
+
+
+def _key(value):
+    return f"{value:g}"
+
+
+def _nanmean(values):
+    values = np.asarray(values, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else math.nan
+
+
+def alignment(regions, scores, grains, num_levels, quantiles=QUANTILES):
+    """Alignment of router scores and grains with the indicators.
+
+    Parameters
+    ----------
+    regions : indicator name -> (N, Hc, Wc) region means.
+    scores : router -> (N, Hc, Wc) router scores.
+    grains : router -> budget -> (N, Hc, Wc) grain levels (0 = finest).
+    num_levels : K; a region is fine at any level below K - 1.
+
+    Returns
+    -------
+    dict : per router, ``auc[indicator][q]`` (mean over the fields that have
+    regions in and out of the top q) and per budget ``fine_fraction``,
+    ``fine_coarse_ratio[indicator]``, ``precision[indicator][q]``,
+    ``recall[indicator][q]``; budgets and q as keys written ``f"{x:g}"``.
+    """
+    flat = {name: r.reshape(len(r), -1) for name, r in regions.items()}  # (N, R)
+    top = {(name, q): top_fraction(r, q) for name, r in flat.items() for q in quantiles}
+    out = {}
+    for router, score in scores.items():
+        score = score.reshape(len(score), -1)
+        auc = {name: {_key(q): _nanmean(roc_auc(score, top[name, q])) for q in quantiles} for name in flat}
+        budgets = {}
+        for budget, grain in grains[router].items():
+            fine = grain.reshape(len(grain), -1) < num_levels - 1
+            pr = {(name, q): precision_recall(fine, top[name, q]) for name in flat for q in quantiles}
+            budgets[_key(budget)] = {
+                "fine_fraction": float(fine.mean()),
+                "fine_coarse_ratio": {name: fine_coarse_ratio(r, fine) for name, r in flat.items()},
+                "precision": {name: {_key(q): pr[name, q][0] for q in quantiles} for name in flat},
+                "recall": {name: {_key(q): pr[name, q][1] for q in quantiles} for name in flat},
+            }
+        out[router] = {"auc": auc, "budgets": budgets}
+    return out
