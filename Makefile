@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 # DEMO_ARGS are extra Hydra overrides for the demo run.
 DEMO_ARGS ?=
 
-.PHONY: install install-dev demo test test-fast pretrained bench clean
+.PHONY: install install-dev demo test test-fast bench-tokenizer clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,19 @@ test: install-dev
 # Fast tests only (the default pytest selection).
 test-fast: install-dev
 	$(PY) -m pytest -q
+
+# Tokenizer benchmark: the default dynamic-grain model and fixed-grain
+# VQ-VAEs at its finest and coarsest factor, each trained once (about 15
+# minutes each on 2 CPU cores), then evaluated on held-out fields.
+BENCH_DIR ?= benchmarks/results
+$(BENCH_DIR)/runs/dq/tokenizer.pt: | install-dev
+	$(PY) -m dynfield.train hydra.run.dir=$(BENCH_DIR)/runs/dq
+$(BENCH_DIR)/runs/vq%/tokenizer.pt: | install-dev
+	$(PY) -m dynfield.train model=vqvae model.factor=$* hydra.run.dir=$(BENCH_DIR)/runs/vq$*
+
+bench-tokenizer: $(BENCH_DIR)/runs/dq/tokenizer.pt $(BENCH_DIR)/runs/vq4/tokenizer.pt $(BENCH_DIR)/runs/vq8/tokenizer.pt
+	$(PY) benchmarks/tokenizer.py --dq $(BENCH_DIR)/runs/dq/tokenizer.pt \
+		--fixed $(BENCH_DIR)/runs/vq4/tokenizer.pt $(BENCH_DIR)/runs/vq8/tokenizer.pt --out $(BENCH_DIR)
 
 clean:
 	rm -rf outputs multirun .pytest_cache

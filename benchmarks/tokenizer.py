@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from dynfield import checkpoint, paths
-from dynfield.data import FieldDataset, ensure_dataset, open_fields
-from dynfield.data.fields import denormalise
+from dynfield import checkpoint
+from dynfield.analysis import load_fields
+from dynfield.data import denormalise
+from dynfield.data.turbulence import HELD_OUT_SEED
 from dynfield.evaluation import merge_batches, reconstruction_metrics
 
-HELD_OUT_SEED = 2  # training uses seed 0 and validation seed 1 (conf/dataset/turbulence.yaml)
 
 
 def machine():
@@ -49,12 +49,11 @@ def machine():
 
 
 @torch.no_grad()
-def evaluate(model, fields, state, batch_size, **encode_kw):
-    """Encode/decode every field; metrics in physical units plus token counts."""
+def evaluate(model, fields_NCHW, state, batch_size, **encode_kw):
+    """Encode/decode every (normalised) field; metrics in physical units plus token counts."""
     variables, stats = state["variables"], state["stats"]
     results, sizes, tokens_per_field, fine = [], [], [], []
-    for start in range(0, len(fields), batch_size):
-        x = torch.stack([fields[i] for i in range(start, min(start + batch_size, len(fields)))])
+    for x in fields_NCHW.split(batch_size):
         tokens = model.encode(x, **encode_kw)
         recon = model.decode(tokens)
         results.append(reconstruction_metrics(denormalise(x, stats, variables), denormalise(recon, stats, variables), variables))
@@ -62,7 +61,7 @@ def evaluate(model, fields, state, batch_size, **encode_kw):
         tokens_per_field += tokens.count().tolist()
         fine += tokens.fine_fraction().tolist()
     out = merge_batches(results, sizes)
-    H, W = fields.size_hw
+    H, W = fields_NCHW.shape[-2:]
     n_tokens = sum(tokens_per_field) / len(tokens_per_field)
     values = H * W * len(variables)
     out["tokens_per_field"] = n_tokens
@@ -72,14 +71,6 @@ def evaluate(model, fields, state, batch_size, **encode_kw):
     out["grain_bits_per_value"] = regions * math.log2(len(model.factors)) / values
     out["fine_ratio"] = sum(fine) / len(fine)
     return out
-
-
-def held_out_fields(state, n, resolution):
-    """Held-out built-in turbulence, normalised with the model's statistics."""
-    ds_path = ensure_dataset(paths.default_data_dir() / "turbulence", n_samples=n, seed=HELD_OUT_SEED,
-                             resolution=resolution)
-    ds = open_fields(ds_path, state["variables"])
-    return FieldDataset(ds, state["variables"], stats=state["stats"], periodic=state["periodic"])
 
 
 def plot(results, path):
@@ -122,7 +113,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
 
     dq, dq_state = checkpoint.load_model(args.dq)
-    fields = held_out_fields(dq_state, args.n, args.resolution)
+    fields = load_fields("builtin", dq_state, args.n, resolution=args.resolution, seed=HELD_OUT_SEED)
     results = []
     for router in ("learned", "random", "enstrophy"):
         for ratio in args.ratios:

@@ -4,8 +4,9 @@ Every region of the coarsest grid carries one grain decision. For each region
 this module gathers the grain a router chose, the score the router ranked it
 by, and statistics of the flow inside it: mean enstrophy and palinstrophy, the
 fraction of its area that is vortex-dominated by the Okubo-Weiss criterion,
-mean kinetic energy and scalar-gradient energy (the ``INDICATORS``). It then
-measures how well each router's ranking follows each indicator:
+mean kinetic energy and scalar-gradient energy (the indicators "enstrophy",
+"palinstrophy", "vortex_fraction", "kinetic_energy", "scalar_gradient"). It
+then measures how well each router's ranking follows each indicator:
 
 - ROC-AUC of the router score for "region in the top q of the indicator",
   per field and averaged over the fields;
@@ -28,7 +29,7 @@ What the indicators come from depends on the channels (``FlowDiagnostics.basis``
 - "gradient_energy": neither (a scalar field only, say); the one indicator is
   the gradient energy of all channels.
 
-Derivatives assume the 2*pi box of ``dynfield.physics``. Every figure here is a
+Derivatives assume the 2*pi box of ``dynfield.physics``. Every result here is a
 ranking, a ratio of means, or a threshold relative to a per-field standard
 deviation, so none depends on the true grid spacing.
 """
@@ -46,16 +47,14 @@ from dynfield import physics
 from dynfield.conventions import VELOCITY_COMPONENTS, VORTICITY_NAMES, X, Y
 from dynfield.data import FieldDataset, denormalise, ensure_dataset, open_fields
 from dynfield.models.router import enstrophy_score, random_score
-from dynfield.paths import default_data_dir
+from dynfield.data.turbulence import HELD_OUT_SEED
+from dynfield.paths import BUNDLED_TOKENIZER, default_data_dir
 
-INDICATORS = ("enstrophy", "palinstrophy", "vortex_fraction", "kinetic_energy", "scalar_gradient", "gradient_energy")
 REGION_TYPES = ("vortex", "strain", "background")
 ROUTERS = ("learned", "random", "enstrophy")
 BUDGETS = (0.25, 0.5, 0.75)
 QUANTILES = (0.1, 0.2, 0.5)
 OW_THRESHOLD = 0.2  # vortex-dominated where W < -0.2 std(W), strain-dominated where W > 0.2 std(W)
-HELD_OUT_SEED = 2  # solver seed of the held-out turbulence; training uses 0 and validation 1
-BUNDLED_TOKENIZER = Path(__file__).resolve().parent / "pretrained" / "tokenizer.pt"
 
 
 # --------------------------------------------------------------------------- flow diagnostics
@@ -156,7 +155,8 @@ def flow_diagnostics(fields_BCHW, variables, periodic=True, threshold=OW_THRESHO
     """
     f = np.asarray(torch.as_tensor(fields_BCHW).detach().cpu(), dtype=np.float64)
     if f.ndim != 4 or f.shape[1] != len(variables):
-        raise ValueError(f"expected fields (B, {len(variables)}, H, W) for channels {list(variables)}, got shape {f.shape}")
+        raise ValueError(f"expected fields (B, {len(variables)}, H, W) for channels {list(variables)}, "
+                         f"got shape {f.shape}")
     roles = channel_roles(variables)
     u = v = omega = None
     if roles["u"] is not None:
@@ -167,16 +167,23 @@ def flow_diagnostics(fields_BCHW, variables, periodic=True, threshold=OW_THRESHO
         omega = physics.vorticity(u, v, periodic=periodic)
 
     if u is not None:
-        basis, note = "velocity", "indicators from the velocity channels" + (" and the vorticity channel" if roles["vorticity"] is not None else "")
+        basis = "velocity"
+        note = "indicators from the velocity channels"
+        if roles["vorticity"] is not None:
+            note += " and the vorticity channel"
     elif omega is not None and periodic:
-        basis, note = "vorticity", "no velocity channels: velocity recovered from the vorticity through the stream function (mean flow zero)"
+        basis = "vorticity"
+        note = ("no velocity channels: the velocity is recovered from the vorticity through the stream function "
+                "(without the mean flow)")
         u, v = velocity_from_vorticity(omega)
     elif omega is not None:
-        basis, note = "vorticity", ("no velocity channels and a non-periodic domain: no Okubo-Weiss field, "
-                                    "kinetic energy or error split by region type")
+        basis = "vorticity"
+        note = ("no velocity channels and a non-periodic domain: no Okubo-Weiss field, kinetic energy "
+                "or error split by region type")
     else:
-        basis, note = "gradient_energy", ("no velocity or vorticity channel: the indicator is the gradient energy of all "
-                                          "channels (each scaled by its std); no Okubo-Weiss field or error split by region type")
+        basis = "gradient_energy"
+        note = ("no velocity or vorticity channel: the indicator is the gradient energy of all channels "
+                "(each scaled by its std); no Okubo-Weiss field or error split by region type")
 
     densities, okubo, kinds = {}, None, None
     if omega is not None:
@@ -377,6 +384,11 @@ def _key(value):
     return f"{value:g}"
 
 
+def _middle(values):
+    values = list(values)
+    return values[len(values) // 2]
+
+
 def _nanmean(values):
     values = np.asarray(values, dtype=np.float64)
     values = values[~np.isnan(values)]
@@ -418,3 +430,341 @@ def alignment(regions, scores, grains, num_levels, quantiles=QUANTILES):
             }
         out[router] = {"auc": auc, "budgets": budgets}
     return out
+
+
+# --------------------------------------------------------------------------- the whole analysis
+
+
+def _finite_or_none(obj):
+    """``obj`` with every non-finite float replaced by None, so that it is valid JSON."""
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+@dataclass
+class GrainAnalysis:
+    """What ``analyse`` finds.
+
+    summary : JSON-ready figures (NaN written as None), see ``analyse``.
+    flow : pointwise diagnostics of the fields.
+    regions : indicator name -> (N, Hc, Wc) region means.
+    scores : router -> (N, Hc, Wc) router scores.
+    grains : router -> budget -> (N, Hc, Wc) grain levels (0 = finest).
+    factors : the model's grain factors; a region is ``factors[-1]`` cells wide.
+    """
+
+    summary: dict
+    flow: FlowDiagnostics
+    regions: dict
+    scores: dict
+    grains: dict
+    factors: tuple
+
+    @property
+    def primary(self):
+        """The indicator the figures lead with: the enstrophy when there is one."""
+        return "enstrophy" if "enstrophy" in self.regions else next(iter(self.regions))
+
+
+def analyse(model, x_BCHW, variables, stats, periodic=None, *, budgets=BUDGETS, quantiles=QUANTILES, routers=None,
+            threshold=OW_THRESHOLD, batch_size=8, progress=False):
+    """Where ``model`` puts its fine codes on the fields ``x_BCHW``, against the flow's physics.
+
+    Parameters
+    ----------
+    model : DQVAE with at least two grain levels, in eval mode.
+    x_BCHW : normalised fields (N, C, H, W), as the model takes them.
+    variables, stats : channel names and normalisation statistics (the checkpoint's).
+    periodic : the domain is periodic (derivatives); default: the model's setting.
+    budgets : fine ratios of the exact budget (fraction of regions finer than the coarsest).
+    quantiles : fractions q of "region in the top q of an indicator".
+    routers : default: ``ROUTERS``, without "learned" for a model that has no learned router.
+    threshold : Okubo-Weiss threshold, see ``region_types``.
+    batch_size : fields encoded at once. The random router draws from its seed
+        afresh for every batch (as in ``model.encode``).
+    progress : show a progress bar.
+
+    Returns
+    -------
+    GrainAnalysis. Its summary holds ``basis`` and ``note`` (what the
+    indicators come from), ``indicators``, the sizes, ``area_fraction`` of
+    each region type, and ``routers``: the ``alignment`` dictionary, with per
+    budget also ``mse``, the mean squared reconstruction error in normalised
+    units (channels averaged) over all points and per region type.
+    """
+    if model.num_levels < 2:
+        raise ValueError(f"grain allocation needs a dynamic-grain model; this one has a single level "
+                         f"(factors {model.factors})")
+    periodic = model.periodic if periodic is None else periodic
+    routers = tuple(routers or (r for r in ROUTERS if r != "learned" or model.router is not None))
+    x_BCHW = torch.as_tensor(x_BCHW)
+    param = next(model.parameters())
+    flow = flow_diagnostics(denormalise(x_BCHW, stats, variables), variables, periodic, threshold)
+    regions = {name: region_means(d, model.factors[-1]) for name, d in flow.densities.items()}
+
+    scores = {r: [] for r in routers}
+    grains = {r: {b: [] for b in budgets} for r in routers}
+    sq_error = {r: {b: [] for b in budgets} for r in routers}
+    starts = range(0, len(x_BCHW), batch_size)
+    for start in tqdm(starts, desc="grain analysis", disable=not progress):
+        x = x_BCHW[start : start + batch_size].to(device=param.device, dtype=param.dtype)
+        for r in routers:
+            scores[r].append(router_scores(model, x, r).cpu().numpy())
+            for b in budgets:
+                tokens = model.encode(x, fine_ratio=b, router=r)
+                grains[r][b].append(tokens.grain.cpu().numpy())
+                sq_error[r][b].append((model.decode(tokens) - x).square().mean(1).cpu().numpy())
+    scores = {r: np.concatenate(s) for r, s in scores.items()}
+    grains = {r: {b: np.concatenate(g) for b, g in by_budget.items()} for r, by_budget in grains.items()}
+
+    summary = {
+        "basis": flow.basis,
+        "note": flow.note,
+        "indicators": list(regions),
+        "n_fields": len(x_BCHW),
+        "field_shape": list(x_BCHW.shape[-2:]),
+        "factors": list(model.factors),
+        "regions_per_field": int(scores[routers[0]][0].size),
+        "okubo_weiss_threshold": threshold if flow.region_type is not None else None,
+        "area_fraction": None if flow.region_type is None else
+        {name: float((flow.region_type == k).mean()) for k, name in enumerate(REGION_TYPES)},
+        "budgets": list(budgets),
+        "quantiles": list(quantiles),
+        "routers": alignment(regions, scores, grains, model.num_levels, quantiles),
+    }
+    for r in routers:
+        for b in budgets:
+            mse = error_by_region(np.concatenate(sq_error[r][b]), flow.region_type)
+            summary["routers"][r]["budgets"][_key(b)]["mse"] = mse
+    return GrainAnalysis(_finite_or_none(summary), flow, regions, scores, grains, tuple(model.factors))
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def resolve_checkpoint(path=None):
+    """``path``, or without one the tokenizer bundled with the package; a clear error when there is neither."""
+    if path is not None:
+        return Path(path)
+    if BUNDLED_TOKENIZER.is_file():
+        return BUNDLED_TOKENIZER
+    raise FileNotFoundError(
+        "no checkpoint given and no bundled tokenizer (dynfield/pretrained/tokenizer.pt) in this installation; "
+        "nothing is trained on the fly: train one with `python -m dynfield.train dataset=turbulence` and pass "
+        "the path of its tokenizer.pt")
+
+
+def load_fields(source, state, n, *, variables=None, resolution=128, seed=HELD_OUT_SEED):
+    """The first ``n`` fields of ``source``, normalised for a checkpoint: a tensor (n, C, H, W).
+
+    Parameters
+    ----------
+    source : "builtin" for held-out built-in turbulence (solver seed ``seed``,
+        ``resolution`` points a side, generated once and cached), or any path
+        ``open_fields`` accepts (fewer than ``n`` fields if it holds fewer).
+    state : the checkpoint dictionary (its variables and stats).
+    variables : the names of the checkpoint's channels in ``source``, in the
+        same order, when the file calls them otherwise.
+    """
+    names = list(state["variables"])
+    in_file = names if variables is None else list(variables)
+    if len(in_file) != len(names):
+        raise ValueError(f"{len(in_file)} variable names {in_file} given for the checkpoint's "
+                         f"{len(names)} channels {names}")
+    if str(source) == "builtin":
+        source = ensure_dataset(default_data_dir() / "turbulence", n_samples=n, seed=seed, resolution=resolution)
+    ds = open_fields(source, in_file)
+    ds = xr.Dataset({name: ds[v] for v, name in zip(in_file, names)})  # the checkpoint's names (a swap is fine)
+    # periodic=False: FieldDataset would roll periodic fields at random (an augmentation); these stay as they are
+    fields = FieldDataset(ds, names, stats=state["stats"], periodic=False)
+    return torch.stack([fields[i] for i in range(min(n, len(fields)))])
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _fmt(value, spec=".3f"):
+    return "-" if value is None else format(value, spec)
+
+
+def _table(header, rows):
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    # text columns (the first two) to the left, numbers to the right
+    return "\n".join("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+                     for row in [header, *rows])
+
+
+def alignment_table(summary, q=None):
+    """Plain-text table of the alignment with the top ``q`` of the regions by each indicator.
+
+    ``q`` defaults to the middle one of the summary's quantiles.
+    """
+    q = _middle(summary["quantiles"]) if q is None else q
+    qk = _key(q)
+    budgets = [_key(b) for b in summary["budgets"]]
+    header = ["indicator", "router", "AUC"] + [f"{m}@{b}" for b in budgets for m in ("P", "R", "f/c")]
+    rows = []
+    for name in summary["indicators"]:
+        for router, res in summary["routers"].items():
+            row = [name, router, _fmt(res["auc"][name][qk])]
+            for b in budgets:
+                at = res["budgets"][b]
+                row += [_fmt(at["precision"][name][qk]), _fmt(at["recall"][name][qk]),
+                        _fmt(at["fine_coarse_ratio"][name], ".2f")]
+            rows.append(row)
+    legend = (f"regions in the top {q:.0%} of each field by each indicator. AUC: of the router score; "
+              "P, R @b: precision and recall of the fine regions at budget b; f/c @b: indicator mean over "
+              "the fine regions / over the coarse ones")
+    return legend + "\n" + _table(header, rows)
+
+
+def error_table(summary):
+    """Plain-text table of the mean squared reconstruction error (normalised units) by region type."""
+    kinds = ["all"] + ([] if summary["area_fraction"] is None else list(REGION_TYPES))
+    rows = [[router, f"b={b}"] + [_fmt(at["mse"][k], ".4g") for k in kinds]
+            for router, res in summary["routers"].items() for b, at in res["budgets"].items()]
+    return _table(["router", "budget"] + kinds, rows)
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _figure(ncols, width=4.0, height=3.6):
+    from matplotlib.figure import Figure  # no pyplot: no global state, works under any backend
+
+    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    return fig, fig.subplots(1, ncols, squeeze=False)[0]
+
+
+def draw_grain_borders(ax, grain, factors, **line_kw):
+    """Draw the code borders of one grain map (Hc, Wc) over an image drawn in cell units, origin lower.
+
+    The coarsest grid everywhere; a region at a finer level k is also cut
+    into its ``factors[k]``-wide cells.
+    """
+    from matplotlib.collections import LineCollection
+
+    f_K = factors[-1]
+    Hc, Wc = grain.shape
+    segments = [[(0, y), (Wc * f_K, y)] for y in range(0, Hc * f_K + 1, f_K)]
+    segments += [[(x, 0), (x, Hc * f_K)] for x in range(0, Wc * f_K + 1, f_K)]
+    for (i, j), k in np.ndenumerate(grain):
+        y0, x0 = i * f_K, j * f_K
+        for t in range(factors[k], f_K, factors[k]):
+            segments += [[(x0, y0 + t), (x0 + f_K, y0 + t)], [(x0 + t, y0), (x0 + t, y0 + f_K)]]
+    ax.add_collection(LineCollection(segments, **{"colors": "k", "linewidths": 0.5, **line_kw}))
+
+
+def _show(ax, image, **kw):
+    H, W = image.shape
+    im = ax.imshow(image, origin="lower", extent=(0, W, 0, H), interpolation="nearest", **kw)
+    ax.set(xlim=(0, W), ylim=(0, H), xticks=[], yticks=[])
+    return im
+
+
+def figure_grain_maps(analysis, sample=0, budget=None):
+    """Vorticity (or gradient energy) of one field with each router's code borders at one budget."""
+    routers = list(analysis.grains)
+    budget = _middle(analysis.grains[routers[0]]) if budget is None else budget
+    flow = analysis.flow
+    if flow.vorticity is not None:
+        image, label = flow.vorticity[sample], "vorticity"
+        vmax = np.abs(image).max()
+        kw = dict(cmap="RdBu_r", vmin=-vmax, vmax=vmax)
+    else:
+        image, label = np.log10(flow.densities["gradient_energy"][sample] + 1e-12), "log10 gradient energy"
+        kw = dict(cmap="viridis")
+    fig, axes = _figure(len(routers))
+    for ax, router in zip(axes, routers):
+        im = _show(ax, image, **kw)
+        draw_grain_borders(ax, analysis.grains[router][budget][sample], analysis.factors)
+        ax.set_title(f"{router} router, budget {budget:g}")
+    fig.colorbar(im, ax=list(axes), label=label, shrink=0.8)
+    return fig
+
+
+def figure_okubo_weiss(analysis, sample=0):
+    """Okubo-Weiss field of one field and its vortex / strain / background types; None without one."""
+    flow = analysis.flow
+    if flow.okubo_weiss is None:
+        return None
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    w = flow.okubo_weiss[sample]
+    colours = ["tab:red", "tab:blue", "0.9"]
+    fig, (ax_w, ax_t) = _figure(2, width=4.6)
+    im = _show(ax_w, w / w.std(), cmap="PuOr_r", vmin=-3, vmax=3)
+    fig.colorbar(im, ax=ax_w, label="W / std(W)", shrink=0.8)
+    ax_w.set_title("Okubo-Weiss W (< 0: rotation wins)")
+    kinds = flow.region_type[sample]
+    _show(ax_t, kinds, cmap=ListedColormap(colours), vmin=-0.5, vmax=2.5)
+    threshold = analysis.summary["okubo_weiss_threshold"]
+    ax_t.set_title(f"|W| > {threshold:g} std(W)")
+    ax_t.legend(handles=[Patch(color=c, label=f"{name} ({(kinds == k).mean():.0%})")
+                         for k, (name, c) in enumerate(zip(REGION_TYPES, colours))],
+                loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+    return fig
+
+
+def figure_scores(analysis, indicator=None, budget=None):
+    """Router score against an indicator's region mean, one dot a region, fine ones highlighted."""
+    indicator = indicator or analysis.primary
+    routers = list(analysis.scores)
+    budget = _middle(analysis.grains[routers[0]]) if budget is None else budget
+    q = _middle(analysis.summary["quantiles"])
+    values = analysis.regions[indicator].ravel()
+    fig, axes = _figure(len(routers))
+    for ax, router in zip(axes, routers):
+        score = analysis.scores[router].ravel()
+        fine = analysis.grains[router][budget].ravel() < len(analysis.factors) - 1
+        ax.scatter(values[~fine], score[~fine], s=5, alpha=0.4, color="tab:blue", label="coarse")
+        ax.scatter(values[fine], score[fine], s=5, alpha=0.4, color="tab:red", label="fine")
+        if (values > 0).all():
+            ax.set_xscale("log")
+        auc = analysis.summary["routers"][router]["auc"][indicator][_key(q)]
+        ax.set(xlabel=f"region mean {indicator}", ylabel="router score",
+               title=f"{router}: AUC {_fmt(auc, '.2f')} (top {q:.0%})")
+    axes[0].legend(title=f"budget {budget:g}", markerscale=3)
+    return fig
+
+
+def figure_roc(analysis, q=None):
+    """Mean ROC curves (over fields) of each router's score for the top ``q`` of each indicator."""
+    q = _middle(analysis.summary["quantiles"]) if q is None else q
+    fig, axes = _figure(len(analysis.regions), width=3.4, height=3.8)
+    for ax, (name, values) in zip(axes, analysis.regions.items()):
+        label = top_fraction(values.reshape(len(values), -1), q)
+        for router, score in analysis.scores.items():
+            fpr, tpr = mean_roc(score.reshape(len(score), -1), label)
+            auc = analysis.summary["routers"][router]["auc"][name][_key(q)]
+            ax.plot(fpr, tpr, label=f"{router} ({_fmt(auc, '.2f')})")
+        ax.plot([0, 1], [0, 1], ls=":", color="0.5")
+        ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"top {q:.0%} by {name}",
+               aspect="equal")
+        ax.legend(fontsize="small", title="router (AUC)", title_fontsize="small")
+    return fig
+
+
+def figure_errors(analysis):
+    """Mean squared reconstruction error by region type, one panel per budget, one bar per router."""
+    summary = analysis.summary
+    kinds = ["all"] + ([] if summary["area_fraction"] is None else list(REGION_TYPES))
+    routers = list(summary["routers"])
+    budgets = [_key(b) for b in summary["budgets"]]
+    fig, axes = _figure(len(budgets), width=3.8)
+    width = 0.8 / len(routers)
+    for ax, b in zip(axes, budgets):
+        for i, router in enumerate(routers):
+            mse = [summary["routers"][router]["budgets"][b]["mse"][k] for k in kinds]
+            ax.bar(np.arange(len(kinds)) + (i - (len(routers) - 1) / 2) * width,
+                   [np.nan if m is None else m for m in mse], width, label=router)
+        ax.set_xticks(np.arange(len(kinds)), kinds)
+        ax.set(title=f"budget {b}", ylabel="MSE (normalised units)")
+    axes[0].legend(fontsize="small")
+    return fig

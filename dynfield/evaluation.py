@@ -1,6 +1,5 @@
 """Reconstruction metrics in physical units, shared by validation and benchmarks."""
 
-import torch
 
 from . import physics
 

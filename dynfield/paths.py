@@ -5,6 +5,9 @@ from pathlib import Path
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
+# The small pretrained tokenizer shipped with the package (see `make pretrained`).
+BUNDLED_TOKENIZER = _PACKAGE_DIR / "pretrained" / "tokenizer.pt"
+
 
 def source_root():
     """The repository root when running from a source checkout, else None."""

@@ -186,7 +186,8 @@ def train_tokenizer(cfg, run_dir, device, rank, world):
         train_ds, variables, stats=stats, crop=cfg.dataset.crop, periodic=periodic, flips=cfg.dataset.flips,
         min_size=model.factors[-1], seed=cfg.seed + rank,
     )
-    val_set = FieldDataset(val_ds, variables, stats=stats, periodic=periodic, min_size=model.factors[-1])
+    # periodic=False here: rolls are a training augmentation; validation sees the fields as they are.
+    val_set = FieldDataset(val_ds, variables, stats=stats, min_size=model.factors[-1])
     val_loader = DataLoader(val_set, batch_size=tcfg.batch_size, num_workers=tcfg.num_workers)
 
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay, betas=(0.9, 0.95))

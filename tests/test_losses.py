@@ -1,32 +1,11 @@
 import math
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
-from dynfield.models import gradient_loss, radial_power_spectrum, reconstruction_loss, spectral_loss, total_loss
+from dynfield.models import gradient_loss, reconstruction_loss, spectral_loss, total_loss
 from dynfield.models.losses import forward_differences
-
-
-def test_single_mode_lands_in_its_shell_with_parseval_power():
-    n = 32
-    y, x = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
-    field = torch.tensor(np.cos(2 * np.pi * (3 * x + 4 * y) / n), dtype=torch.float32)[None, None]
-    spec = radial_power_spectrum(field)[0, 0]  # (S,)
-    assert spec.shape == (n // 2 + 1,)
-    # |k| = 5: all the power in shell 5, spread over the modes of that shell
-    k = np.fft.fftfreq(n) * n
-    modes_in_shell = int((np.round(np.hypot(k[:, None], k[None, :])) == 5).sum())
-    assert spec[5].item() * modes_in_shell == pytest.approx((field**2).sum().item(), rel=1e-4)
-    others = torch.cat([spec[:5], spec[6:]])
-    assert others.max() < 1e-6 * spec[5]
-
-
-def test_spectrum_handles_non_square_fields():
-    field = torch.randn(2, 3, 24, 40)
-    spec = radial_power_spectrum(field)
-    assert spec.shape == (2, 3, 13) and torch.isfinite(spec).all() and (spec > 0).all()
 
 
 def test_spectral_loss_zero_positive_and_finite_gradient():
@@ -41,7 +20,7 @@ def test_spectral_loss_zero_positive_and_finite_gradient():
 
 
 def test_spectral_loss_of_a_scaled_field_is_log_of_the_power_ratio_squared():
-    x = torch.randn(1, 2, 32, 32)
+    x = torch.randn(1, 2, 32, 32, generator=torch.Generator().manual_seed(0))
     assert spectral_loss(2 * x, x, eps=0.0).item() == pytest.approx(math.log(4) ** 2, rel=1e-5)
     # the relative floor only matters for shells far below the mean power
     assert spectral_loss(2 * x, x).item() == pytest.approx(math.log(4) ** 2, rel=1e-3)

@@ -4,7 +4,6 @@ from .dqvae import DQVAE, DQVAEOutput, vqvae
 from .losses import (
     DEFAULT_WEIGHTS,
     gradient_loss,
-    radial_power_spectrum,
     reconstruction_loss,
     spectral_loss,
     total_loss,
@@ -16,5 +15,5 @@ from .tokens import Tokens
 __all__ = [
     "DQVAE", "DQVAEOutput", "vqvae", "Tokens", "VectorQuantizer", "Router", "ROUTERS",
     "budget_loss", "enstrophy_score", "gumbel_temperature",
-    "DEFAULT_WEIGHTS", "reconstruction_loss", "spectral_loss", "gradient_loss", "radial_power_spectrum", "total_loss",
+    "DEFAULT_WEIGHTS", "reconstruction_loss", "spectral_loss", "gradient_loss", "total_loss",
 ]

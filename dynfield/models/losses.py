@@ -4,10 +4,10 @@ No perceptual loss: features of an ImageNet network mean nothing for
 velocity or vorticity.
 """
 
-from functools import lru_cache
-
 import torch
 import torch.nn.functional as F
+
+from ..physics import power_spectrum
 
 # The spectral term is a regulariser on top of the point-wise one: weighted 0.1
 # it slowed the early fall of the L1 error several-fold in short CPU runs.
@@ -40,40 +40,6 @@ def gradient_loss(recon, x, periodic=True):
     return 0.5 * (F.l1_loss(rx, xx) + F.l1_loss(ry, xy))
 
 
-@lru_cache(maxsize=32)
-def _shells(H, W, device):
-    """Shell index and weight of each rfft2 coefficient of an (H, W) field.
-
-    Shell n holds the wavenumbers with round(|k|) = n, |k| in cycles per
-    domain of the shorter side, up to that side's Nyquist shell; corners
-    beyond it are dropped (index = number of shells, weight 0). The weight 2
-    counts the conjugate half that rfft2 leaves out.
-    """
-    n = min(H, W)
-    ky = torch.fft.fftfreq(H)[:, None]
-    kx = torch.fft.rfftfreq(W)[None, :]
-    shell = torch.round(torch.sqrt(kx**2 + ky**2) * n).long()
-    num_shells = n // 2 + 1
-    weight = torch.ones(H, kx.shape[1])
-    weight[:, 1 : (W + 1) // 2] = 2.0  # columns that stand for a conjugate pair
-    weight[shell >= num_shells] = 0.0
-    shell = shell.clamp(max=num_shells)
-    counts = torch.zeros(num_shells + 1).index_add_(0, shell.flatten(), weight.flatten())[:num_shells]
-    return shell.flatten().to(device), weight.flatten().to(device), counts.to(device), num_shells
-
-
-def radial_power_spectrum(x_BCHW):
-    """(B, C, S) radially averaged power spectrum, S = min(H, W) // 2 + 1 shells.
-
-    Orthonormal FFT, so the power sums to the field's sum of squares.
-    """
-    B, C, H, W = x_BCHW.shape
-    shell, weight, counts, S = _shells(H, W, str(x_BCHW.device))
-    power = torch.fft.rfft2(x_BCHW.float(), norm="ortho").abs().square().flatten(2)  # (B, C, H * (W//2+1))
-    sums = power.new_zeros(B, C, S + 1).index_add_(2, shell, power * weight)[..., :S]
-    return sums / counts
-
-
 def spectral_loss(recon, x, eps=1e-4):
     """Mean squared difference of the log radial power spectra, per sample and channel.
 
@@ -82,9 +48,13 @@ def spectral_loss(recon, x, eps=1e-4):
     lets shells with vanishing power, which the target does not care about,
     produce gradients of size 1 / power that swamp the rest of the training.
     """
-    spec_x = radial_power_spectrum(x)
+    # Shell 0 (the mean) is left to the point-wise loss, and the shells beyond
+    # the shorter side's Nyquist wavenumber are only partly filled: both left out.
+    S = min(x.shape[-2:]) // 2 + 1
+    spec_x = power_spectrum(x.float())[1][..., 1:S]  # (B, C, S - 1)
+    spec_r = power_spectrum(recon.float())[1][..., 1:S]
     floor = eps * spec_x.mean(-1, keepdim=True)  # (B, C, 1)
-    return F.mse_loss(torch.log(radial_power_spectrum(recon) + floor), torch.log(spec_x + floor))
+    return F.mse_loss(torch.log(spec_r + floor), torch.log(spec_x + floor))
 
 
 def total_loss(out, x, weights=None, recon_kind="l1", periodic=True):

@@ -1,0 +1,27 @@
+"""The dynfield codec: fields -> tokens -> bytes in the ``.dfz`` container, with an optional error bound."""
+
+from .codec import (
+    compress_field,
+    compress_file,
+    decompress_field,
+    decompress_file,
+    default_checkpoint,
+    inspect_file,
+    tokenize,
+    weights_hash,
+)
+from .container import CodecError
+from .entropy import TokenModel
+
+__all__ = [
+    "CodecError",
+    "TokenModel",
+    "compress_field",
+    "compress_file",
+    "decompress_field",
+    "decompress_file",
+    "default_checkpoint",
+    "inspect_file",
+    "tokenize",
+    "weights_hash",
+]

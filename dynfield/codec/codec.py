@@ -1,0 +1,746 @@
+"""The dynfield codec: fields -> tokens -> bytes, with an optional guaranteed error bound.
+
+Field level, in CompressAI's style: ``compress_field(model, x)`` gives
+``{"strings", "shape"}`` and ``decompress_field(model, strings, shape)`` the
+reconstruction. File level: ``compress_file``, ``decompress_file`` and
+``inspect_file`` stream a data set snapshot by snapshot through the
+``.dfz`` container (see ``container``).
+
+How a file is coded
+-------------------
+- Channels. A tokenizer with one input channel is channel-agnostic: every
+  variable is coded on its own, each 2D field normalised by its own mean and
+  standard deviation (stored per field, float64). A tokenizer with C > 1
+  channels codes its own variables jointly, normalised with the statistics
+  of its checkpoint.
+- Chunks. Variables with the same dimensions and shape form a group; one
+  chunk holds one snapshot (one index of the leading sample/time/z
+  dimensions) of one group. Fields smaller than two coarsest regions are
+  padded by replication before tokenizing and cropped after decoding.
+- Tokens are range coded under per-file count models (per variable, or per
+  joint group), estimated on the first ``CALIBRATION_CHUNKS`` snapshots of
+  each group plus one count per symbol, and stored in the header.
+- Values. Non-finite values are kept exactly and replaced by the field mean
+  before the tokenizer sees them. With an error bound E, the residual
+  against the token reconstruction is coded so that every decoded value is
+  within E of the original (see ``residual``).
+
+Determinism of the error bound
+------------------------------
+The residual is taken against a reconstruction that the decoder must
+reproduce. The tokenizer's usual float32 decode differs between devices and
+CPU kernels, so fields with an error bound are reconstructed by a float64
+copy of the decoder on the CPU, on both sides. Such a reconstruction agrees
+across machines to ~1e-13 relative; the residual layer's margin (E / 1024)
+absorbs that. The bound therefore holds on any machine, at the price of a
+float64 CPU decode of every bounded field. Fields without a bound are
+decoded by the model as is, on the requested device.
+"""
+
+import concurrent.futures
+import copy
+import hashlib
+import importlib.resources
+import itertools
+import multiprocessing
+import sys
+import time
+from collections import deque
+from contextlib import closing
+from pathlib import Path
+
+import dask
+import netCDF4
+import numpy as np
+import torch
+import torch.nn.functional as F
+import xarray as xr
+from tqdm.auto import tqdm
+
+from dynfield import checkpoint as ckpt
+from dynfield.conventions import X, Y
+from dynfield.data import open_fields
+from dynfield.models import Tokens
+
+from . import residual
+from .container import ByteReader, ByteWriter, CodecError, ContainerReader, ContainerWriter, atomic_output, from_json, to_json
+from .entropy import TokenModel, decode_tokens, encode_tokens, entropy_bits, token_histograms, token_information_bits
+
+FORMAT = "dynfield-dfz"
+CALIBRATION_CHUNKS = 16
+CLIP = 1e4  # normalised values are clipped here before the tokenizer; the residual carries the rest
+PER_VARIABLE, JOINT = "per-variable", "joint"
+KEPT_ENCODING = ("_FillValue", "missing_value")  # masking survives; packing (scale_factor, ...) does not
+
+
+def weights_hash(model):
+    """SHA-256 (hex) of a model's state dict: names, dtypes, shapes and bytes of every tensor."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def default_checkpoint():
+    """Path of the bundled default tokenizer, ``dynfield/pretrained/tokenizer.pt``."""
+    path = Path(str(importlib.resources.files("dynfield"))) / "pretrained" / "tokenizer.pt"
+    if not path.is_file():
+        raise CodecError(f"no checkpoint given and the bundled default tokenizer is not installed ({path}); "
+                         f"pass a tokenizer checkpoint")
+    return path
+
+
+# --------------------------------------------------------------------------- field level
+
+def _token_shape(shape, factors):
+    """Shape the tokenizer sees for an (H, W) field: at least two coarsest regions each way.
+
+    One region would do for the padding, but then the coarsest feature map is
+    1 x 1, where a group norm with one channel per group has a single value.
+    """
+    return max(shape[0], 2 * factors[-1]), max(shape[1], 2 * factors[-1])
+
+
+def _grid(shape, factors):
+    """(Hc, Wc): the coarsest grid of an (H, W) field."""
+    H, W = _token_shape(shape, factors)
+    return -(-H // factors[-1]), -(-W // factors[-1])
+
+
+@torch.no_grad()
+def tokenize(model, x_BCHW, fine_ratio=None):
+    """Tokens of normalised fields (B, C, H, W); fields under two coarsest regions are padded by replication."""
+    H, W = x_BCHW.shape[-2:]
+    Ht, Wt = _token_shape((H, W), model.factors)
+    if (Ht, Wt) != (H, W):
+        x_BCHW = F.pad(x_BCHW, (0, Wt - W, 0, Ht - H), mode="replicate")
+    return model.encode(x_BCHW, fine_ratio=fine_ratio)
+
+
+def _tokens_to_numpy(tokens):
+    """[(grain (Hc, Wc), [codes per level])] per sample, int64 numpy."""
+    grain = tokens.grain.cpu().numpy()
+    codes = [c.cpu().numpy() for c in tokens.codes]
+    return [(grain[b], [c[b] for c in codes]) for b in range(len(grain))]
+
+
+@torch.no_grad()
+def _reconstruct(model, fields, shape):
+    """Decode [(grain, codes)] of (H, W) fields with `model` (on its device and dtype): (B, C, H, W)."""
+    param = model.quantizer.embed
+    tokens = Tokens(
+        torch.from_numpy(np.stack([g for g, _ in fields])).to(param.device),
+        [torch.from_numpy(np.stack([c[k] for _, c in fields])).to(param.device) for k in range(len(model.factors))],
+        model.factors, _token_shape(shape, model.factors), model.quantizer.codebook_size)
+    return model.decode(tokens)[..., : shape[0], : shape[1]]
+
+
+def compress_field(model, x_BCHW, fine_ratio=None, entropy=None):
+    """Compress normalised fields to token strings.
+
+    Parameters
+    ----------
+    model : DQVAE in eval mode.
+    x_BCHW : (B, C, H, W) float tensor, normalised as the model expects.
+    fine_ratio : exact fraction of fine regions (see ``DQVAE.encode``).
+    entropy : ``TokenModel``; default ``TokenModel.from_quantizer(model)``.
+
+    Returns
+    -------
+    {"strings": [[bytes per sample]], "shape": (H, W)}
+    """
+    entropy = entropy or TokenModel.from_quantizer(model)
+    tokens = tokenize(model, x_BCHW, fine_ratio)
+    strings = [encode_tokens(g, c, model.factors, entropy) for g, c in _tokens_to_numpy(tokens)]
+    return {"strings": [strings], "shape": tuple(int(s) for s in x_BCHW.shape[-2:])}
+
+
+def decompress_field(model, strings, shape, entropy=None):
+    """Reconstruction (B, C, H, W) from ``compress_field``'s strings and shape (same model and entropy)."""
+    entropy = entropy or TokenModel.from_quantizer(model)
+    grid = _grid(shape, model.factors)
+    fields = [decode_tokens(s, grid, model.factors, entropy) for s in strings[0]]
+    return _reconstruct(model, fields, shape)
+
+
+# --------------------------------------------------------------------------- normalisation and prediction
+
+def _field_stats(x):
+    """Mean and standard deviation (float64) of the finite values of one field; (0, 1) without any."""
+    f = x[np.isfinite(x)].astype(np.float64)
+    scale = float(np.abs(f).max(initial=0.0))
+    if not 0 < scale < np.inf:
+        return 0.0, 1.0
+    g = f / scale  # scaled first: sums of values near the float64 limit would overflow
+    mean, std = float(g.mean()) * scale, float(g.std()) * scale
+    return mean, (std if std > 0 else 1.0)
+
+
+def _normalise(x, mean, std):
+    """float32 model input: (x - mean) / std, clipped, with non-finite values at 0 (the mean)."""
+    x = x.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        z = np.clip((x - mean) / std, -CLIP, CLIP)
+    return np.where(np.isfinite(x), z, 0.0).astype(np.float32)
+
+
+def _prediction(recon, mean, std):
+    """Reconstruction in physical units, float64; anything non-finite becomes the mean."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        p = recon.astype(np.float64) * std + mean
+    return np.where(np.isfinite(p), p, mean)
+
+
+# --------------------------------------------------------------------------- planning a file
+
+def _plan(ds, state):
+    """Coding mode and groups of variables (same dims and shape) for `ds` under a checkpoint."""
+    names = list(ds.data_vars)
+    channels = state["model_config"]["in_channels"]
+    mode = PER_VARIABLE if channels == 1 else JOINT
+    if mode == JOINT:
+        need = list(state["variables"])
+        missing, extra = [v for v in need if v not in names], [v for v in names if v not in need]
+        if missing:
+            raise CodecError(f"this tokenizer codes {need} jointly ({channels} channels); the data lacks {missing}")
+        if extra:
+            raise CodecError(f"this tokenizer codes {need} jointly and cannot code {extra}; select its variables "
+                             f"only, or use a one-channel (channel-agnostic) tokenizer")
+        names = need
+    groups = {}
+    for v in names:
+        da = ds[v]
+        residual.check_dtype(da.dtype, f"variable {v!r}")
+        if da.dims[-2:] != (Y, X):
+            raise CodecError(f"variable {v!r} has dims {da.dims}; the codec codes 2D fields, dims ending in ({Y}, {X})")
+        if da.size == 0:
+            raise CodecError(f"variable {v!r} holds no values (shape {da.shape})")
+        groups.setdefault((da.dims, da.shape), []).append(v)
+    if mode == JOINT and len(groups) > 1:
+        raise CodecError(f"jointly coded variables must share dims and shape; got {[list(k) for k in groups]}")
+    return mode, [{"variables": vs, "dims": list(d), "shape": list(s)} for (d, s), vs in groups.items()]
+
+
+def _finite_ranges(ds, names):
+    """(min, max) of the finite values of each variable, in one pass over the data."""
+    lazy = []
+    for v in names:
+        finite = ds[v].where(np.isfinite(ds[v]))
+        lazy += [finite.min(), finite.max()]
+    values = [float(r) for r in dask.compute(*lazy)]
+    return {v: (lo, hi) for v, lo, hi in zip(names, values[::2], values[1::2])}
+
+
+def _bounds(ds, names, max_abs_error, rel_error):
+    """{variable: absolute error bound or None}.
+
+    Each of `max_abs_error`, `rel_error` is a number for every variable or a
+    {variable: number} mapping (unlisted variables get no bound). A relative
+    bound is a fraction of the variable's range of finite values in the file.
+    """
+    if max_abs_error is not None and rel_error is not None:
+        raise CodecError("give max_abs_error or rel_error, not both")
+    given = max_abs_error if max_abs_error is not None else rel_error
+    if given is None:
+        return dict.fromkeys(names)
+    per = dict(given) if isinstance(given, dict) else dict.fromkeys(names, given)
+    unknown = sorted(set(per) - set(names))
+    if unknown:
+        raise CodecError(f"error bound given for {unknown}, which are not among the coded variables {names}")
+    for v, e in per.items():
+        if isinstance(e, (bool, str)) or not np.isscalar(e) or not (0 < float(e) < np.inf):
+            raise CodecError(f"the error bound of {v!r} must be a positive finite number, got {e!r}")
+    if rel_error is not None:
+        ranges = _finite_ranges(ds, list(per))
+        # rel * hi - rel * lo does not overflow where rel * (hi - lo) might
+        per = {v: float(rel) * ranges[v][1] - float(rel) * ranges[v][0] for v, rel in per.items()}
+        per = {v: (e if np.isfinite(e) else 0.0) for v, e in per.items()}  # no finite values: keep all exact
+    return {v: (float(per[v]) if v in per else None) for v in names}
+
+
+def _bound_json(given):
+    """An error-bound argument (number or mapping, already checked) as plain JSON."""
+    if isinstance(given, dict):
+        return {str(v): float(e) for v, e in given.items()}
+    return None if given is None else float(given)
+
+
+def _variable_meta(ds, v, mode, state, bound):
+    da = ds[v]
+    meta = {"dims": list(da.dims), "shape": list(da.shape), "dtype": np.dtype(da.dtype).newbyteorder("<").str,
+            "attrs": to_json(dict(da.attrs)),
+            "encoding": to_json({k: da.encoding[k] for k in KEPT_ENCODING if k in da.encoding}),
+            "max_abs_error": bound}
+    if mode == JOINT:
+        stats = state["stats"].get(v) or {}
+        mean, std = float(stats.get("mean", np.nan)), float(stats.get("std", np.nan))
+        if not (np.isfinite(mean) and 0 < std < np.inf):
+            raise CodecError(f"the checkpoint has no usable normalisation for {v!r} (mean {mean}, std {std})")
+        meta["normalisation"] = {"mean": mean, "std": std}
+    return meta
+
+
+def _coords_meta(ds):
+    """Coordinates in their CF-encoded form (datetimes as numbers with units), stored exactly."""
+    out = {}
+    for name, coord in ds.coords.items():
+        enc = xr.conventions.encode_cf_variable(coord.variable, name=name)
+        out[name] = {"dims": list(enc.dims), "shape": list(enc.shape), "data": to_json(np.asarray(enc.values)),
+                     "attrs": to_json(dict(enc.attrs))}
+    return out
+
+
+def _snapshots(group):
+    return int(np.prod(group["shape"][:-2], dtype=np.int64))
+
+
+def _job_order(groups, calibration):
+    """(group, snapshot) pairs: the first `calibration` snapshots of every group, then the rest."""
+    first = ((g, i) for g, grp in enumerate(groups) for i in range(min(calibration, _snapshots(grp))))
+    rest = ((g, i) for g, grp in enumerate(groups) for i in range(calibration, _snapshots(grp)))
+    return itertools.chain(first, rest)
+
+
+def _check_header(header, path):
+    if header.get("format") != FORMAT:
+        raise CodecError(f"{path} is a .dfz container but not a dynfield field file (format {header.get('format')!r})")
+    return header
+
+
+# --------------------------------------------------------------------------- chunks
+
+def _unit_key(unit):
+    return "+".join(unit)
+
+
+class _Layout:
+    """What a header says about the chunks: groups, units (what one token stream codes), entropy models."""
+
+    def __init__(self, header):
+        self.header, self.meta = header, header["variables"]
+        config = header["model"]["config"]
+        self.factors, self.codebook_size = tuple(config["factors"]), int(config["codebook_size"])
+        self.entropy = {k: TokenModel.from_json(m) for k, m in header.get("entropy", {}).items()}
+
+    def units(self, g):
+        """The variables of each token stream of group g: one each, or all jointly."""
+        names = self.header["groups"][g]["variables"]
+        return [[v] for v in names] if self.header["mode"] == PER_VARIABLE else [names]
+
+    def bound(self, v):
+        return self.meta[v]["max_abs_error"]
+
+    def index(self, g, i):
+        """{leading dim: index} of snapshot i of group g."""
+        group = self.header["groups"][g]
+        return {d: int(j) for d, j in zip(group["dims"][:-2], np.unravel_index(i, group["shape"][:-2]))}
+
+    def parse(self, payload):
+        """(group, snapshot, token streams per unit, value sections per variable) of a chunk."""
+        r = ByteReader(payload)
+        g, i = r.uvarint(), r.uvarint()
+        groups = self.header["groups"]
+        if g >= len(groups) or i >= _snapshots(groups[g]):
+            raise CodecError(f"a chunk names snapshot {i} of group {g}, which does not exist (corrupt file)")
+        streams = [r.blob() for _ in self.units(g)]
+        sections = [r.blob() for _ in groups[g]["variables"]]
+        r.done()
+        return g, i, streams, sections
+
+    def section(self, v, data):
+        """Reader over a variable's section, and its (mean, std)."""
+        r = ByteReader(data, f"the section of {v!r}")
+        if self.header["mode"] == PER_VARIABLE:
+            return r, (r.f64(), r.f64())
+        n = self.meta[v]["normalisation"]
+        return r, (n["mean"], n["std"])
+
+    def tokens(self, g, unit, stream):
+        shape = self.header["groups"][g]["shape"][-2:]
+        return decode_tokens(stream, _grid(shape, self.factors), self.factors, self.entropy[_unit_key(unit)])
+
+
+class _Coder(_Layout):
+    """Encodes and decodes the chunks of one file with the tokenizer and its float64 CPU copy."""
+
+    def __init__(self, model, header, device="cpu"):
+        super().__init__(header)
+        if tuple(model.factors) != self.factors or model.quantizer.codebook_size != self.codebook_size:
+            raise CodecError("the model does not have the factors and codebook size the file was made with")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.fine_ratio = header["settings"]["fine_ratio"]
+        self._reference = None
+
+    def decoder(self, unit):
+        """The model that reconstructs `unit`: the float64 CPU copy when any of its variables has a bound."""
+        if all(self.bound(v) is None for v in unit):
+            return self.model
+        if self._reference is None:
+            self._reference = copy.deepcopy(self.model).to("cpu", torch.float64)
+        return self._reference
+
+    def normalisation(self, v, x):
+        if self.header["mode"] == PER_VARIABLE:
+            return _field_stats(x)
+        n = self.meta[v]["normalisation"]
+        return n["mean"], n["std"]
+
+    def encode_snapshot(self, ds, g, i):
+        """Tokens per unit and value sections per variable of snapshot i of group g (before entropy coding)."""
+        index = self.index(g, i)
+        tokens, sections = [], []
+        for unit in self.units(g):
+            xs = [np.asarray(ds[v].isel(index).values) for v in unit]  # (H, W) each
+            norms = [self.normalisation(v, x) for v, x in zip(unit, xs)]
+            x_BCHW = torch.from_numpy(np.stack([_normalise(x, *n) for x, n in zip(xs, norms)])[None])
+            fields = _tokens_to_numpy(tokenize(self.model, x_BCHW.to(self.device), self.fine_ratio))
+            tokens.append(fields[0])
+            if any(self.bound(v) is not None for v in unit):
+                recon = _reconstruct(self.decoder(unit), fields, xs[0].shape)[0].cpu().numpy()
+                preds = [_prediction(r, *n) for r, n in zip(recon, norms)]
+            else:
+                preds = [None] * len(unit)  # no residual: the decoder's reconstruction is not needed here
+            for v, x, (mean, std), pred in zip(unit, xs, norms, preds):
+                w = ByteWriter()
+                if self.header["mode"] == PER_VARIABLE:
+                    w.f64(mean)
+                    w.f64(std)
+                residual.encode_values(w, x, pred, self.bound(v))
+                sections.append(w.bytes())
+        return g, i, tokens, sections
+
+    def calibrate(self, results):
+        """Set the token models from the tokens of `results` (plus one count per symbol); return them as JSON."""
+        K = len(self.factors)
+        hists = {_unit_key(u): [np.zeros(K, np.int64), [np.zeros(self.codebook_size, np.int64)] * K]
+                 for g in range(len(self.header["groups"])) for u in self.units(g)}
+        for g, _, tokens, _ in results:
+            for unit, (grain, codes) in zip(self.units(g), tokens):
+                grain_hist, code_hists = token_histograms(grain, codes, K, self.codebook_size)
+                acc = hists[_unit_key(unit)]
+                acc[0] = acc[0] + grain_hist
+                acc[1] = [a + h for a, h in zip(acc[1], code_hists)]
+        self.entropy = {k: TokenModel.from_histograms(*h) for k, h in hists.items()}
+        return {k: m.to_json() for k, m in self.entropy.items()}
+
+    def chunk(self, g, i, tokens, sections):
+        """Chunk payload of an encoded snapshot."""
+        w = ByteWriter()
+        w.uvarint(g)
+        w.uvarint(i)
+        for unit, (grain, codes) in zip(self.units(g), tokens):
+            w.blob(encode_tokens(grain, codes, self.factors, self.entropy[_unit_key(unit)]))
+        for s in sections:
+            w.blob(s)
+        return w.bytes()
+
+    def decode_chunk(self, payload):
+        """(group, snapshot, {variable: (H, W) array}) of a chunk."""
+        g, i, streams, sections = self.parse(payload)
+        shape = tuple(self.header["groups"][g]["shape"][-2:])
+        sections, out = iter(sections), {}
+        for unit, stream in zip(self.units(g), streams):
+            recon = _reconstruct(self.decoder(unit), [self.tokens(g, unit, stream)], shape)[0].cpu().numpy()
+            for v, rec in zip(unit, recon):
+                r, norm = self.section(v, next(sections))
+                out[v] = residual.decode_values(r, _prediction(rec, *norm), self.bound(v), np.dtype(self.meta[v]["dtype"]))
+                r.done()
+        return g, i, out
+
+
+# --------------------------------------------------------------------------- parallel encoding
+
+_WORKER = {}
+
+
+def _start_worker(spec, threads):
+    torch.set_num_threads(threads)
+    model, _ = ckpt.load_model(spec["checkpoint"])
+    if weights_hash(model) != spec["header"]["model"]["sha256"]:
+        raise CodecError(f"{spec['checkpoint']} changed while compressing")
+    _WORKER["coder"] = _Coder(model, spec["header"], spec["device"])
+    _WORKER["ds"] = open_fields(spec["in_path"], spec["variables"], spec["dims"])
+
+
+def _encode_in_worker(job):
+    return _WORKER["coder"].encode_snapshot(_WORKER["ds"], *job)
+
+
+def _encode_all(coder, ds, jobs, workers, spec):
+    """Encoded snapshots in job order; with workers > 1, from a pool of processes."""
+    if workers <= 1:
+        for job in jobs:
+            yield coder.encode_snapshot(ds, *job)
+        return
+    # torch's threads split between the workers; spawned (not forked) so that no
+    # OpenMP state or open file handle is inherited
+    threads = max(1, torch.get_num_threads() // workers)
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                  initializer=_start_worker, initargs=(spec, threads))
+    try:
+        pending = deque()
+        for job in jobs:
+            pending.append(pool.submit(_encode_in_worker, job))
+            if len(pending) >= 2 * workers:  # bounded look-ahead keeps memory flat
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# --------------------------------------------------------------------------- files
+
+def _load_tokenizer(checkpoint):
+    path = Path(checkpoint) if checkpoint is not None else default_checkpoint()
+    model, state = ckpt.load_model(path)
+    if state.get("kind") != "tokenizer":
+        raise CodecError(f"{path} is a {state.get('kind')!r} checkpoint, not a tokenizer")
+    return path, model, state
+
+
+def compress_file(in_path, out_path, checkpoint=None, variables=None, fine_ratio=None, max_abs_error=None,
+                  rel_error=None, workers=1, progress=True, dims=None, device="cpu"):
+    """Compress a field file (anything ``open_fields`` reads) to a ``.dfz`` file.
+
+    Parameters
+    ----------
+    checkpoint : tokenizer checkpoint; default the bundled ``dynfield/pretrained/tokenizer.pt``.
+    variables : variables to compress (default: all; for a multi-channel
+        tokenizer, exactly its own).
+    fine_ratio : exact fraction of fine regions per field; None lets the router decide.
+    max_abs_error, rel_error : optional error bound, a number for every variable
+        or a {variable: number} mapping; relative to each variable's range of
+        finite values in the file (which costs one extra pass over the data).
+    workers : processes encoding snapshots in parallel (chunk order is kept).
+    dims : file dimension name -> dynfield name, as for ``open_fields``.
+    device : where the tokenizer encodes (bounded fields are decoded in float64 on the CPU).
+
+    Returns
+    -------
+    dict : ``inspect_file`` of the output, plus ``seconds`` and ``input_mb_per_s``.
+
+    The output is written to a temporary file and renamed at the end: an error
+    or an interruption leaves no output file.
+    """
+    start = time.perf_counter()
+    checkpoint, model, state = _load_tokenizer(checkpoint)
+    with open_fields(in_path, variables, dims) as ds:
+        _compress(ds, in_path, out_path, checkpoint, model, state, fine_ratio, max_abs_error, rel_error, workers,
+                  progress, dims, device)
+    summary = inspect_file(out_path)
+    summary["seconds"] = time.perf_counter() - start
+    summary["input_mb_per_s"] = summary["input_bytes"] / 1e6 / summary["seconds"]
+    return summary
+
+
+def _compress(ds, in_path, out_path, checkpoint, model, state, fine_ratio, max_abs_error, rel_error, workers,
+              progress, dims, device):
+    mode, groups = _plan(ds, state)
+    names = [v for grp in groups for v in grp["variables"]]
+    bounds = _bounds(ds, names, max_abs_error, rel_error)
+    header = {
+        "format": FORMAT,
+        "model": {"sha256": weights_hash(model), "class": state["model_class"], "config": state["model_config"],
+                  "variables": list(state["variables"])},
+        "mode": mode,
+        "settings": {"fine_ratio": None if fine_ratio is None else float(fine_ratio),
+                     "max_abs_error": _bound_json(max_abs_error), "rel_error": _bound_json(rel_error),
+                     "calibration_chunks": CALIBRATION_CHUNKS},
+        "variables": {v: _variable_meta(ds, v, mode, state, bounds[v]) for v in names},
+        "groups": groups,
+        "coords": _coords_meta(ds),
+        "attrs": to_json(dict(ds.attrs)),
+        "n_chunks": sum(_snapshots(grp) for grp in groups),
+    }
+    coder = _Coder(model, header, device)
+    spec = {"checkpoint": str(checkpoint), "in_path": in_path, "variables": names, "dims": dims, "header": header,
+            "device": device}
+    n_calibration = sum(min(CALIBRATION_CHUNKS, _snapshots(grp)) for grp in groups)
+    results = _encode_all(coder, ds, _job_order(groups, CALIBRATION_CHUNKS), workers, spec)
+    with atomic_output(out_path) as tmp, open(tmp, "wb") as f, closing(results), \
+            tqdm(total=header["n_chunks"], desc="compress", unit="snapshot", disable=not progress) as bar:
+        writer = ContainerWriter(f)
+        calibration = []
+        for result in itertools.islice(results, n_calibration):
+            calibration.append(result)
+            bar.update()
+        header["entropy"] = coder.calibrate(calibration)
+        writer.write_header(header)
+        for result in calibration:
+            writer.write_chunk(coder.chunk(*result))
+        del calibration
+        for result in results:
+            writer.write_chunk(coder.chunk(*result))
+            bar.update()
+        writer.finish()
+
+
+def _netcdf_attrs(attrs):
+    """Attributes netCDF can store: booleans become int8 (netCDF has no boolean type)."""
+    return {k: (np.asarray(v, dtype=np.int8) if np.asarray(v).dtype == bool else v) for k, v in attrs.items()}
+
+
+class _NetCDFWriter:
+    """A netCDF file laid out from a ``.dfz`` header, filled snapshot by snapshot."""
+
+    def __init__(self, path, header):
+        self.nc = netCDF4.Dataset(path, "w", format="NETCDF4")
+        self.vars = {}
+        sizes = {}
+        for meta in itertools.chain(header["coords"].values(), header["variables"].values()):
+            sizes.update(zip(meta["dims"], meta["shape"]))
+        for d, n in sizes.items():
+            self.nc.createDimension(d, n)
+        for name, meta in header["coords"].items():
+            data, attrs = from_json(meta["data"]), from_json(meta["attrs"])
+            strings = data.dtype.kind in "OUS"
+            var = self.nc.createVariable(name, str if strings else data.dtype, meta["dims"],
+                                         fill_value=attrs.pop("_FillValue", None))
+            var.set_auto_maskandscale(False)
+            var.setncatts(_netcdf_attrs(attrs))
+            var[...] = data.astype(object) if strings else data
+        for v, meta in header["variables"].items():
+            attrs, encoding = from_json(meta["attrs"]), from_json(meta["encoding"])
+            if meta["max_abs_error"] is not None:
+                attrs["dynfield_max_abs_error"] = meta["max_abs_error"]
+            shape, dtype = meta["shape"], np.dtype(meta["dtype"])
+            # xarray's CF encoder gives the stored dtype, fill value and attributes
+            probe = xr.conventions.encode_cf_variable(xr.Variable((Y, X), np.zeros(shape[-2:], dtype), attrs, encoding), name=v)
+            var = self.nc.createVariable(v, probe.dtype, meta["dims"], fill_value=probe.attrs.pop("_FillValue", None),
+                                         chunksizes=[1] * (len(shape) - 2) + shape[-2:])
+            var.set_auto_maskandscale(False)
+            var.setncatts(_netcdf_attrs(probe.attrs))
+            self.vars[v] = (var, encoding)
+        codec_attrs = {"dynfield_codec": f"{FORMAT} (.dfz)", "dynfield_model_sha256": header["model"]["sha256"]}
+        if header["settings"]["fine_ratio"] is not None:
+            codec_attrs["dynfield_fine_ratio"] = header["settings"]["fine_ratio"]
+        self.nc.setncatts(_netcdf_attrs({**from_json(header["attrs"]), **codec_attrs}))
+
+    def write(self, v, index, values):
+        """Write the (H, W) field `values` of variable v at the leading `index` (a tuple)."""
+        var, encoding = self.vars[v]
+        encoded = xr.conventions.encode_cf_variable(xr.Variable((Y, X), values, encoding=encoding), name=v)
+        var[tuple(index) + (slice(None), slice(None))] = encoded.values
+
+    def close(self):
+        self.nc.close()
+
+
+def decompress_file(in_path, out_path, checkpoint=None, progress=True, device="cpu"):
+    """Decode a ``.dfz`` file to netCDF, snapshot by snapshot.
+
+    The netCDF file has the compressed variables with their dims, coordinates,
+    attributes and dtype, plus attributes naming the codec, the model's
+    SHA-256 and the error bound. `checkpoint` must hold the very model the
+    file was made with (default: the bundled tokenizer); `device` decodes
+    unbounded fields (bounded ones are decoded in float64 on the CPU).
+    Written atomically, like ``compress_file``. Returns the output path.
+    """
+    with ContainerReader(in_path) as reader:
+        header = _check_header(reader.header, in_path)
+        checkpoint, model, _ = _load_tokenizer(checkpoint)
+        expected, found = header["model"]["sha256"], weights_hash(model)
+        if found != expected:
+            raise CodecError(f"{in_path} was compressed with the model of SHA-256 {expected[:16]}..., but {checkpoint} "
+                             f"holds {found[:16]}...; decode with the checkpoint it was made with")
+        coder = _Coder(model, header, device)
+        seen = set()
+        with atomic_output(out_path) as tmp:
+            out = _NetCDFWriter(tmp, header)
+            try:
+                for payload in tqdm(reader.chunks(), total=header["n_chunks"], desc="decompress", unit="snapshot",
+                                    disable=not progress):
+                    g, i, fields = coder.decode_chunk(payload)
+                    if (g, i) in seen:
+                        raise CodecError(f"{in_path} holds snapshot {i} of group {g} twice (corrupt file)")
+                    seen.add((g, i))
+                    index = tuple(coder.index(g, i).values())
+                    for v, values in fields.items():
+                        out.write(v, index, values)
+            finally:
+                out.close()
+    return Path(out_path)
+
+
+def inspect_file(path):
+    """Figures of a ``.dfz`` file, read without the model.
+
+    Returns a dict: sizes and bits per value overall and per variable (a
+    joint token stream is shared evenly among its variables), compression
+    ratio against the decoded dtypes, the model's identity, the settings,
+    the fraction of fine regions, token bits spent against their ideal code
+    length under the stored model and their empirical entropy, non-finite
+    values and escapes per variable.
+    """
+    with ContainerReader(path) as reader:
+        header = _check_header(reader.header, path)
+        layout = _Layout(header)
+        K = len(layout.factors)
+        per_var = {v: {"bytes": 0.0, "nonfinite": 0, "escapes": 0, "residual_bytes": 0} for v in header["variables"]}
+        tokens = {"codes": 0, "bits": 0.0, "ideal_bits": 0.0, "entropy_bits": 0.0}
+        hists, levels = {}, np.zeros(K, np.int64)
+        for payload in reader.chunks():
+            g, _, streams, sections = layout.parse(payload)
+            for unit, stream in zip(layout.units(g), streams):
+                grain, codes = layout.tokens(g, unit, stream)
+                key = _unit_key(unit)
+                tokens["bits"] += 8 * len(stream)
+                tokens["ideal_bits"] += token_information_bits(grain, codes, layout.factors, layout.entropy[key])
+                tokens["codes"] += int(sum((c >= 0).sum() for c in codes))
+                grain_hist, code_hists = token_histograms(grain, codes, K, layout.codebook_size)
+                acc = hists.setdefault(key, [np.zeros(K, np.int64), [np.zeros(layout.codebook_size, np.int64)] * K])
+                acc[0] = acc[0] + grain_hist
+                acc[1] = [a + h for a, h in zip(acc[1], code_hists)]
+                levels += grain_hist
+                for v in unit:
+                    per_var[v]["bytes"] += len(stream) / len(unit)
+            for v, data in zip(header["groups"][g]["variables"], sections):
+                r, _ = layout.section(v, data)
+                stats = residual.section_stats(r, layout.bound(v))
+                per_var[v]["bytes"] += len(data)
+                for k in ("nonfinite", "escapes", "residual_bytes"):
+                    per_var[v][k] += stats[k]
+        tokens["entropy_bits"] = sum(entropy_bits(h[0]) + sum(entropy_bits(c) for c in h[1]) for h in hists.values())
+        size, version, header_bytes = reader.size, reader.version, reader.chunks_start
+    variables, n_values, input_bytes = {}, 0, 0
+    for v, meta in header["variables"].items():
+        n = int(np.prod(meta["shape"], dtype=np.int64))
+        n_values += n
+        input_bytes += n * np.dtype(meta["dtype"]).itemsize
+        variables[v] = {"dims": meta["dims"], "shape": meta["shape"], "dtype": np.dtype(meta["dtype"]).name,
+                        "values": n, "bits_per_value": 8 * per_var[v]["bytes"] / n,
+                        "max_abs_error": meta["max_abs_error"], **per_var[v]}
+    config = header["model"]["config"]
+    return {
+        "path": str(path), "format_version": version, "bytes": size, "header_bytes": header_bytes, "values": n_values,
+        "input_bytes": input_bytes,
+        "bits_per_value": 8 * size / n_values, "compression_ratio": input_bytes / size,
+        "model": {"sha256": header["model"]["sha256"], "class": header["model"]["class"],
+                  "in_channels": config["in_channels"], "factors": list(layout.factors),
+                  "codebook_size": layout.codebook_size},
+        "mode": header["mode"], "settings": header["settings"], "chunks": header["n_chunks"],
+        "fine_fraction": float(levels[:-1].sum() / max(levels.sum(), 1)),
+        "level_fractions": (levels / max(levels.sum(), 1)).tolist(),
+        "tokens": tokens, "variables": variables,
+    }
+
+
+def run_command(action):
+    """Run a command-line action; report a user error in one line instead of a traceback.
+
+    Returns the exit status: 0, 1 for an error, 130 for an interruption.
+    """
+    try:
+        action()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, OSError) as err:  # CodecError is a ValueError
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    return 0

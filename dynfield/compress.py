@@ -1,0 +1,59 @@
+"""Compress field files to ``.dfz``.
+
+    python -m dynfield.compress run.nc run.dfz [--checkpoint C] [--variables u,v]
+        [--fine-ratio R] [--max-abs-error E | --rel-error E] [--workers N]
+
+An error bound is one number for every variable, or ``name=value`` pairs
+(``--max-abs-error u=0.01,v=0.02``); a relative bound is a fraction of each
+variable's range in the file.
+"""
+
+import argparse
+import sys
+
+from dynfield.codec import compress_file
+from dynfield.codec.codec import run_command
+
+
+def error_bound(text):
+    """'0.01' -> 0.01; 'u=0.01,v=0.02' -> {'u': 0.01, 'v': 0.02}."""
+    try:
+        if "=" not in text:
+            return float(text)
+        return {name.strip(): float(value) for name, value in (pair.split("=", 1) for pair in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or name=number pairs, got {text!r}") from None
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="python -m dynfield.compress", description="Compress a field file to .dfz.")
+    p.add_argument("input", help="netCDF, HDF5 (generic, The Well, PDEBench) or zarr")
+    p.add_argument("output", help="the .dfz file to write")
+    p.add_argument("--checkpoint", help="tokenizer checkpoint (default: the bundled one)")
+    p.add_argument("--variables", type=lambda s: [v.strip() for v in s.split(",") if v.strip()],
+                   help="comma-separated variables (default: all)")
+    p.add_argument("--fine-ratio", type=float, help="exact fraction of fine regions per field")
+    bound = p.add_mutually_exclusive_group()
+    bound.add_argument("--max-abs-error", type=error_bound, help="guaranteed maximum absolute error")
+    bound.add_argument("--rel-error", type=error_bound, help="maximum error as a fraction of each variable's range")
+    p.add_argument("--workers", type=int, default=1, help="processes encoding in parallel")
+    p.add_argument("--device", default="cpu", help="torch device of the tokenizer's encoder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+
+    def action():
+        s = compress_file(args.input, args.output, checkpoint=args.checkpoint, variables=args.variables,
+                          fine_ratio=args.fine_ratio, max_abs_error=args.max_abs_error, rel_error=args.rel_error,
+                          workers=args.workers, progress=not args.quiet, device=args.device)
+        print(f"{args.output}: {s['bytes']} bytes, {s['bits_per_value']:.3f} bits per value, "
+              f"ratio {s['compression_ratio']:.1f}, {s['seconds']:.1f} s ({s['input_mb_per_s']:.2f} MB/s)")
+
+    return run_command(action)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

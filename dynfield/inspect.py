@@ -1,0 +1,62 @@
+"""Describe a ``.dfz`` file without decoding it.
+
+    python -m dynfield.inspect run.dfz [--json]
+
+Variables, shapes, the model's SHA-256, bits per value overall and per
+variable, the fraction of fine regions, token bits against their ideal
+length, and the error bound.
+"""
+
+import argparse
+import json
+import sys
+
+from dynfield.codec import inspect_file
+from dynfield.codec.codec import run_command
+
+
+def report(info):
+    """Human-readable lines of an ``inspect_file`` dict."""
+    model, tokens, settings = info["model"], info["tokens"], info["settings"]
+    bound = (f"max abs error {settings['max_abs_error']}" if settings["max_abs_error"] is not None
+             else f"relative error {settings['rel_error']}" if settings["rel_error"] is not None else "none")
+    lines = [
+        f"{info['path']}: .dfz format {info['format_version']}, {info['bytes']} bytes, {info['values']} values, "
+        f"{info['chunks']} chunks",
+        f"bits per value: {info['bits_per_value']:.4f} (compression ratio {info['compression_ratio']:.1f})",
+        f"model: {model['class']} sha256 {model['sha256']}",
+        f"       {model['in_channels']} channel(s), factors {model['factors']}, {model['codebook_size']} codes, "
+        f"{info['mode']} coding",
+        f"fine ratio setting: {settings['fine_ratio']}; fraction of fine regions: {info['fine_fraction']:.3f}",
+        f"error bound: {bound}",
+        f"tokens: {tokens['codes']} codes in {tokens['bits']:.0f} bits (ideal under the stored model "
+        f"{tokens['ideal_bits']:.0f}, empirical entropy {tokens['entropy_bits']:.0f})",
+        f"{'variable':<16} {'dims':<28} {'shape':<22} {'dtype':<8} {'bits/value':>10} {'max_abs_error':>13} "
+        f"{'nonfinite':>9} {'escapes':>8}",
+    ]
+    for name, v in info["variables"].items():
+        error = "-" if v["max_abs_error"] is None else f"{v['max_abs_error']:.4g}"
+        lines.append(f"{name:<16} {','.join(v['dims']):<28} {'x'.join(map(str, v['shape'])):<22} {v['dtype']:<8} "
+                     f"{v['bits_per_value']:>10.4f} {error:>13} {v['nonfinite']:>9} {v['escapes']:>8}")
+    return "\n".join(lines)
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="python -m dynfield.inspect", description="Describe a .dfz file.")
+    p.add_argument("input", help="the .dfz file")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+
+    def action():
+        info = inspect_file(args.input)
+        print(json.dumps(info, indent=2) if args.json else report(info))
+
+    return run_command(action)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

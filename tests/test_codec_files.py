@@ -1,0 +1,289 @@
+"""File-level codec and its command lines: round trips, the error bound, damaged files, interruptions."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dynfield import compress, decompress
+from dynfield import inspect as inspect_cli
+from dynfield.checkpoint import save_checkpoint
+from dynfield.codec import CodecError, compress_file, decompress_file, default_checkpoint, inspect_file
+from dynfield.codec import codec as codec_module
+from dynfield.data import open_fields
+from dynfield.data.dummy import dummy_dataset, write_dummy_netcdf, write_dummy_well_hdf5
+from dynfield.models import DQVAE
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_tokenizer(path, in_channels=1, variables=("field",), seed=0):
+    """A randomly initialised tokenizer whose codebook is initialised from data, so codes get used."""
+    torch.manual_seed(seed)
+    model = DQVAE(in_channels=in_channels, factors=(2, 4), hidden=8, code_dim=8, codebook_size=32, periodic=False)
+    model.train()
+    model(torch.randn(4, in_channels, 16, 16))
+    model.eval()
+    stats = {v: {"mean": 0.5, "std": 2.0, "min": -5.0, "max": 5.0} for v in variables}
+    save_checkpoint(path, model, kind="tokenizer", stats=stats, variables=list(variables), periodic=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return tiny_tokenizer(tmp_path_factory.mktemp("ckpt") / "tokenizer.pt")
+
+
+@pytest.fixture(scope="module")
+def other_ckpt(tmp_path_factory):
+    return tiny_tokenizer(tmp_path_factory.mktemp("ckpt") / "other.pt", seed=1)
+
+
+def mixed_netcdf(path):
+    """Dummy flow plus an integer variable, a masked (_FillValue) one and NaN/Inf values."""
+    ds = dummy_dataset(n_sample=2, n_time=3, ny=12, nx=20)
+    ds["count"] = (ds["u"] * 1000).astype(np.int32).assign_attrs(units="1", long_name="counts")
+    ds["u"].values[0, 1, 2, 3] = np.nan
+    ds["u"].values[1, 2, 0, 0] = np.inf
+    ds["v"].values[0, 0, 5, :4] = -np.inf
+    ds["scalar"].values[1, :, 3:6, 7:9] = np.nan  # masked: written as _FillValue, read back as NaN
+    ds["scalar"].encoding["_FillValue"] = np.float32(-9999.0)
+    ds["v"] = ds["v"].astype(np.float64)
+    ds.attrs["history"] = "made by a test"
+    ds.to_netcdf(path)
+    return path
+
+
+def assert_same_layout(ref, out):
+    assert list(out.data_vars) == list(ref.data_vars)
+    for v in ref.data_vars:
+        assert out[v].dims == ref[v].dims and out[v].shape == ref[v].shape, v
+        assert out[v].dtype == ref[v].dtype, v
+        assert {k: a for k, a in out[v].attrs.items() if not k.startswith("dynfield_")} == ref[v].attrs, v
+    for c in ref.coords:
+        assert np.array_equal(out[c].values, ref[c].values) and out[c].dtype == ref[c].dtype, c
+    assert {k: a for k, a in out.attrs.items() if not k.startswith("dynfield_")} == ref.attrs
+
+
+def max_errors(ref, out):
+    """Max |error| per variable over finite values; non-finite values must match exactly."""
+    errors = {}
+    for v in ref.data_vars:
+        a, b = ref[v].values, out[v].values
+        finite = np.isfinite(a)
+        np.testing.assert_array_equal(a[~finite], b[~finite])
+        errors[v] = float(np.abs(a[finite].astype(np.float64) - b[finite].astype(np.float64)).max())
+    return errors
+
+
+def test_netcdf_round_trip_keeps_layout_and_non_finite_values(tmp_path, ckpt):
+    src = mixed_netcdf(tmp_path / "in.nc")
+    summary = compress_file(src, tmp_path / "out.dfz", checkpoint=ckpt, fine_ratio=0.5, progress=False)
+    assert summary["variables"]["u"]["nonfinite"] == 2 and summary["variables"]["scalar"]["nonfinite"] == 18
+    decompress_file(tmp_path / "out.dfz", tmp_path / "back.nc", checkpoint=ckpt, progress=False)
+    with xr.open_dataset(src) as ref, xr.open_dataset(tmp_path / "back.nc") as out:
+        assert_same_layout(ref, out)
+        max_errors(ref, out)  # checks non-finite values
+        assert out["scalar"].encoding["_FillValue"] == -9999.0
+        assert out.attrs["dynfield_model_sha256"] == summary["model"]["sha256"]
+
+
+@pytest.mark.parametrize("bound", [{"max_abs_error": 0.01}, {"rel_error": 1e-4}])
+def test_error_bound_holds_for_every_value(tmp_path, ckpt, bound):
+    src = mixed_netcdf(tmp_path / "in.nc")
+    summary = compress_file(src, tmp_path / "out.dfz", checkpoint=ckpt, progress=False, **bound)
+    decompress_file(tmp_path / "out.dfz", tmp_path / "back.nc", checkpoint=ckpt, progress=False)
+    with xr.open_dataset(src) as ref, xr.open_dataset(tmp_path / "back.nc") as out:
+        assert_same_layout(ref, out)
+        errors = max_errors(ref, out)
+        for v, err in errors.items():
+            bound_v = summary["variables"][v]["max_abs_error"]
+            if "rel_error" in bound:
+                values = ref[v].values[np.isfinite(ref[v].values)]
+                assert np.isclose(bound_v, 1e-4 * (values.max() - values.min()))
+            assert err <= bound_v, v
+            assert out[v].attrs["dynfield_max_abs_error"] == bound_v
+
+
+def test_well_hdf5_round_trip(tmp_path, ckpt):
+    src = write_dummy_well_hdf5(tmp_path / "well.hdf5", n_trajectories=2, n_time=2, ny=8, nx=12)
+    compress_file(src, tmp_path / "out.dfz", checkpoint=ckpt, max_abs_error=1e-3, progress=False)
+    decompress_file(tmp_path / "out.dfz", tmp_path / "back.nc", checkpoint=ckpt, progress=False)
+    ref, out = open_fields(src), open_fields(tmp_path / "back.nc")
+    assert sorted(out.data_vars) == sorted(ref.data_vars) == ["scalar", "velocity_x", "velocity_y", "vorticity"]
+    for v in ref.data_vars:
+        assert out[v].dims == ref[v].dims and out[v].dtype == ref[v].dtype
+        assert float(abs(out[v] - ref[v]).max()) <= 1e-3
+    for c in ref.coords:
+        np.testing.assert_array_equal(out[c].values, ref[c].values)
+
+
+field_values = st.one_of(st.floats(-1e3, 1e3), st.floats(-1e30, 1e30), st.sampled_from([0.0, 1e-30, np.nan, np.inf]))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ny=st.integers(1, 9), nx=st.integers(1, 11), bound=st.sampled_from([1e-9, 1e-3, 10.0]),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**16), special=field_values)
+def test_error_bound_property(tmp_path, ckpt, ny, nx, bound, dtype, seed, special):
+    """Tiny and non-multiple shapes, huge dynamic ranges, very small bounds: every value within the bound."""
+    rng = np.random.default_rng(seed)
+    data = rng.normal(size=(2, ny, nx)) * 10.0 ** rng.uniform(-10, 10, size=(2, ny, nx))
+    data.flat[rng.integers(data.size)] = special
+    src = tmp_path / f"p{seed}.nc"
+    xr.Dataset({"f": (("time", "y", "x"), data.astype(dtype))}).to_netcdf(src)
+    compress_file(src, tmp_path / "p.dfz", checkpoint=ckpt, max_abs_error=bound, progress=False)
+    decompress_file(tmp_path / "p.dfz", tmp_path / "p_back.nc", checkpoint=ckpt, progress=False)
+    with xr.open_dataset(src) as ref, xr.open_dataset(tmp_path / "p_back.nc") as out:
+        assert out["f"].dtype == dtype
+        assert max_errors(ref, out)["f"] <= bound
+
+
+def test_joint_tokenizer(tmp_path):
+    ckpt = tiny_tokenizer(tmp_path / "joint.pt", in_channels=2, variables=("u", "v"))
+    src = write_dummy_netcdf(tmp_path / "in.nc", n_sample=2, ny=8, nx=8)
+    with pytest.raises(CodecError, match="cannot code"):
+        compress_file(src, tmp_path / "out.dfz", checkpoint=ckpt, progress=False)
+    with pytest.raises(CodecError, match="lacks"):
+        compress_file(src, tmp_path / "out.dfz", checkpoint=ckpt, variables=["u"], progress=False)
+    summary = compress_file(src, tmp_path / "out.dfz", checkpoint=ckpt, variables=["v", "u"], max_abs_error=0.05,
+                            progress=False)
+    assert summary["mode"] == "joint"
+    decompress_file(tmp_path / "out.dfz", tmp_path / "back.nc", checkpoint=ckpt, progress=False)
+    with xr.open_dataset(src) as ref, xr.open_dataset(tmp_path / "back.nc") as out:
+        assert all(err <= 0.05 for err in max_errors(ref[["u", "v"]], out).values())
+
+
+def test_inspect_reports_bits_consistent_with_file_size(tmp_path, ckpt, capsys):
+    src = write_dummy_netcdf(tmp_path / "in.nc", n_sample=3, n_time=2, ny=16, nx=24)
+    out = tmp_path / "out.dfz"
+    compress_file(src, out, checkpoint=ckpt, max_abs_error=0.01, progress=False)
+    info = inspect_file(out)
+    size = out.stat().st_size
+    assert info["bytes"] == size and info["values"] == 4 * 3 * 2 * 16 * 24
+    assert np.isclose(info["bits_per_value"] * info["values"], 8 * size)
+    variable_bytes = sum(v["bits_per_value"] * v["values"] / 8 for v in info["variables"].values())
+    framing = size - info["header_bytes"] - variable_bytes  # chunk lengths, checksums, indices, the trailer
+    assert 0 < framing < 40 * info["chunks"]
+    tokens = info["tokens"]
+    assert tokens["entropy_bits"] <= tokens["ideal_bits"] <= tokens["bits"] <= tokens["ideal_bits"] + 64 * 24
+    assert 0 < info["fine_fraction"] < 1
+    assert inspect_cli.main([str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["bytes"] == size
+    assert inspect_cli.main([str(out)]) == 0
+    assert "bits per value" in capsys.readouterr().out
+
+
+@pytest.fixture
+def compressed(tmp_path, ckpt):
+    src = write_dummy_netcdf(tmp_path / "in.nc", n_sample=2, n_time=2, ny=8, nx=12)
+    assert compress.main([str(src), str(tmp_path / "out.dfz"), "--checkpoint", str(ckpt), "--max-abs-error", "0.01",
+                          "--quiet"]) == 0
+    return tmp_path / "out.dfz"
+
+
+def damage(path, how):
+    data = bytearray(path.read_bytes())
+    if how == "header":
+        data[30] ^= 0x01
+    elif how == "chunk":
+        data[-100] ^= 0x01
+    else:
+        data = data[: int(len(data) * how)]
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how, message", [("header", "header checksum"), ("chunk", "checksum mismatch"),
+                                          (0.02, "truncated"), (0.5, "truncated"), (0.97, "truncated")])
+def test_damaged_file_is_refused(compressed, ckpt, capsys, how, message):
+    damage(compressed, how)
+    back = compressed.with_suffix(".nc")
+    with pytest.raises(CodecError, match=message):
+        decompress_file(compressed, back, checkpoint=ckpt, progress=False)
+    capsys.readouterr()
+    for cli, argv in ((decompress, [str(compressed), str(back), "--checkpoint", str(ckpt), "--quiet"]),
+                      (inspect_cli, [str(compressed)])):
+        assert cli.main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and message.split()[0] in err and "Traceback" not in err
+    assert not back.exists() and sorted(p.name for p in compressed.parent.iterdir()) == ["in.nc", "out.dfz"]
+
+
+def test_other_model_is_refused(compressed, other_ckpt, capsys):
+    assert decompress.main([str(compressed), str(compressed.with_suffix(".nc")), "--checkpoint", str(other_ckpt)]) == 1
+    assert "SHA-256" in capsys.readouterr().err
+    assert not compressed.with_suffix(".nc").exists()
+
+
+def test_interrupted_compression_leaves_no_output(tmp_path, ckpt, monkeypatch, capsys):
+    src = write_dummy_netcdf(tmp_path / "in.nc", n_sample=4, n_time=5, ny=8, nx=8)
+    encode, calls = codec_module._Coder.encode_snapshot, []
+
+    def interrupted(self, *args):
+        calls.append(args)
+        if len(calls) == 18:  # after the calibration chunks, while chunks are being written
+            raise KeyboardInterrupt
+        return encode(self, *args)
+
+    monkeypatch.setattr(codec_module._Coder, "encode_snapshot", interrupted)
+    assert compress.main([str(src), str(tmp_path / "out.dfz"), "--checkpoint", str(ckpt), "--quiet"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nc"]
+
+
+def test_interrupted_decompression_leaves_no_output(compressed, ckpt, monkeypatch):
+    def failing(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(codec_module._NetCDFWriter, "write", failing)
+    assert decompress.main([str(compressed), str(compressed.with_suffix(".nc")), "--checkpoint", str(ckpt)]) == 1
+    assert sorted(p.name for p in compressed.parent.iterdir()) == ["in.nc", "out.dfz"]
+
+
+def test_usage_errors_are_clear(tmp_path, ckpt, capsys):
+    src = write_dummy_netcdf(tmp_path / "in.nc", n_sample=1, ny=8, nx=8)
+    out = str(tmp_path / "out.dfz")
+    cases = [(["--variables", "nope"], "nope"), (["--max-abs-error", "u=-1"], "positive"),
+             (["--max-abs-error", "w=0.1"], "not among")]
+    for extra, message in cases:
+        assert compress.main([str(src), out, "--checkpoint", str(ckpt), "--quiet", *extra]) == 1
+        assert message in capsys.readouterr().err
+    with pytest.raises(CodecError, match="not both"):
+        compress_file(src, out, checkpoint=ckpt, max_abs_error=1.0, rel_error=0.1, progress=False)
+    if not (ROOT / "dynfield" / "pretrained" / "tokenizer.pt").exists():
+        with pytest.raises(CodecError, match="bundled default tokenizer"):
+            default_checkpoint()
+
+
+@pytest.mark.slow
+def test_parallel_workers_write_the_same_file(tmp_path, ckpt):
+    src = write_dummy_netcdf(tmp_path / "in.nc", n_sample=3, n_time=4, ny=8, nx=12)
+    compress_file(src, tmp_path / "one.dfz", checkpoint=ckpt, max_abs_error=0.01, progress=False)
+    compress_file(src, tmp_path / "two.dfz", checkpoint=ckpt, max_abs_error=0.01, workers=2, progress=False)
+    assert (tmp_path / "one.dfz").read_bytes() == (tmp_path / "two.dfz").read_bytes()
+
+
+def test_rate_distortion_benchmark_runs(tmp_path, ckpt):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import rate_distortion
+    finally:
+        sys.path.pop(0)
+    src = write_dummy_netcdf(tmp_path / "in.nc", n_sample=2, ny=16, nx=16)
+    result = rate_distortion.main(["--data", str(src), "--variables", "u,v", "--checkpoint", str(ckpt),
+                                   "--out", str(tmp_path / "rd"), "--fine-ratios", "0.5", "--bounds", "0.01",
+                                   "--quick"])
+    saved = json.loads((tmp_path / "rd" / "rate_distortion.json").read_text())
+    assert (tmp_path / "rd" / "rate_distortion.png").exists()
+    codecs = {p["codec"] for p in saved["points"]}
+    assert {"dynfield", "dynfield+bound"} <= codecs
+    for point in saved["points"]:
+        assert point["bits_per_value"] > 0 and np.isfinite(point["psnr"])
+    bounded = [p for p in saved["points"] if p["codec"] == "dynfield+bound"]
+    assert all(p["max_abs_error"] <= 0.01 for p in bounded)
+    assert result["machine"]["commit"]
