@@ -37,7 +37,7 @@ def parser():
     bound.add_argument("--max-abs-error", type=error_bound, help="guaranteed maximum absolute error")
     bound.add_argument("--rel-error", type=error_bound, help="maximum error as a fraction of each variable's range")
     p.add_argument("--workers", type=int, default=1, help="processes encoding in parallel")
-    p.add_argument("--device", default="cpu", help="torch device of the tokenizer's encoder")
+    p.add_argument("--device", default="cpu", help="torch device of the tokenizer")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 

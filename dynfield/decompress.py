@@ -18,7 +18,7 @@ def parser():
     p.add_argument("input", help="the .dfz file")
     p.add_argument("output", help="the netCDF file to write")
     p.add_argument("--checkpoint", help="tokenizer checkpoint the file was made with (default: the bundled one)")
-    p.add_argument("--device", default="cpu", help="torch device decoding fields without an error bound")
+    p.add_argument("--device", default="cpu", help="torch device that decodes")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -27,7 +27,8 @@ def main(argv=None):
     args = parser().parse_args(argv)
 
     def action():
-        decompress_file(args.input, args.output, checkpoint=args.checkpoint, progress=not args.quiet, device=args.device)
+        decompress_file(args.input, args.output, checkpoint=args.checkpoint, progress=not args.quiet,
+                        device=args.device)
         print(f"wrote {args.output}")
 
     return run_command(action)

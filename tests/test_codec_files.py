@@ -11,7 +11,7 @@ import xarray as xr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dynfield import compress, decompress
+from dynfield import compress, decompress, paths
 from dynfield import inspect as inspect_cli
 from dynfield.checkpoint import save_checkpoint
 from dynfield.codec import CodecError, compress_file, decompress_file, default_checkpoint, inspect_file
@@ -49,6 +49,7 @@ def mixed_netcdf(path):
     """Dummy flow plus an integer variable, a masked (_FillValue) one and NaN/Inf values."""
     ds = dummy_dataset(n_sample=2, n_time=3, ny=12, nx=20)
     ds["count"] = (ds["u"] * 1000).astype(np.int32).assign_attrs(units="1", long_name="counts")
+    ds["depth"] = (("y", "x"), ds["scalar"].values[0, 0] ** 2, {"units": "m"})  # static: a second chunk group
     ds["u"].values[0, 1, 2, 3] = np.nan
     ds["u"].values[1, 2, 0, 0] = np.inf
     ds["v"].values[0, 0, 5, :4] = -np.inf
@@ -56,6 +57,8 @@ def mixed_netcdf(path):
     ds["scalar"].encoding["_FillValue"] = np.float32(-9999.0)
     ds["v"] = ds["v"].astype(np.float64)
     ds.attrs["history"] = "made by a test"
+    ds = ds.assign_coords(time=np.array(["2001-02-03T04:05", "2001-02-03T05:05", "2001-02-03T06:05"],
+                                        dtype="datetime64[ns]"), run="experiment 1")
     ds.to_netcdf(path)
     return path
 
@@ -249,13 +252,13 @@ def test_usage_errors_are_clear(tmp_path, ckpt, capsys):
     src = write_dummy_netcdf(tmp_path / "in.nc", n_sample=1, ny=8, nx=8)
     out = str(tmp_path / "out.dfz")
     cases = [(["--variables", "nope"], "nope"), (["--max-abs-error", "u=-1"], "positive"),
-             (["--max-abs-error", "w=0.1"], "not among")]
+             (["--max-abs-error", "w=0.1"], "not among"), (["--fine-ratio", "1.5"], "[0, 1]")]
     for extra, message in cases:
         assert compress.main([str(src), out, "--checkpoint", str(ckpt), "--quiet", *extra]) == 1
         assert message in capsys.readouterr().err
     with pytest.raises(CodecError, match="not both"):
         compress_file(src, out, checkpoint=ckpt, max_abs_error=1.0, rel_error=0.1, progress=False)
-    if not (ROOT / "dynfield" / "pretrained" / "tokenizer.pt").exists():
+    if not paths.BUNDLED_TOKENIZER.exists():
         with pytest.raises(CodecError, match="bundled default tokenizer"):
             default_checkpoint()
 
@@ -277,13 +280,13 @@ def test_rate_distortion_benchmark_runs(tmp_path, ckpt):
     src = write_dummy_netcdf(tmp_path / "in.nc", n_sample=2, ny=16, nx=16)
     result = rate_distortion.main(["--data", str(src), "--variables", "u,v", "--checkpoint", str(ckpt),
                                    "--out", str(tmp_path / "rd"), "--fine-ratios", "0.5", "--bounds", "0.01",
-                                   "--quick"])
+                                   "--rates", "4"])
     saved = json.loads((tmp_path / "rd" / "rate_distortion.json").read_text())
     assert (tmp_path / "rd" / "rate_distortion.png").exists()
     codecs = {p["codec"] for p in saved["points"]}
-    assert {"dynfield", "dynfield+bound"} <= codecs
+    assert codecs == {"dynfield", "dynfield+bound", "zfp-accuracy", "sz3", "sperr", "zfp-rate", "sperr-rate"}
     for point in saved["points"]:
-        assert point["bits_per_value"] > 0 and np.isfinite(point["psnr"])
-    bounded = [p for p in saved["points"] if p["codec"] == "dynfield+bound"]
-    assert all(p["max_abs_error"] <= 0.01 for p in bounded)
+        assert point["bits_per_value"] > 0 and np.isfinite(point["psnr"]) and 0 <= point["okubo_weiss_iou"] <= 1
+        if "rel_error" in point["setting"]:  # every error-bounded codec meets the bound
+            assert point["max_rel_error"] <= 0.01 * (1 + 1e-6), point["codec"]
     assert result["machine"]["commit"]

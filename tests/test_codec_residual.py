@@ -47,7 +47,8 @@ def test_bound_holds_for_every_value(x, bound, offset, seed):
 
 
 @settings(max_examples=20, deadline=None)
-@given(x=hnp.arrays(st.sampled_from([np.int8, np.uint16, np.int32, np.int64]), st.tuples(st.integers(1, 6), st.integers(1, 6))),
+@given(x=hnp.arrays(st.sampled_from([np.int8, np.uint16, np.int32, np.int64]),
+                    st.tuples(st.integers(1, 6), st.integers(1, 6))),
        bound=st.floats(0.3, 1e4), seed=st.integers(0, 2**16))
 def test_bound_holds_for_integer_fields(x, bound, seed):
     pred = x.astype(np.float64) + np.random.default_rng(seed).normal(scale=100.0, size=x.shape)

@@ -57,7 +57,7 @@ def atomic_output(path):
         raise
 
 
-# --------------------------------------------------------------------------- byte-level helpers
+# --------------------------------------------------------------------------- varints, floats, blobs
 
 class ByteWriter:
     """Append unsigned varints, float64s and length-prefixed blobs to a bytearray."""
@@ -232,7 +232,8 @@ class ContainerReader:
             raise CodecError(f"{self.path} has an invalid .dfz format version {self.version} (corrupt file)")
         (length,) = struct.unpack("<I", self._read(4, "the header length"))
         if length > self.size:
-            raise CodecError(f"{self.path}: header length {length} exceeds the file size {self.size} (corrupt or truncated)")
+            raise CodecError(f"{self.path}: header length {length} exceeds the file size {self.size} "
+                             f"(corrupt or truncated)")
         data = self._read(length, "the header")
         (crc,) = struct.unpack("<I", self._read(4, "the header checksum"))
         if zlib.crc32(data) != crc:

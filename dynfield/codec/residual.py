@@ -17,7 +17,7 @@ field's section holds:
 
 The margin E - E' absorbs a prediction that differs by less than E / 1024
 between the encoding and the decoding machine (float64 rounding on another
-CPU), at a cost of 0.0014 bits per value.
+device), at a cost of 0.0014 bits per value.
 
 q is coded as a symbol (0; or the bit length c of |q| and its sign; or escape)
 under a histogram stored with the section, followed by the c - 1 bits of |q|
@@ -39,8 +39,9 @@ ESCAPE = 2 * MAX_BITS + 1  # symbols: 0, then 2c - 1 (q > 0) and 2c (q < 0) for 
 def check_dtype(dtype, name="field"):
     """Return `dtype` if the codec can store it (integers and floats), else raise."""
     dtype = np.dtype(dtype)
-    if dtype.kind not in "iuf":
-        raise CodecError(f"{name} has dtype {dtype}; the codec stores integer and floating-point fields only")
+    if dtype.kind not in "iuf" or dtype.itemsize > 8:  # the residual is computed in float64
+        raise CodecError(f"{name} has dtype {dtype}; the codec stores integer and floating-point fields "
+                         f"of at most 64 bits")
     return dtype
 
 
