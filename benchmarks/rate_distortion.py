@@ -32,7 +32,7 @@ import h5py
 import hdf5plugin
 import numpy as np
 import zfpy
-from tokenizer import machine  # benchmarks/tokenizer.py
+from provenance import machine  # benchmarks/provenance.py
 
 from dynfield import physics
 from dynfield.codec import compress_file, decompress_file

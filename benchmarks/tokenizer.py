@@ -13,39 +13,17 @@ validation). Writes ``tokenizer.json`` and ``tokenizer.png`` into ``--out``.
 import argparse
 import json
 import math
-import platform
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
+
+from provenance import machine  # benchmarks/provenance.py
 
 from dynfield import checkpoint
 from dynfield.analysis import load_fields
 from dynfield.data import denormalise
 from dynfield.data.turbulence import HELD_OUT_SEED
 from dynfield.evaluation import merge_batches, reconstruction_metrics
-
-
-
-def machine():
-    """The machine and commit these figures come from, in plain words."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        commit = ""
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": torch.get_num_threads(), "gpu": gpu, "torch": torch.__version__,
-            "python": sys.version.split()[0], "commit": commit or "unknown"}
 
 
 @torch.no_grad()
