@@ -123,3 +123,35 @@ def test_ddp_two_gloo_processes(tmp_path, env, smoke_run):
     assert [p.name for p in tmp_path.iterdir()] == ["ddp"]
     model, _ = checkpoint.load_model(run_dir / "tokenizer.pt")
     assert model.decode(model.encode(torch.randn(1, 4, 64, 64))).shape == (1, 4, 64, 64)
+
+
+def test_trains_on_user_files_with_renamed_dims(tmp_path, env):
+    from dynfield.data.dummy import write_dummy_netcdf
+
+    # Two files of a user's run with lat/lon dims; the last 20 % of samples are held out.
+    for i in range(2):
+        write_dummy_netcdf(tmp_path / f"run_{i}.nc", n_sample=10, ny=32, nx=40, sample_offset=10 * i,
+                           dim_names={"y": "lat", "x": "lon"})
+    run_dir = tmp_path / "files_run"
+    cmd = [sys.executable, "-m", "dynfield.train", "dataset=files", f"dataset.paths={tmp_path}/run_*.nc",
+           "dataset.variables=[u,v]", "dataset.val_fraction=0.2", "model.hidden=16", "model.code_dim=16",
+           "model.codebook_size=32", "trainer.epochs=1", "trainer.batch_size=4", "trainer.warmup_steps=1",
+           f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["steps"] == 4  # 16 training fields / batch 4
+    model, state = checkpoint.load_model(run_dir / "tokenizer.pt")
+    assert state["variables"] == ["u", "v"] and not state["periodic"]
+    assert model.decode(model.encode(torch.zeros(1, 2, 32, 40))).shape == (1, 2, 32, 40)
+
+
+def test_missing_variable_in_user_files_names_the_available_ones(tmp_path, env):
+    from dynfield.data.dummy import write_dummy_netcdf
+
+    write_dummy_netcdf(tmp_path / "run.nc", n_sample=4)
+    cmd = [sys.executable, "-m", "dynfield.train", "dataset=files", f"dataset.paths={tmp_path}/run.nc",
+           "dataset.variables=[u,temperature]", f"hydra.run.dir={tmp_path / 'r'}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "temperature" in proc.stderr and "vorticity" in proc.stderr
