@@ -46,7 +46,6 @@ from tqdm.auto import tqdm
 from dynfield import physics
 from dynfield.conventions import VELOCITY_COMPONENTS, VORTICITY_NAMES, X, Y
 from dynfield.data import FieldDataset, denormalise, ensure_dataset, open_fields
-from dynfield.models.router import enstrophy_score, random_score
 from dynfield.data.turbulence import HELD_OUT_SEED
 from dynfield.paths import BUNDLED_TOKENIZER, default_data_dir
 
@@ -222,46 +221,6 @@ def region_means(density, factor):
 
 
 # --------------------------------------------------------------------------- router scores
-
-
-def fineness_log_odds(logits_BKHW):
-    """(B, Hc, Wc): ``log(E / (K - 1 - E))``, E the expected number of levels finer than the coarsest.
-
-    An exact budget ranks the learned router's regions by E
-    (``models.router.expected_fineness``); this is an increasing function of
-    it, computed in log space so that it does not saturate. With two levels
-    it is the fine logit minus the coarse logit.
-    """
-    K = logits_BKHW.shape[1]
-    logp = logits_BKHW.double().log_softmax(1)
-    # level k is K - 1 - k levels finer than the coarsest; E = sum_k p_k (K-1-k) and K-1-E = sum_k p_k k
-    finer = torch.arange(K - 1, -1, -1, dtype=logp.dtype, device=logp.device)[:, None, None]
-    return torch.logsumexp(logp + finer.log(), 1) - torch.logsumexp(logp + (K - 1 - finer).log(), 1)
-
-
-@torch.no_grad()
-def router_scores(model, x_BCHW, router="learned"):
-    """(B, Hc, Wc) score by which an exact budget ranks the regions: the top ones get the finer grains.
-
-    learned: ``fineness_log_odds`` of the router's logits. random: the
-    router's seeded draws, which start afresh for every call, so pass the
-    same batches as to ``model.encode``. enstrophy: the mean gradient energy
-    (or squared vorticity) of each region.
-    """
-    if model.num_levels < 2:
-        raise ValueError(f"a model with one grain level (factors {model.factors}) routes nothing")
-    x_pad = model._pad(x_BCHW)  # the padding encode applies, so that the regions line up
-    f_K = model.factors[-1]
-    if router == "learned":
-        if model.router is None:
-            raise ValueError(f"this model has no learned router (it was built with router={model.router_mode!r})")
-        return fineness_log_odds(model.router(model.encoder(x_pad)))
-    if router == "random":
-        shape = (x_pad.shape[0], x_pad.shape[-2] // f_K, x_pad.shape[-1] // f_K)
-        return random_score(shape, torch.Generator().manual_seed(model.seed), x_pad.device)
-    if router == "enstrophy":
-        return enstrophy_score(x_pad, f_K, model.periodic, model.vorticity_channel)
-    raise ValueError(f"router must be one of {ROUTERS}, got {router!r}")
 
 
 # --------------------------------------------------------------------------- alignment metrics
@@ -514,7 +473,7 @@ def analyse(model, x_BCHW, variables, stats, periodic=None, *, budgets=BUDGETS, 
     for start in tqdm(starts, desc="grain analysis", disable=not progress):
         x = x_BCHW[start : start + batch_size].to(device=param.device, dtype=param.dtype)
         for r in routers:
-            scores[r].append(router_scores(model, x, r).cpu().numpy())
+            scores[r].append(model.region_scores(x, r).cpu().numpy())
             for b in budgets:
                 tokens = model.encode(x, fine_ratio=b, router=r)
                 grains[r][b].append(tokens.grain.cpu().numpy())

@@ -10,7 +10,6 @@ from dynfield.analysis import (
     channel_roles,
     error_by_region,
     fine_coarse_ratio,
-    fineness_log_odds,
     flow_diagnostics,
     mean_roc,
     precision_recall,
@@ -18,7 +17,6 @@ from dynfield.analysis import (
     region_types,
     roc_auc,
     roc_curve,
-    router_scores,
     top_fraction,
     velocity_from_vorticity,
 )
@@ -26,7 +24,7 @@ from dynfield.checkpoint import save_checkpoint
 from dynfield.data import compute_stats, normalise
 from dynfield.data.dummy import dummy_dataset, write_dummy_netcdf
 from dynfield.models import DQVAE
-from dynfield.models.router import budget_ratios, expected_fineness, rank_assign
+from dynfield.models.router import budget_ratios, rank_assign
 
 N_GRID, FACTOR = 64, 8  # 8 x 8 regions of the coarsest grid
 # every other region in both directions: 16 of the 64, none sharing an edge
@@ -118,19 +116,6 @@ def test_precision_recall_and_fine_coarse_ratio_on_known_cases():
     assert math.isnan(fine_coarse_ratio([1, 2], [True, True]))
 
 
-def test_fineness_log_odds_is_the_logit_difference_and_ranks_like_the_budget():
-    logits = torch.randn(2, 2, 4, 5, generator=torch.Generator().manual_seed(0))
-    assert torch.allclose(fineness_log_odds(logits), (logits[:, 0] - logits[:, 1]).double(), atol=1e-6)
-    logits3 = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(1))
-    e = expected_fineness(logits3.double()).flatten(1)
-    order = fineness_log_odds(logits3).flatten(1).argsort(1)
-    assert (e.gather(1, order).diff(dim=1) >= 0).all()
-    # saturated gates: the expected fineness rounds to 1 in float32, the log-odds still tell them apart
-    saturated = torch.tensor([[[[40.0, 50.0]]], [[[0.0, 0.0]]]]).permute(1, 0, 2, 3)  # (1, 2, 1, 2)
-    assert expected_fineness(saturated)[0, 0, 0] == expected_fineness(saturated)[0, 0, 1]
-    assert fineness_log_odds(saturated)[0, 0, 1] > fineness_log_odds(saturated)[0, 0, 0]
-
-
 # --------------------------------------------------------------------------- flow diagnostics
 
 
@@ -209,7 +194,7 @@ def test_router_scores_rank_regions_as_the_exact_budget_does(factors, router):
     torch.manual_seed(0)
     model = DQVAE(in_channels=2, factors=factors, hidden=8, code_dim=8, codebook_size=16, seed=3).eval()
     x = torch.randn(3, 2, 40, 48, generator=torch.Generator().manual_seed(0))  # padded to 40 x 48: 5 x 6 regions
-    score = router_scores(model, x, router)
+    score = model.region_scores(x, router)
     assert score.shape == (3, 5, 6)
     for budget in (0.25, 0.6):
         expected = model.encode(x, fine_ratio=budget, router=router).grain
@@ -218,9 +203,9 @@ def test_router_scores_rank_regions_as_the_exact_budget_does(factors, router):
 
 def test_router_scores_refuse_what_does_not_rank():
     with pytest.raises(ValueError, match="no learned router"):
-        router_scores(tiny_model(2, router="random"), torch.zeros(1, 2, 16, 16), "learned")
-    with pytest.raises(ValueError, match="router must be one of"):
-        router_scores(tiny_model(2), torch.zeros(1, 2, 16, 16), "fixed")
+        tiny_model(2, router="random").region_scores(torch.zeros(1, 2, 16, 16), "learned")
+    with pytest.raises(ValueError, match="no region scores for router 'fixed'"):
+        tiny_model(2).region_scores(torch.zeros(1, 2, 16, 16), "fixed")
     fixed_grain = DQVAE(in_channels=2, factors=(8,), router="fixed", hidden=8, code_dim=8, codebook_size=16)
     unit = {"mean": 0.0, "std": 1.0}
     with pytest.raises(ValueError, match="dynamic-grain"):

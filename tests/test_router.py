@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dynfield.models import Router, budget_loss, enstrophy_score, gumbel_temperature
-from dynfield.models.router import budget_ratios, expected_fineness, gumbel_gate, level_counts, rank_assign
+from dynfield.models.router import budget_ratios, fineness_log_odds, gumbel_gate, level_counts, rank_assign
 
 
 @pytest.mark.parametrize("ratios", [(0.0, 1.0), (0.1, 0.9), (0.37, 0.63), (0.5, 0.5), (1.0, 0.0), (0.2, 0.3, 0.5), (0.5, 0.0, 0.5)])
@@ -68,9 +68,9 @@ def test_gumbel_temperature_anneals_from_start_to_end():
     assert all(a > b for a, b in zip(temps[:11], temps[1:11]))
 
 
-def test_expected_fineness_orders_by_probability_of_the_fine_levels():
+def test_fineness_log_odds_orders_by_probability_of_the_fine_levels():
     logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 4.0, 0.0], [0.0, 0.0, 4.0]]).T.reshape(1, 3, 1, 3)
-    e = expected_fineness(logits)[0, 0]
+    e = fineness_log_odds(logits)[0, 0]
     assert e[0] > e[1] > e[2]
 
 
@@ -103,3 +103,23 @@ def test_router_logits_shape_and_gradient():
     assert logits.shape == (2, 3, 5, 7)
     logits.square().sum().backward()
     assert all(f.grad.abs().sum() > 0 for f in feats)
+
+
+def expected_fineness(logits_BKHW):
+    """Reference: expected number of levels finer than the coarsest, E = sum_k p_k (K - 1 - k)."""
+    K = logits_BKHW.shape[1]
+    steps = torch.arange(K - 1, -1, -1, dtype=logits_BKHW.dtype)
+    return torch.einsum("bkhw,k->bhw", logits_BKHW.softmax(1), steps)
+
+
+def test_fineness_log_odds_is_the_logit_difference_and_ranks_by_expected_fineness():
+    logits = torch.randn(2, 2, 4, 5, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(fineness_log_odds(logits), (logits[:, 0] - logits[:, 1]).double(), atol=1e-6)
+    logits3 = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(1))
+    e = expected_fineness(logits3.double()).flatten(1)
+    order = fineness_log_odds(logits3).flatten(1).argsort(1)
+    assert (e.gather(1, order).diff(dim=1) >= 0).all()
+    # saturated gates: the expected fineness rounds to 1 in float32, the log-odds still tell them apart
+    saturated = torch.tensor([[[[40.0, 50.0]]], [[[0.0, 0.0]]]]).permute(1, 0, 2, 3)  # (1, 2, 1, 2)
+    assert expected_fineness(saturated)[0, 0, 0] == expected_fineness(saturated)[0, 0, 1]
+    assert fineness_log_odds(saturated)[0, 0, 1] > fineness_log_odds(saturated)[0, 0, 0]

@@ -22,7 +22,7 @@ from .router import (
     budget_ratios,
     check_ratios,
     enstrophy_score,
-    expected_fineness,
+    fineness_log_odds,
     gumbel_gate,
     level_counts,
     random_score,
@@ -169,27 +169,53 @@ class DQVAE(nn.Module):
         logits = None
         if K == 1:
             grain = torch.zeros(B, Hc, Wc, dtype=torch.long, device=coarse.device)
-        elif mode == "learned":
-            if self.router is None:
-                raise ValueError(f"this model has no learned router (it was built with router={self.router_mode!r})")
-            logits = self.router(feats)
-            if temperature is not None:
-                gate = gumbel_gate(logits, temperature)
-                return gate.argmax(1), gate, logits
-            grain = logits.argmax(1) if fine_ratio is None else rank_assign(expected_fineness(logits), ratios)
         elif mode == "fixed":
             level = self.fixed_level if level is None else level
             if not 0 <= level < K:
                 raise ValueError(f"fixed router level must index one of the {K} levels, got {level}")
             grain = torch.full((B, Hc, Wc), level, dtype=torch.long, device=coarse.device)
-        elif mode == "random":
-            generator = self._train_generator if temperature is not None else torch.Generator().manual_seed(self.seed)
-            grain = rank_assign(random_score((B, Hc, Wc), generator, coarse.device), ratios)
-        else:  # enstrophy
-            score = enstrophy_score(x_pad, self.factors[-1], self.periodic, self.vorticity_channel)
-            grain = rank_assign(score, ratios)
+        elif mode == "learned":
+            logits = self._router_logits(feats)
+            if temperature is not None:
+                gate = gumbel_gate(logits, temperature)
+                return gate.argmax(1), gate, logits
+            grain = logits.argmax(1) if fine_ratio is None else rank_assign(fineness_log_odds(logits), ratios)
+        else:
+            # the random router draws fresh regions each training step, repeatable ones at inference
+            generator = self._train_generator if temperature is not None else None
+            grain = rank_assign(self._rule_scores(x_pad, mode, generator), ratios)
         gate = F.one_hot(grain, K).permute(0, 3, 1, 2).to(coarse.dtype)
         return grain, gate, logits
+
+    def _router_logits(self, feats):
+        if self.router is None:
+            raise ValueError(f"this model has no learned router (it was built with router={self.router_mode!r})")
+        return self.router(feats)
+
+    def _rule_scores(self, x_pad, mode, generator=None):
+        """(B, Hc, Wc) region scores of the rule-based routers ("random", "enstrophy")."""
+        f_K = self.factors[-1]
+        if mode == "random":
+            shape = (x_pad.shape[0], x_pad.shape[-2] // f_K, x_pad.shape[-1] // f_K)
+            return random_score(shape, generator or torch.Generator().manual_seed(self.seed), x_pad.device)
+        return enstrophy_score(x_pad, f_K, self.periodic, self.vorticity_channel)
+
+    @torch.no_grad()
+    def region_scores(self, x, router=None):
+        """(B, Hc, Wc): the score by which an exact budget ranks the regions of fields (B, C, H, W).
+
+        The top-scoring regions get the finer grains. learned: the router's
+        ``fineness_log_odds``; random: the seeded draws of ``encode`` (the same
+        for the same batch shape); enstrophy: each region's mean gradient energy
+        (or squared vorticity).
+        """
+        mode = router or self.router_mode
+        if self.num_levels < 2 or mode not in ("learned", "random", "enstrophy"):
+            raise ValueError(f"no region scores for router {mode!r} on a model with factors {self.factors}")
+        x_pad = self._pad(x)
+        if mode == "learned":
+            return fineness_log_odds(self._router_logits(self.encoder(x_pad)))
+        return self._rule_scores(x_pad, mode)
 
     def _merge(self, gate_BKHW, q_levels):
         """Sum over levels of gate * codes, all copied onto the finest token grid: (B, D, H1, W1)."""

@@ -97,11 +97,20 @@ def rank_assign(score_BHW, ratios):
     return grain.view(B, Hc, Wc)
 
 
-def expected_fineness(logits_BKHW):
-    """(B, Hc, Wc): expected number of levels finer than the coarsest under the gate's probabilities."""
+def fineness_log_odds(logits_BKHW):
+    """(B, Hc, Wc): ``log(E / (K - 1 - E))``, E the expected number of levels finer than the coarsest.
+
+    The exact budget ranks the learned router's regions by this, an
+    increasing function of E computed in log space so that it does not
+    saturate (E itself rounds to K - 1 once a logit gap passes ~17, and the
+    regions would then tie). With two levels it is the fine logit minus the
+    coarse logit.
+    """
     K = logits_BKHW.shape[1]
-    steps = torch.arange(K - 1, -1, -1, device=logits_BKHW.device, dtype=logits_BKHW.dtype)  # level 0 -> K-1 steps
-    return torch.einsum("bkhw,k->bhw", logits_BKHW.softmax(1), steps)
+    logp = logits_BKHW.double().log_softmax(1)
+    # level k is K - 1 - k levels finer than the coarsest; E = sum_k p_k (K-1-k) and K-1-E = sum_k p_k k
+    finer = torch.arange(K - 1, -1, -1, dtype=logp.dtype, device=logp.device)[:, None, None]
+    return torch.logsumexp(logp + finer.log(), 1) - torch.logsumexp(logp + (K - 1 - finer).log(), 1)
 
 
 def enstrophy_score(x_BCHW, factor, periodic=True, vorticity_channel=None):
