@@ -15,39 +15,24 @@ import json
 import math
 from pathlib import Path
 
-import torch
 
 from provenance import machine  # benchmarks/provenance.py
 
 from dynfield import checkpoint
 from dynfield.analysis import load_fields
-from dynfield.data import denormalise
 from dynfield.data.turbulence import HELD_OUT_SEED
-from dynfield.evaluation import merge_batches, reconstruction_metrics
+from dynfield.evaluation import evaluate_tokenizer
 
 
-@torch.no_grad()
 def evaluate(model, fields_NCHW, state, batch_size, **encode_kw):
-    """Encode/decode every (normalised) field; metrics in physical units plus token counts."""
-    variables, stats = state["variables"], state["stats"]
-    results, sizes, tokens_per_field, fine = [], [], [], []
-    for x in fields_NCHW.split(batch_size):
-        tokens = model.encode(x, **encode_kw)
-        recon = model.decode(tokens)
-        results.append(reconstruction_metrics(denormalise(x, stats, variables), denormalise(recon, stats, variables), variables))
-        sizes.append(len(x))
-        tokens_per_field += tokens.count().tolist()
-        fine += tokens.fine_fraction().tolist()
-    out = merge_batches(results, sizes)
+    """Tokenizer metrics on every (normalised) field, plus the rate in bits per value."""
+    out = evaluate_tokenizer(model, fields_NCHW.split(batch_size), state["stats"], state["variables"], **encode_kw)
     H, W = fields_NCHW.shape[-2:]
-    n_tokens = sum(tokens_per_field) / len(tokens_per_field)
-    values = H * W * len(variables)
-    out["tokens_per_field"] = n_tokens
-    out["bits_per_value"] = n_tokens * math.log2(model.config["codebook_size"]) / values
+    values = H * W * len(state["variables"])
+    out["bits_per_value"] = out["tokens_per_field"] * math.log2(model.config["codebook_size"]) / values
     # The grain map costs log2(K) bits a region on top (not counted above).
-    regions = tokens.grain[0].numel()
+    regions = math.ceil(H / model.factors[-1]) * math.ceil(W / model.factors[-1])
     out["grain_bits_per_value"] = regions * math.log2(len(model.factors)) / values
-    out["fine_ratio"] = sum(fine) / len(fine)
     return out
 
 

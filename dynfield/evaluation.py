@@ -1,7 +1,9 @@
 """Reconstruction metrics in physical units, shared by validation and benchmarks."""
 
+import torch
 
 from . import physics
+from .data import denormalise
 
 
 def reconstruction_metrics(ref_BCHW, est_BCHW, variables):
@@ -37,6 +39,35 @@ def reconstruction_metrics(ref_BCHW, est_BCHW, variables):
         _, E_ref = physics.power_spectrum(ref)
         _, E = physics.power_spectrum(est)
     out["spectrum_error"] = physics.spectrum_error(E_ref.mean(0), E.mean(0), kmax=kmax).mean().item()
+    return out
+
+
+@torch.no_grad()
+def evaluate_tokenizer(model, batches, stats, variables, device="cpu", **encode_kw):
+    """Encode and decode normalised batches (B, C, H, W); metrics in physical units.
+
+    ``encode_kw`` go to ``model.encode`` (``fine_ratio``, ``router``). Returns
+    the ``reconstruction_metrics`` averaged over fields, plus ``fine_ratio``,
+    ``tokens_per_field``, ``codebook_usage`` (fraction of codes used) and
+    ``perplexity`` of the codes used.
+    """
+    results, sizes, fine, codes = [], [], [], []
+    for x in batches:
+        tokens = model.encode(x.to(device), **encode_kw)
+        recon = model.decode(tokens).float().cpu()
+        results.append(reconstruction_metrics(denormalise(x.cpu(), stats, variables),
+                                              denormalise(recon, stats, variables), variables))
+        sizes.append(len(x))
+        fine.append(tokens.fine_fraction().sum().item())
+        codes.append(torch.cat([c[c >= 0] for c in tokens.codes]).cpu())
+    out = merge_batches(results, sizes)
+    codes = torch.cat(codes)
+    counts = torch.bincount(codes, minlength=model.config["codebook_size"]).double()
+    p = counts[counts > 0] / counts.sum()
+    out["fine_ratio"] = sum(fine) / sum(sizes)
+    out["tokens_per_field"] = codes.numel() / sum(sizes)
+    out["codebook_usage"] = (counts > 0).double().mean().item()
+    out["perplexity"] = torch.exp(-(p * p.log()).sum()).item()
     return out
 
 

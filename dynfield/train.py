@@ -31,8 +31,8 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from . import checkpoint, paths
-from .data import FieldDataset, compute_stats, denormalise, ensure_dataset, open_fields
-from .evaluation import merge_batches, reconstruction_metrics
+from .data import FieldDataset, compute_stats, ensure_dataset, open_fields
+from .evaluation import evaluate_tokenizer
 from .models import gumbel_temperature, total_loss
 
 
@@ -129,29 +129,10 @@ class MetricLogger:
 # Stage 1
 
 
-@torch.no_grad()
 def validate(model, loader, device, stats, variables):
     """Encode with the inference router, decode, and measure in physical units."""
     model.eval()
-    results, sizes, fine, usage = [], [], [], []
-    for x in loader:
-        x = x.to(device)
-        tokens = model.encode(x)
-        recon = model.decode(tokens)
-        ref_phys = denormalise(x.cpu(), stats, variables)
-        est_phys = denormalise(recon.float().cpu(), stats, variables)
-        results.append(reconstruction_metrics(ref_phys, est_phys, variables))
-        sizes.append(len(x))
-        fine.append(tokens.fine_fraction().mean().item())
-        usage.append(torch.cat([c[c >= 0] for c in tokens.codes]))
-    out = merge_batches(results, sizes)
-    out["fine_ratio"] = sum(f * n for f, n in zip(fine, sizes)) / sum(sizes)
-    codes = torch.cat(usage)
-    counts = torch.bincount(codes, minlength=model.config["codebook_size"]).double()
-    p = counts / counts.sum()
-    out["codebook_usage"] = (counts > 0).double().mean().item()
-    out["perplexity"] = torch.exp(-(p[p > 0] * p[p > 0].log()).sum()).item()
-    out["tokens_per_field"] = codes.numel() / sum(sizes)
+    out = evaluate_tokenizer(model, loader, stats, variables, device)
     model.train()
     return out
 
