@@ -153,6 +153,22 @@ class NavierStokes2D:
         s = torch.zeros_like(w) if scalar is None else torch.as_tensor(scalar, dtype=self.dtype, device=self.device)
         self.fields_hat = self._rfft(torch.stack([w, s.expand_as(w)])) * self.mask
 
+    def set_state_from(self, other):
+        """Take the state of a solver on a coarser (or equal) grid: every mode it resolves, the rest zero.
+
+        Coefficients are Fourier-series amplitudes, independent of the
+        resolution, so the copy needs no rescaling; the finer grid then
+        develops the small scales the coarse one could not hold.
+        """
+        if other.n > self.n or other.batch != self.batch:
+            raise ValueError(f"can refine from a coarser grid with the same batch, got {other.n}x{other.n} "
+                             f"(batch {other.batch}) into {self.n}x{self.n} (batch {self.batch})")
+        rows = (torch.fft.fftfreq(other.n, 1.0 / other.n).long() % self.n).to(self.device)  # ky of each coarse row
+        fields_hat = torch.zeros_like(self.fields_hat)
+        fields_hat[:, :, rows, : other.kx.numel()] = other.fields_hat.to(fields_hat.dtype)
+        self.fields_hat = fields_hat * self.mask
+        self.time = other.time
+
     def randomize(self, energy=0.5, peak_wavenumber=4.0):
         """Random vorticity (Gaussian, spectrum peaked at ``peak_wavenumber``) of the given energy; zero scalar."""
         noise = torch.randn(self.batch, self.n, self.n, generator=self.generator, dtype=self.dtype, device=self.device)
@@ -274,7 +290,8 @@ class NavierStokes2D:
 def generate(n_samples=256, *, resolution=128, seed=0, viscosity=1e-3, hyperviscosity=2e-13, hyperviscosity_order=4,
              drag=0.1, forcing="kolmogorov", forcing_wavenumber=4, forcing_amplitude=1.0, injection_rate=0.1,
              forcing_bandwidth=1.0, scalar_diffusivity=1e-3, scalar_gradient=1.0, trajectories=16,
-             spinup_time=15.0, snapshot_interval=1.5, cfl=0.8, progress=True):
+             spinup_time=15.0, snapshot_interval=1.5, cfl=0.8, spinup_resolution=None, refine_time=2.0,
+             progress=True):
     """Generate decorrelated snapshots of forced 2D turbulence with a passive scalar.
 
     ``trajectories`` independent random initial conditions are integrated
@@ -283,6 +300,12 @@ def generate(n_samples=256, *, resolution=128, seed=0, viscosity=1e-3, hypervisc
     i // ceil(n_samples / trajectories). See NavierStokes2D for the physical
     parameters; the defaults and their measured turnover and correlation
     times are in datasets/turbulence/README.md.
+
+    With ``spinup_resolution`` below ``resolution`` the spin-up runs on that
+    coarser grid (a step there costs a small fraction of a fine one); the
+    state then moves to the fine grid and is integrated for ``refine_time``
+    more (about two turnover times, for the small scales to fill in) before
+    the first snapshot. ``spinup_time`` counts the whole spin-up.
 
     Returns
     -------
@@ -296,23 +319,38 @@ def generate(n_samples=256, *, resolution=128, seed=0, viscosity=1e-3, hypervisc
     batch = math.ceil(n_samples / per_trajectory)  # no more trajectories than the samples need
     # float32 is three times faster than float64 here; round-off does not
     # change the statistics of a chaotic flow, and the data are stored in float32.
-    solver = NavierStokes2D(resolution, batch, viscosity=viscosity, hyperviscosity=hyperviscosity,
-                            hyperviscosity_order=hyperviscosity_order, drag=drag, forcing=forcing,
-                            forcing_wavenumber=forcing_wavenumber, forcing_amplitude=forcing_amplitude,
-                            injection_rate=injection_rate, forcing_bandwidth=forcing_bandwidth,
-                            scalar_diffusivity=scalar_diffusivity, scalar_gradient=scalar_gradient, cfl=cfl,
-                            seed=seed, dtype=torch.float32)
-    solver.randomize(energy=1.0, peak_wavenumber=forcing_wavenumber)
+    coarse = resolution if spinup_resolution is None else int(spinup_resolution)
+    if not 0 < coarse <= resolution or (coarse < resolution and not 0 < refine_time <= spinup_time):
+        raise ValueError(f"need spinup_resolution <= resolution ({resolution}) and 0 < refine_time <= spinup_time, "
+                         f"got {spinup_resolution} and {refine_time}")
+
+    def solver_at(n):
+        return NavierStokes2D(n, batch, viscosity=viscosity, hyperviscosity=hyperviscosity,
+                              hyperviscosity_order=hyperviscosity_order, drag=drag, forcing=forcing,
+                              forcing_wavenumber=forcing_wavenumber, forcing_amplitude=forcing_amplitude,
+                              injection_rate=injection_rate, forcing_bandwidth=forcing_bandwidth,
+                              scalar_diffusivity=scalar_diffusivity, scalar_gradient=scalar_gradient, cfl=cfl,
+                              seed=seed, dtype=torch.float32)
 
     total = spinup_time + per_trajectory * snapshot_interval
     snapshots = []  # per_trajectory entries of (4, B, n, n)
     with tqdm(total=round(total, 6), disable=not progress, desc="turbulence", unit="t") as bar:
-        spun = 0.0
-        while spun < spinup_time:  # in pieces, so the bar moves
-            piece = min(snapshot_interval, spinup_time - spun)
-            solver.advance(piece)
-            spun += piece
-            bar.update(piece)
+        def spin(solver, span):  # in pieces, so the bar moves
+            done = 0.0
+            while done < span - 1e-9:
+                piece = min(snapshot_interval, span - done)
+                solver.advance(piece)
+                done += piece
+                bar.update(piece)
+
+        solver = solver_at(coarse)
+        solver.randomize(energy=1.0, peak_wavenumber=forcing_wavenumber)
+        if coarse < resolution:
+            spin(solver, spinup_time - refine_time)
+            fine = solver_at(resolution)
+            fine.set_state_from(solver)
+            solver = fine
+        spin(solver, refine_time if coarse < resolution else spinup_time)
         for _ in range(per_trajectory):
             solver.advance(snapshot_interval)
             bar.update(snapshot_interval)
@@ -343,7 +381,7 @@ def generate(n_samples=256, *, resolution=128, seed=0, viscosity=1e-3, hypervisc
                    "a mean gradient scalar_gradient along y"),
         "history": f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ} generated by dynfield.data.turbulence.generate",
         "periodic": 1,
-        **params,
+        **{k: v for k, v in params.items() if v is not None},  # netCDF has no None
     }
     return ds
 
@@ -360,7 +398,10 @@ def _dataset_params(params):
     bound.apply_defaults()
     resolved = {}
     for name, value in bound.arguments.items():
-        if name == "progress":
+        # a full-resolution spin-up has no refinement: those two are left out, so
+        # the names of data sets made before they existed stay the same
+        if name == "progress" or (bound.arguments["spinup_resolution"] is None
+                                  and name in ("spinup_resolution", "refine_time")):
             continue
         # 0 and 0.0 are the same viscosity and must give the same file
         resolved[name] = float(value) if isinstance(_GENERATE.parameters[name].default, float) else value
