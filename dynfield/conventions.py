@@ -40,3 +40,6 @@ COORD_ATTRS[TIME] = {"units": "1", "long_name": "time (nondimensional)", "axis":
 
 # Channel names read as the vertical vorticity itself (matched case-insensitively).
 VORTICITY_NAMES = ("vorticity", "vort")
+
+# The one channel of a channel-agnostic tokenizer: any 2D field, normalised by its own mean and std.
+AGNOSTIC_CHANNEL = "field"

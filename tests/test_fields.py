@@ -200,3 +200,26 @@ def test_dataloader_workers_open_files_lazily(tmp_path):
     parallel = torch.cat(list(loader))
     assert len(paths) * 4 == len(data) == parallel.shape[0]
     torch.testing.assert_close(parallel, serial)
+
+
+def test_channel_agnostic_items_are_single_fields_normalised_on_their_own():
+    ds = dummy_dataset(n_sample=3, ny=16, nx=16)
+    names = ["u", "vorticity"]
+    fields = FieldDataset(ds, names, channel_agnostic=True)
+    assert len(fields) == 6 and fields.stats is None
+    for i in range(len(fields)):
+        x = fields[i]
+        raw = ds[names[i % 2]].values[i // 2]
+        assert x.shape == (1, 16, 16)
+        assert torch.allclose(x[0], torch.from_numpy((raw - raw.mean()) / raw.std()).float(), atol=1e-5)
+    # flips reflect without the velocity sign rule, and draw a sign for the whole field
+    flipped = FieldDataset(ds, names, channel_agnostic=True, flips=True, seed=0)
+    signs = set()
+    for epoch in range(8):
+        flipped.set_epoch(epoch)
+        x, ref = flipped[1], fields[1]
+        match = [s for s in (1, -1) for dims in ((), (-2,), (-1,), (-2, -1))
+                 if torch.allclose(x, s * (ref.flip(dims) if dims else ref), atol=1e-6)]
+        assert match, "an item must be a reflection of the field, times +1 or -1"
+        signs.add(match[0])
+    assert signs == {1, -1}

@@ -61,7 +61,7 @@ from tqdm.auto import tqdm
 from dynfield import checkpoint as ckpt
 from dynfield import paths
 from dynfield.conventions import SAMPLE, TIME, X, Y, Z
-from dynfield.data import open_fields
+from dynfield.data import field_stats, open_fields
 from dynfield.models import Tokens
 
 from . import residual
@@ -185,17 +185,6 @@ def decompress_field(model, strings, shape, entropy=None):
 
 
 # --------------------------------------------------------------------------- normalisation and prediction
-
-def _field_stats(x):
-    """Mean and standard deviation (float64) of the finite values of one field; (0, 1) without any."""
-    f = x[np.isfinite(x)].astype(np.float64)
-    scale = float(np.abs(f).max(initial=0.0))
-    if not 0 < scale < np.inf:
-        return 0.0, 1.0
-    g = f / scale  # scaled first: sums of values near the float64 limit would overflow
-    mean, std = float(g.mean()) * scale, float(g.std()) * scale
-    return mean, (std if std > 0 else 1.0)
-
 
 def _normalise(x, mean, std):
     """float32 model input: (x - mean) / std, clipped, with non-finite values at 0 (the mean)."""
@@ -404,7 +393,7 @@ class _Coder(_Layout):
 
     def normalisation(self, v, x):
         if self.header["mode"] == PER_VARIABLE:
-            return _field_stats(x)
+            return field_stats(x)
         n = self.meta[v]["normalisation"]
         return n["mean"], n["std"]
 

@@ -3,7 +3,8 @@
 Dependency-light: numpy, xarray, dask, h5py, netCDF4 and torch; no Hydra.
 """
 
-from .fields import FieldDataset, compute_stats, denormalise, load_stats, normalise, pad_to_multiple, save_stats
+from .fields import (FieldDataset, compute_stats, denormalise, field_stats, load_stats, normalise, pad_to_multiple,
+                     save_stats)
 from .io import detect_layout, open_fields
 from .turbulence import NavierStokes2D, ensure_dataset, generate
 
@@ -14,6 +15,7 @@ __all__ = [
     "denormalise",
     "detect_layout",
     "ensure_dataset",
+    "field_stats",
     "generate",
     "load_stats",
     "normalise",

@@ -160,6 +160,20 @@ def denormalise(x, stats, variables):
     return x * std + mean
 
 
+def field_stats(x):
+    """Mean and standard deviation (float64) of the finite values of one field; (0, 1) without any.
+
+    The normalisation of a channel-agnostic tokenizer: each 2D field on its own.
+    """
+    f = np.asarray(x)[np.isfinite(x)].astype(np.float64)
+    scale = float(np.abs(f).max(initial=0.0))
+    if not 0 < scale < np.inf:
+        return 0.0, 1.0
+    g = f / scale  # scaled first: sums of values near the float64 limit would overflow
+    mean, std = float(g.mean()) * scale, float(g.std()) * scale
+    return mean, (std if std > 0 else 1.0)
+
+
 # --------------------------------------------------------------------------- geometry
 
 
@@ -245,12 +259,18 @@ class FieldDataset(torch.utils.data.Dataset):
         torch's global generator (which DataLoader seeds per worker).
     open_kwargs : dict, optional
         Keyword arguments for ``open_fields`` when ``source`` is paths.
+    channel_agnostic : bool
+        One item per sample and variable: a (1, H, W) field normalised by its
+        own mean and std (``field_stats``), the input of a channel-agnostic
+        tokenizer; ``stats`` are then not used. Reflections keep the sign
+        (the field's name says nothing here), and the sign is flipped with
+        probability 1/2 when ``flips`` is set.
 
     Fields with a ``z`` dimension are refused: select a level first.
     """
 
     def __init__(self, source, variables=None, *, stats=None, crop=None, periodic=False, flips=False,
-                 min_size=1, multiple=1, mask=False, seed=None, open_kwargs=None):
+                 min_size=1, multiple=1, mask=False, seed=None, open_kwargs=None, channel_agnostic=False):
         self.paths = None if isinstance(source, xr.Dataset) else source
         self.open_kwargs = dict(open_kwargs or {})
         ds = source if self.paths is None else open_fields(source, variables, **self.open_kwargs)
@@ -275,19 +295,27 @@ class FieldDataset(torch.utils.data.Dataset):
         self.multiple = multiple
         self.pad_hw = (-self.size_hw[0] % multiple, -self.size_hw[1] % multiple)
         self.periodic, self.flips, self.mask, self.seed, self.epoch = periodic, flips, mask, seed, 0
-        self.stats = compute_stats(ds, self.variables, mask=mask) if stats is None else stats
-        _mean_std(self.stats, self.variables, torch.zeros(0))  # every channel has statistics
+        self.channel_agnostic = channel_agnostic
+        channels = 1 if channel_agnostic else len(self.variables)
+        if channel_agnostic:
+            self.stats = None
+        else:
+            self.stats = compute_stats(ds, self.variables, mask=mask) if stats is None else stats
+            _mean_std(self.stats, self.variables, torch.zeros(0))  # every channel has statistics
+
+        def signs(axis):
+            return torch.ones(1) if channel_agnostic else reflection_signs(self.variables, axis)
+
         # mask channels ride along through the geometric transforms with sign +1
-        extra = torch.ones(len(self.variables) if mask else 0)
-        self._signs = {axis: torch.cat([reflection_signs(self.variables, axis), extra])[:, None, None]
-                       for axis in (Y, X)}
+        extra = torch.ones(channels if mask else 0)
+        self._signs = {axis: torch.cat([signs(axis), extra])[:, None, None] for axis in (Y, X)}
         if self.paths is not None:
             ds.close()
             ds = None
         self._ds, self._pid = ds, os.getpid()
 
     def __len__(self):
-        return int(np.prod(self.lead_sizes))
+        return int(np.prod(self.lead_sizes)) * (len(self.variables) if self.channel_agnostic else 1)
 
     def set_epoch(self, epoch):
         """Draw different augmentations for this epoch (with a seed)."""
@@ -307,18 +335,27 @@ class FieldDataset(torch.utils.data.Dataset):
     def __getitem__(self, index):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} items")
-        where = {d: int(i) for d, i in zip(self.lead_dims, np.unravel_index(index, self.lead_sizes))}
+        variables = self.variables
+        lead = index
+        if self.channel_agnostic:
+            lead, c = divmod(index, len(self.variables))
+            variables = [self.variables[c]]
+        where = {d: int(i) for d, i in zip(self.lead_dims, np.unravel_index(lead, self.lead_sizes))}
         # synchronous: an item is a few small reads, DataLoader workers give the
         # parallelism, and dask's thread pool does not survive a fork into a worker
-        planes = self._dataset()[self.variables].isel(where).compute(scheduler="synchronous")
-        x = np.stack([planes[v].transpose(Y, X).values for v in self.variables])
-        x = torch.from_numpy(x.astype(np.float32))
-        valid = torch.isfinite(x)  # (C, H, W)
+        planes = self._dataset()[variables].isel(where).compute(scheduler="synchronous")
+        x = np.stack([planes[v].transpose(Y, X).values for v in variables])
+        valid = torch.from_numpy(np.isfinite(x))  # (C, H, W)
         if not self.mask and not valid.all():
             c, i, j = np.unravel_index(int(torch.argmin(valid.to(torch.uint8))), x.shape)
-            raise _nonfinite_error(self.variables[c], (*where, Y, X), (*where.values(), i, j), float(x[c, i, j]))
-        x = normalise(x, self.stats, self.variables)
+            raise _nonfinite_error(variables[c], (*where, Y, X), (*where.values(), i, j), float(x[c, i, j]))
         rng = self._generator(index)
+        if self.channel_agnostic:
+            mean, std = field_stats(x)
+            sign = -1.0 if self.flips and torch.rand((), generator=rng) < 0.5 else 1.0
+            x = torch.from_numpy(((x - mean) * (sign / std)).astype(np.float32))
+        else:
+            x = normalise(torch.from_numpy(x.astype(np.float32)), self.stats, self.variables)
         if not self.mask:
             return self._augment(x, rng)
         z = self._augment(torch.cat([torch.where(valid, x, 0.0), valid.float()]), rng)
