@@ -76,7 +76,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
 
     dq, dq_state = checkpoint.load_model(args.dq)
-    fields = load_fields("builtin", dq_state, args.n, resolution=args.resolution, seed=HELD_OUT_SEED)
+    fields, _, _ = load_fields("builtin", dq_state, args.n, resolution=args.resolution, seed=HELD_OUT_SEED)
     results = []
     for router in ("learned", "random", "enstrophy"):
         for ratio in args.ratios:

@@ -44,7 +44,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from dynfield import physics
-from dynfield.conventions import VELOCITY_COMPONENTS, VORTICITY_NAMES, X, Y
+from dynfield.conventions import AGNOSTIC_CHANNEL, VELOCITY_COMPONENTS, VORTICITY_NAMES, X, Y
 from dynfield.data import FieldDataset, denormalise, ensure_dataset, open_fields
 from dynfield.data.turbulence import HELD_OUT_SEED
 from dynfield.paths import BUNDLED_TOKENIZER, default_data_dir
@@ -519,7 +519,7 @@ def resolve_checkpoint(path=None):
 
 
 def load_fields(source, state, n, *, variables=None, resolution=128, seed=HELD_OUT_SEED):
-    """The first ``n`` fields of ``source``, normalised for a checkpoint: a tensor (n, C, H, W).
+    """The first ``n`` fields of ``source``, normalised for a checkpoint.
 
     Parameters
     ----------
@@ -528,20 +528,32 @@ def load_fields(source, state, n, *, variables=None, resolution=128, seed=HELD_O
         ``open_fields`` accepts (fewer than ``n`` fields if it holds fewer).
     state : the checkpoint dictionary (its variables and stats).
     variables : the names of the checkpoint's channels in ``source``, in the
-        same order, when the file calls them otherwise.
+        same order, when the file calls them otherwise. A channel-agnostic
+        checkpoint (one channel for any field) reads the one variable named
+        here, by default the vorticity, each field normalised on its own.
+
+    Returns
+    -------
+    (x_BCHW, names, stats) : the normalised fields, the names of their
+    channels and the statistics that de-normalise them (the checkpoint's).
     """
     names = list(state["variables"])
-    in_file = names if variables is None else list(variables)
+    agnostic = names == [AGNOSTIC_CHANNEL]
+    in_file = (["vorticity"] if agnostic else names) if variables is None else list(variables)
     if len(in_file) != len(names):
         raise ValueError(f"{len(in_file)} variable names {in_file} given for the checkpoint's "
                          f"{len(names)} channels {names}")
     if str(source) == "builtin":
         source = ensure_dataset(default_data_dir() / "turbulence", n_samples=n, seed=seed, resolution=resolution)
     ds = open_fields(source, in_file)
-    ds = xr.Dataset({name: ds[v] for v, name in zip(in_file, names)})  # the checkpoint's names (a swap is fine)
+    if agnostic:
+        names, stats = in_file, {in_file[0]: state["stats"][AGNOSTIC_CHANNEL]}
+    else:
+        ds = xr.Dataset({name: ds[v] for v, name in zip(in_file, names)})  # the checkpoint's names (a swap is fine)
+        stats = state["stats"]
     # periodic=False: FieldDataset would roll periodic fields at random (an augmentation); these stay as they are
-    fields = FieldDataset(ds, names, stats=state["stats"], periodic=False)
-    return torch.stack([fields[i] for i in range(min(n, len(fields)))])
+    fields = FieldDataset(ds, names, stats=None if agnostic else stats, periodic=False, channel_agnostic=agnostic)
+    return torch.stack([fields[i] for i in range(min(n, len(fields)))]), names, stats
 
 
 # --------------------------------------------------------------------------- tables

@@ -68,12 +68,13 @@ def main(argv=None):
         p.error(f"--n must be at least 1, got {args.n}")
 
     model, state = checkpoint.load_model(args.checkpoint, map_location=args.device)
-    x = analysis.load_fields(args.data, state, args.n, variables=args.variables, resolution=args.resolution)
+    x, names, stats = analysis.load_fields(args.data, state, args.n, variables=args.variables,
+                                           resolution=args.resolution)
     if not 0 <= args.sample < len(x):
         p.error(f"--sample {args.sample} is not one of the {len(x)} fields read")
-    result = analysis.analyse(model, x, state["variables"], state["stats"], state["periodic"], budgets=args.budgets,
+    result = analysis.analyse(model, x, names, stats, state["periodic"], budgets=args.budgets,
                               quantiles=args.quantiles, batch_size=args.batch_size, progress=True)
-    inputs = {"checkpoint": str(args.checkpoint), "data": str(args.data), "variables": state["variables"]}
+    inputs = {"checkpoint": str(args.checkpoint), "data": str(args.data), "variables": names}
     if args.data == "builtin":
         inputs.update(held_out_seed=analysis.HELD_OUT_SEED, resolution=args.resolution)
     written = write_report(result, args.out, args.sample, inputs)

@@ -46,11 +46,11 @@ from dynfield.checkpoint import load_model
 
 path = analysis.resolve_checkpoint(checkpoint)
 model, state = load_model(path)
-x = analysis.load_fields(data, state, n_fields, resolution=resolution, seed=seed)
-result = analysis.analyse(model, x, state["variables"], state["stats"], state["periodic"], budgets=budgets)
+x, variables, stats = analysis.load_fields(data, state, n_fields, resolution=resolution, seed=seed)
+result = analysis.analyse(model, x, variables, stats, state["periodic"], budgets=budgets)
 summary = result.summary
 print(f"{path.name}: {len(x)} snapshots of {summary['field_shape'][0]} x {summary['field_shape'][1]}, "
-      f"channels {state['variables']}, grain factors {summary['factors']}, "
+      f"channels {variables}, grain factors {summary['factors']}, "
       f"{summary['regions_per_field']} regions per snapshot")
 print(summary["note"])
 

@@ -265,11 +265,26 @@ def test_load_fields_maps_file_names_onto_the_checkpoint_channels(tmp_path):
     renamed = tmp_path / "renamed.nc"
     ds.rename({"u": "Vx", "v": "Vy", "vorticity": "vort", "scalar": "s"}).to_netcdf(renamed)
     state = {"variables": names, "stats": stats, "periodic": True}
-    x = analysis.load_fields(renamed, state, 2, variables=["Vx", "Vy", "vort", "s"])
+    x, channels, x_stats = analysis.load_fields(renamed, state, 2, variables=["Vx", "Vy", "vort", "s"])
     expected = normalise(torch.from_numpy(np.stack([ds[n].values for n in names], axis=1)[:2]), stats, names)
     assert x.shape == (2, 4, 16, 16) and torch.allclose(x, expected)
+    assert channels == names and x_stats == stats
     with pytest.raises(ValueError, match="4 channels"):
         analysis.load_fields(renamed, state, 2, variables=["Vx", "Vy"])
+
+
+def test_load_fields_for_a_channel_agnostic_checkpoint_normalises_each_field(tmp_path):
+    ds = dummy_dataset(n_sample=3, ny=16, nx=16)
+    path = tmp_path / "fields.nc"
+    ds.to_netcdf(path)
+    state = {"variables": ["field"], "stats": {"field": {"mean": 0.0, "std": 1.0}}, "periodic": False}
+    x, channels, stats = analysis.load_fields(path, state, 2)  # the vorticity by default
+    assert x.shape == (2, 1, 16, 16) and channels == ["vorticity"] and stats == {"vorticity": state["stats"]["field"]}
+    w = ds["vorticity"].values[:2]
+    expected = (w - w.mean(axis=(1, 2), keepdims=True)) / w.std(axis=(1, 2), keepdims=True)
+    assert torch.allclose(x[:, 0], torch.from_numpy(expected).float(), atol=1e-5)
+    x, channels, _ = analysis.load_fields(path, state, 2, variables=["scalar"])
+    assert channels == ["scalar"] and torch.allclose(x.mean(dim=(2, 3)), torch.zeros(2, 1), atol=1e-5)
 
 
 def test_missing_checkpoint_is_a_clear_error(monkeypatch, tmp_path):
