@@ -225,6 +225,35 @@ def test_ensure_dataset_caches_by_parameters(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, other.name])  # no temporary left
 
 
+def test_refinement_keeps_every_resolved_mode():
+    coarse = NavierStokes2D(32, 2, seed=0)
+    coarse.randomize(energy=0.7)
+    coarse.advance(0.3)
+    fine = NavierStokes2D(64, 2, seed=0)
+    fine.set_state_from(coarse)
+    assert fine.time == coarse.time
+    torch.testing.assert_close(fine.energy(), coarse.energy(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(fine.enstrophy(), coarse.enstrophy(), rtol=1e-12, atol=0)
+    # the same band-limited field: the fine grid's even points are the coarse grid's points
+    torch.testing.assert_close(fine.vorticity[:, ::2, ::2], coarse.vorticity, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="coarser grid"):
+        coarse.set_state_from(fine)
+
+
+def test_coarse_spinup_changes_the_data_set_name_and_only_then(tmp_path):
+    params = dict(n_samples=2, **{**TINY, "resolution": 64, "spinup_time": 0.6})
+    default = ensure_dataset(tmp_path, **params)
+    # a data set made before refinement existed keeps its name: the unused parameters are not hashed
+    assert ensure_dataset(tmp_path, **params, spinup_resolution=None, refine_time=5.0) == default
+    refined = ensure_dataset(tmp_path, **params, spinup_resolution=32, refine_time=0.3)
+    assert refined != default
+    with xr.open_dataset(refined) as ds:
+        assert ds.vorticity.shape == (2, 64, 64) and np.isfinite(ds.vorticity.values).all()
+        assert ds.attrs["spinup_resolution"] == 32 and ds.attrs["refine_time"] == 0.3
+    with pytest.raises(ValueError, match="spinup_resolution"):
+        generate(2, **{**TINY, "spinup_resolution": 64})
+
+
 @pytest.mark.slow
 def test_forced_turbulence_has_an_enstrophy_cascade_and_is_resolved():
     # Default Kolmogorov flow at the default resolution (generate's physics),
