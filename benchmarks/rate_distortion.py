@@ -17,8 +17,13 @@ within 10 %), the IoU of Okubo-Weiss vortex masks and the relative L2 error
 of vorticity, averaged over snapshots. The data should be finite. Writes
 ``rate_distortion.json`` and ``rate_distortion.png`` into ``--out``.
 
+The JSON's ``versus_sperr`` compares at equal cost: each token-only dynfield
+point against SPERR's fixed-rate curve interpolated (linearly in log bits per
+value) to the same rate, and each error-bounded dynfield point against SPERR
+at the same bound.
+
     python benchmarks/rate_distortion.py --data run.nc --variables u,v \\
-        --checkpoint RUN/tokenizer.pt --out benchmarks/results
+        [--checkpoint RUN/tokenizer.pt] --out benchmarks/results
 """
 
 import argparse
@@ -35,7 +40,8 @@ import zfpy
 from provenance import machine  # benchmarks/provenance.py
 
 from dynfield import physics
-from dynfield.codec import compress_file, decompress_file
+from dynfield.checkpoint import load_model
+from dynfield.codec import compress_file, decompress_file, default_checkpoint, weights_hash
 from dynfield.conventions import VELOCITY_COMPONENTS, X, Y
 from dynfield.data import open_fields
 
@@ -176,6 +182,26 @@ def run_field_codec(name, setting, make_codec, ds, variables, ranges):
     return point(name, setting, scores, n_bytes, n_values, input_bytes, t_c, t_d)
 
 
+def versus_sperr(points):
+    """dynfield against SPERR at the same rate (token-only) and at the same bound (error-bounded)."""
+    curve = sorted((p["bits_per_value"], p) for p in points if p["codec"] == "sperr-rate")
+    keys = [k for k in ("psnr", "k10", "okubo_weiss_iou", "vorticity_relative_l2") if k in points[0]]
+    rows = []
+    for p in points:
+        if p["codec"] == "dynfield" and len(curve) > 1:
+            rate = np.log(p["bits_per_value"])
+            inside = curve[0][0] <= p["bits_per_value"] <= curve[-1][0]
+            sperr = {k: float(np.interp(rate, [np.log(b) for b, _ in curve], [q[k] for _, q in curve])) for k in keys}
+            rows.append({"dynfield": p["setting"], "bits_per_value": p["bits_per_value"], "interpolated": inside,
+                         **{k: {"dynfield": p[k], "sperr": sperr[k]} for k in keys}})
+        if p["codec"] == "dynfield+bound":
+            same = [q for q in points if q["codec"] == "sperr" and q["setting"] == p["setting"]]
+            if same:
+                rows.append({"dynfield+bound": p["setting"], "compression_ratio": {
+                    "dynfield": p["compression_ratio"], "sperr": same[0]["compression_ratio"]}})
+    return rows
+
+
 def plot(points, path):
     import matplotlib
 
@@ -210,12 +236,13 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="a field file open_fields reads")
     p.add_argument("--variables", type=lambda s: s.split(","), help="comma-separated (default: all)")
-    p.add_argument("--checkpoint", required=True, help="tokenizer checkpoint")
+    p.add_argument("--checkpoint", help="tokenizer checkpoint (default: the one bundled with dynfield)")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--fine-ratios", type=floats, default=[0.25, 0.5, 0.75], help="dynfield token-only points")
     p.add_argument("--bounds", type=floats, default=[1e-2, 1e-3, 1e-4],
                    help="error bounds, relative to each variable's range")
-    p.add_argument("--rates", type=floats, default=[1, 2, 4, 8], help="fixed rates (bits per value) of ZFP and SPERR")
+    p.add_argument("--rates", type=floats, default=[0.05, 0.1, 0.2, 0.5, 1, 2, 4, 8],
+                   help="fixed rates (bits per value) of SPERR, and of ZFP where >= 1 (its smallest)")
     p.add_argument("--workers", type=int, default=1, help="dynfield compression processes")
     args = p.parse_args(argv)
     out_dir = Path(args.out)
@@ -242,16 +269,18 @@ def main(argv=None):
             ]
         for rate in args.rates:
             setting = {"rate": rate}
-            points += [
-                run_field_codec("zfp-rate", setting, lambda v, r=rate: zfp_codec(rate=r), ds, variables, ranges),
-                run_field_codec("sperr-rate", setting, lambda v, r=rate: hdf5_codec(hdf5plugin.Sperr, rate=r),
-                                ds, variables, ranges),
-            ]
+            if rate >= 1:
+                points.append(run_field_codec("zfp-rate", setting, lambda v, r=rate: zfp_codec(rate=r),
+                                              ds, variables, ranges))
+            points.append(run_field_codec("sperr-rate", setting, lambda v, r=rate: hdf5_codec(hdf5plugin.Sperr, rate=r),
+                                          ds, variables, ranges))
     for q in points:
         print(f"{q['codec']:>15} {json.dumps(q['setting']):<28} {q['bits_per_value']:8.3f} bpv  "
               f"PSNR {q['psnr']:7.2f}  max rel err {q['max_rel_error']:.2e}")
-    summary = {"machine": machine(), "data": str(args.data), "checkpoint": str(args.checkpoint),
-               "variables": variables, "ranges": ranges, "points": points}
+    checkpoint = args.checkpoint or str(default_checkpoint())
+    summary = {"machine": machine(), "data": str(args.data), "checkpoint": checkpoint,
+               "model_hash": weights_hash(load_model(checkpoint)[0]), "variables": variables, "ranges": ranges,
+               "points": points, "versus_sperr": versus_sperr(points)}
     (out_dir / "rate_distortion.json").write_text(json.dumps(summary, indent=2))
     plot(points, out_dir / "rate_distortion.png")
     print(f"wrote {out_dir / 'rate_distortion.json'} and {out_dir / 'rate_distortion.png'}")

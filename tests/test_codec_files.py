@@ -280,7 +280,7 @@ def test_rate_distortion_benchmark_runs(tmp_path, ckpt):
     src = write_dummy_netcdf(tmp_path / "in.nc", n_sample=2, ny=16, nx=16)
     result = rate_distortion.main(["--data", str(src), "--variables", "u,v", "--checkpoint", str(ckpt),
                                    "--out", str(tmp_path / "rd"), "--fine-ratios", "0.5", "--bounds", "0.01",
-                                   "--rates", "4"])
+                                   "--rates", "0.5,4"])
     saved = json.loads((tmp_path / "rd" / "rate_distortion.json").read_text())
     assert (tmp_path / "rd" / "rate_distortion.png").exists()
     codecs = {p["codec"] for p in saved["points"]}
@@ -290,3 +290,8 @@ def test_rate_distortion_benchmark_runs(tmp_path, ckpt):
         if "rel_error" in point["setting"]:  # every error-bounded codec meets the bound
             assert point["max_rel_error"] <= 0.01 * (1 + 1e-6), point["codec"]
     assert result["machine"]["commit"]
+    # one comparison at the token point's rate (interpolated on SPERR's rate curve), one at the shared bound
+    (at_rate,), (at_bound,) = ([r for r in saved["versus_sperr"] if key in r] for key in ("dynfield", "dynfield+bound"))
+    token = next(p for p in saved["points"] if p["codec"] == "dynfield")
+    assert at_rate["bits_per_value"] == token["bits_per_value"] and at_rate["psnr"]["dynfield"] == token["psnr"]
+    assert at_bound["compression_ratio"]["sperr"] > 0
