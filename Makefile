@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 # DEMO_ARGS are extra Hydra overrides for the demo run.
 DEMO_ARGS ?=
 
-.PHONY: install install-dev demo test test-fast bench-tokenizer clean
+.PHONY: install install-dev demo test test-fast bench-tokenizer pretrained clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,16 @@ $(BENCH_DIR)/runs/vq%/tokenizer.pt: | install-dev
 bench-tokenizer: $(BENCH_DIR)/runs/dq/tokenizer.pt $(BENCH_DIR)/runs/vq4/tokenizer.pt $(BENCH_DIR)/runs/vq8/tokenizer.pt
 	$(PY) benchmarks/tokenizer.py --dq $(BENCH_DIR)/runs/dq/tokenizer.pt \
 		--fixed $(BENCH_DIR)/runs/vq4/tokenizer.pt $(BENCH_DIR)/runs/vq8/tokenizer.pt --out $(BENCH_DIR)
+
+# The channel-agnostic tokenizer shipped in the package (dynfield/pretrained/):
+# generates 256x256 built-in turbulence (train seed 0, validation seed 1),
+# trains conf/experiment/pretrained.yaml and copies the checkpoint and its
+# training metrics into the package. About 30 minutes on 2 CPU cores.
+PRETRAINED_RUN ?= outputs/pretrained
+pretrained: install
+	$(PY) -m dynfield.train experiment=pretrained hydra.run.dir=$(PRETRAINED_RUN)
+	mkdir -p dynfield/pretrained
+	cp $(PRETRAINED_RUN)/tokenizer.pt $(PRETRAINED_RUN)/metrics.json $(PRETRAINED_RUN)/metrics.csv dynfield/pretrained/
 
 clean:
 	rm -rf outputs multirun .pytest_cache
