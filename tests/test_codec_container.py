@@ -59,10 +59,13 @@ def test_truncated_file_is_refused(container, fraction):
         read_all(container)
 
 
-def test_newer_version_and_trailing_data_are_refused(container):
+def test_other_versions_and_trailing_data_are_refused(container):
     data = container.read_bytes()
     container.write_bytes(MAGIC + struct.pack("<H", 99) + data[10:])
     with pytest.raises(CodecError, match="version 99"):
+        read_all(container)
+    container.write_bytes(MAGIC + struct.pack("<H", 1) + data[10:])  # an older format: refused, not misread
+    with pytest.raises(CodecError, match="version 1; this dynfield reads version 2"):
         read_all(container)
     container.write_bytes(data + b"junk")
     with pytest.raises(CodecError, match="end marker"):

@@ -121,3 +121,21 @@ def test_section_stats_skims_the_section(bound):
     assert stats["nonfinite"] == 1
     assert stats["escapes"] == (1 if bound else 0)
     assert stats["bytes"] == len(w.bytes()) - 8
+
+
+def test_a_smooth_residual_is_coded_as_differences():
+    """Tight bound, smooth prediction error: the 2D difference is chosen, far cheaper, and exact."""
+    yy, xx = np.mgrid[0:64, 0:64] / 64.0
+    pred = np.sin(6 * xx) * np.cos(4 * yy)
+    error = 0.3 * np.sin(2 * np.pi * (xx + 0.5 * yy))  # smooth on the grid, 300 steps deep
+    x = pred + error
+    x[5, 7] = np.nan  # a hole in the grid
+    x[9, 9] = 1e300  # a value whose residual is too large to code: an escape
+    bound = 1e-3
+    out, stats, data = roundtrip(x, pred, bound)
+    check_bound(x, out, bound)
+    assert stats["transform"] != 0 and stats["escapes"] == 1
+    skim = section_stats(ByteReader(data), bound)
+    assert skim["transform"] == stats["transform"] and skim["escapes"] == 1
+    plain_bits = np.log2(2 * 0.3 / (2 * bound))  # about what coding q itself would need per value
+    assert 8 * len(data) / x.size < plain_bits / 2

@@ -27,7 +27,7 @@ import numpy as np
 
 MAGIC = b"\x89DFZ\r\n\x1a\n"  # like PNG's: a text-mode transfer or a 7-bit channel breaks it visibly
 END_MAGIC = b"DFZ-END\n"
-VERSION = 1
+VERSION = 2  # 2: residual sections name their integer transform
 
 _CHUNK, _END = b"C", b"E"
 _TRAILER = struct.Struct("<cQI8s")
@@ -226,10 +226,11 @@ class ContainerReader:
         if magic != MAGIC:
             raise CodecError(f"{self.path} is not a dynfield .dfz file (bad magic bytes {magic[:8]!r})")
         (self.version,) = struct.unpack("<H", self._read(2, "the format version"))
-        if self.version > VERSION:
-            raise CodecError(f"{self.path} has .dfz format version {self.version}; this dynfield reads up to {VERSION}")
         if self.version < 1:
             raise CodecError(f"{self.path} has an invalid .dfz format version {self.version} (corrupt file)")
+        if self.version != VERSION:
+            raise CodecError(f"{self.path} has .dfz format version {self.version}; this dynfield reads version "
+                             f"{VERSION}: decode it with the dynfield release that wrote it")
         (length,) = struct.unpack("<I", self._read(4, "the header length"))
         if length > self.size:
             raise CodecError(f"{self.path}: header length {length} exceeds the file size {self.size} "

@@ -22,6 +22,15 @@ device), at a cost of 0.0014 bits per value.
 q is coded as a symbol (0; or the bit length c of |q| and its sign; or escape)
 under a histogram stored with the section, followed by the c - 1 bits of |q|
 below its leading one, stored raw as bit planes.
+
+Where the residual is smooth on the grid (tight bounds: many steps across
+a smooth tokenizer error), neighbouring q are alike and their differences
+are cheaper to code than q itself. The encoder lays q out on the (H, W)
+grid (0 at non-finite values and escapes) and codes whichever of three
+integer transforms its histograms price lowest: q itself, the difference
+along x, or the 2D (Lorenzo) difference q[i, j] - q[i-1, j] - q[i, j-1] +
+q[i-1, j-1]. Differences of integers are exact, and cumulative sums undo
+them, so the choice costs no accuracy; escapes are then sent as a bitmask.
 """
 
 import zlib
@@ -32,6 +41,7 @@ from .container import CodecError
 from .entropy import SymbolReader, SymbolWriter
 
 MARGIN = 2.0**-10
+PLAIN, DIFF_X, DIFF_XY = 0, 1, 2  # the transforms of q (see the module docstring)
 MAX_BITS = 52  # |q| < 2**52: exact in float64
 ESCAPE = 2 * MAX_BITS + 1  # symbols: 0, then 2c - 1 (q > 0) and 2c (q < 0) for c = 1..MAX_BITS, then escape
 
@@ -55,6 +65,13 @@ def cast(values, dtype):
     # clip in float64 first; the top of a 64-bit range is not exact in float64, so stay below it
     hi = float(info.max) if info.bits < 64 else float(np.nextafter(float(info.max), 0.0))
     return np.clip(np.rint(values), float(info.min), hi).astype(dtype)
+
+
+def _unpack_mask(data, n, what):
+    mask = np.unpackbits(np.frombuffer(zlib.decompress(data), dtype=np.uint8))
+    if len(mask) != -(-n // 8) * 8 or mask[n:].any():
+        raise CodecError(f"{what} mask does not match the field (corrupt file)")
+    return mask[:n].astype(bool)
 
 
 def _raw(values, dtype):
@@ -100,6 +117,32 @@ def _unpack_planes(data, nbits):
     if pos != len(data):
         raise CodecError("residual bit planes have trailing bytes (corrupt file)")
     return low
+
+
+def _transform(q_HW, kind):
+    """The integer differences of q on the grid: none, along x, or along x then y."""
+    d = q_HW
+    if kind in (DIFF_X, DIFF_XY):
+        d = np.diff(d, axis=1, prepend=0)
+    if kind == DIFF_XY:
+        d = np.diff(d, axis=0, prepend=0)
+    return d
+
+
+def _untransform(d_HW, kind):
+    q = d_HW
+    if kind == DIFF_XY:
+        q = np.cumsum(q, axis=0)
+    if kind in (DIFF_X, DIFF_XY):
+        q = np.cumsum(q, axis=1)
+    return q
+
+
+def _cost_bits(symbols, nbits):
+    """Ideal size of symbols under their own histogram, plus the raw low bits."""
+    counts = np.bincount(symbols)
+    p = counts[counts > 0] / len(symbols)
+    return float(-(counts[counts > 0] * np.log2(p)).sum()) + float(nbits.sum())
 
 
 def _quantise(x, pred, inner, dtype):
@@ -152,7 +195,20 @@ def encode_values(writer, x, pred, bound=None):
         return {"nonfinite": n_nonfinite, "escapes": 0}
     xf = x[finite].astype(np.float64)
     q, escape = _quantise(xf, pred[finite], bound * (1 - MARGIN), dtype)
-    symbols, nbits, low = _symbols(q, escape)
+    kind, (symbols, nbits, low) = PLAIN, _symbols(q, escape)
+    # differences at most quadruple |q|: only where that still fits the symbol alphabet
+    if q.size and np.abs(q).max() < 2.0 ** (MAX_BITS - 2):
+        q_HW = np.zeros(x.shape, dtype=np.int64)
+        q_HW[finite] = q
+        best = _cost_bits(symbols, nbits)
+        for candidate in (DIFF_X, DIFF_XY):
+            coded = _symbols(_transform(q_HW, candidate).ravel(), np.zeros(x.size, dtype=bool))
+            cost = _cost_bits(coded[0], coded[1]) + 8 * len(zlib.compress(np.packbits(escape).tobytes()))
+            if cost < best:
+                kind, best, (symbols, nbits, low) = candidate, cost, coded
+    writer.uvarint(kind)
+    if kind != PLAIN:
+        writer.blob(zlib.compress(np.packbits(escape).tobytes()))
     counts = np.bincount(symbols, minlength=1)
     writer.uvarint(len(counts))
     for c in counts:
@@ -162,7 +218,7 @@ def encode_values(writer, x, pred, bound=None):
     writer.blob(stream.bytes())
     writer.blob(_pack_planes(low, nbits))
     writer.blob(_raw(x[finite][escape], dtype))
-    return {"nonfinite": n_nonfinite, "escapes": int(escape.sum())}
+    return {"nonfinite": n_nonfinite, "escapes": int(escape.sum()), "transform": kind}
 
 
 def decode_values(reader, pred, bound, dtype):
@@ -181,15 +237,24 @@ def decode_values(reader, pred, bound, dtype):
     if bound is None:
         out[finite] = cast(p, dtype)
         return out
+    kind = reader.uvarint()
+    if kind not in (PLAIN, DIFF_X, DIFF_XY):
+        raise CodecError(f"unknown residual transform {kind} (corrupt file)")
+    n = len(p) if kind == PLAIN else pred.size  # differences are coded on the whole grid
+    if kind != PLAIN:
+        escape = _unpack_mask(reader.blob(), len(p), "escape")
     counts = np.array([reader.uvarint() for _ in range(reader.uvarint())], dtype=np.int64)
-    if len(counts) > ESCAPE + 1 or counts.sum() != len(p):
+    if len(counts) > ESCAPE + (kind == PLAIN) or counts.sum() != n:
         raise CodecError("residual histogram does not match the field (corrupt file)")
-    symbols = SymbolReader(reader.blob()).take(counts, len(p))
-    escape = symbols == ESCAPE
-    c = np.where(escape, 0, (symbols + 1) // 2)
+    symbols = SymbolReader(reader.blob()).take(counts, n)
+    if kind == PLAIN:
+        escape = symbols == ESCAPE
+    c = np.where(symbols == ESCAPE, 0, (symbols + 1) // 2)
     nbits = np.maximum(c - 1, 0)
     mag = np.where(c > 0, np.left_shift(1, nbits), 0) + _unpack_planes(reader.blob(), nbits)
     q = np.where(symbols % 2 == 0, -mag, mag)
+    if kind != PLAIN:
+        q = _untransform(q.reshape(pred.shape), kind)[finite]
     values = reconstruct(p, q, 2 * bound * (1 - MARGIN), dtype)
     values[escape] = _unraw(reader.blob(), dtype, int(escape.sum()), "escaped values")
     out[finite] = values
@@ -206,8 +271,14 @@ def section_stats(reader, bound):
     stats = {"nonfinite": n_nonfinite, "escapes": 0, "residual_bytes": 0}
     if bound is not None:
         residual_start = reader.pos
+        kind = reader.uvarint()
+        escape_mask = reader.blob() if kind != PLAIN else None
         counts = [reader.uvarint() for _ in range(reader.uvarint())]
-        stats["escapes"] = counts[ESCAPE] if len(counts) > ESCAPE else 0
+        if escape_mask is None:
+            stats["escapes"] = counts[ESCAPE] if len(counts) > ESCAPE else 0
+        else:
+            stats["escapes"] = int(np.unpackbits(np.frombuffer(zlib.decompress(escape_mask), dtype=np.uint8)).sum())
+        stats["transform"] = kind
         for _ in range(3):
             reader.blob()
         stats["residual_bytes"] = reader.pos - residual_start
