@@ -8,10 +8,10 @@ PY := $(VENV)/bin/python
 # wheel directory provides it, the default (CUDA-enabled) wheel from PyPI on
 # a machine with a GPU. Override with `make TORCH_SPEC=... test`.
 TORCH_SPEC ?= torch==2.13.0
-# DEMO_ARGS are extra Hydra overrides for the demo run.
+# DEMO_ARGS are extra Hydra overrides for both stages of the demo.
 DEMO_ARGS ?=
 
-.PHONY: install install-dev demo test test-fast bench-tokenizer pretrained clean
+.PHONY: install install-dev demo test test-fast bench-tokenizer bench-prior pretrained clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,9 +31,16 @@ install: $(VENV)/.stamp-install
 install-dev: $(VENV)/.stamp-dev
 
 # Generates the built-in turbulence data if missing, trains the default
-# tokenizer and prints where the results are.
+# tokenizer (stage 1), a short prior over its tokens (stage 2, one epoch),
+# samples fields from it and prints where the results are.
+DEMO_DIR ?= outputs/demo
 demo: install
-	$(PY) -m dynfield.train dataset=turbulence $(DEMO_ARGS)
+	$(PY) -m dynfield.train dataset=turbulence hydra.run.dir=$(DEMO_DIR)/tokenizer $(DEMO_ARGS)
+	$(PY) -m dynfield.train dataset=turbulence stage=prior tokenizer=$(DEMO_DIR)/tokenizer/tokenizer.pt \
+		prior.train.epochs=1 hydra.run.dir=$(DEMO_DIR)/prior $(DEMO_ARGS)
+	$(PY) -m dynfield.sample $(DEMO_DIR)/prior/prior.pt --n 16 --out $(DEMO_DIR)/samples.nc
+	@echo "tokenizer: $(DEMO_DIR)/tokenizer/tokenizer.pt, prior: $(DEMO_DIR)/prior/prior.pt"
+	@echo "samples: $(DEMO_DIR)/samples.nc, beside real fields in $(DEMO_DIR)/samples.png"
 
 # The whole suite, slow tests included.
 test: install-dev
@@ -65,6 +72,16 @@ pretrained: install
 	$(PY) -m dynfield.train experiment=pretrained hydra.run.dir=$(PRETRAINED_RUN)
 	mkdir -p dynfield/pretrained
 	cp $(PRETRAINED_RUN)/tokenizer.pt $(PRETRAINED_RUN)/metrics.json $(PRETRAINED_RUN)/metrics.csv dynfield/pretrained/
+
+# Prior benchmark: the three token orders, each trained once on the
+# benchmark's dynamic-grain tokenizer, compared on held-out fields.
+PRIOR_ORDERS := coarse_to_fine raster bidirectional
+$(BENCH_DIR)/runs/prior_%/prior.pt: $(BENCH_DIR)/runs/dq/tokenizer.pt | install-dev
+	$(PY) -m dynfield.train stage=prior prior=$* tokenizer=$< hydra.run.dir=$(BENCH_DIR)/runs/prior_$*
+
+bench-prior: $(foreach o,$(PRIOR_ORDERS),$(BENCH_DIR)/runs/prior_$(o)/prior.pt)
+	$(PY) benchmarks/prior.py --tokenizer $(BENCH_DIR)/runs/dq/tokenizer.pt \
+		--priors $(foreach o,$(PRIOR_ORDERS),$(BENCH_DIR)/runs/prior_$(o)/prior.pt) --n 64 --out $(BENCH_DIR)
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -5,8 +5,13 @@ and constructor arguments, so it loads with ``weights_only=True`` and keeps
 working when the code around it changes. A checkpoint alone is enough to
 encode and decode: it carries the normalisation statistics and the channel
 names too.
+
+A prior (stage 2) checkpoint also carries its tokenizer: the tokenizer
+checkpoint's content, its path and the SHA-256 of its weights, so a prior
+checkpoint alone is enough to sample fields.
 """
 
+import importlib
 import os
 import tempfile
 from pathlib import Path
@@ -17,11 +22,13 @@ FORMAT = "dynfield-checkpoint"
 VERSION = 1
 
 
-def _model_classes():
-    # Imported lazily so that reading a checkpoint's metadata needs no model code.
-    from .models import DQVAE
-
-    return {"DQVAE": DQVAE}
+# Class name -> module. Imported only when a checkpoint of that class is loaded,
+# so reading metadata (or a tokenizer) needs no prior code, and the reverse.
+MODEL_CLASSES = {
+    "DQVAE": "dynfield.models.dqvae",
+    "ARPrior": "dynfield.models.prior",
+    "MaskedPrior": "dynfield.models.masked_prior",
+}
 
 
 def atomic_save(obj, path):
@@ -41,7 +48,7 @@ def atomic_save(obj, path):
         raise
 
 
-def save_checkpoint(path, model, *, kind, stats, variables, periodic, train_state=None, metrics=None):
+def save_checkpoint(path, model, *, kind, stats, variables, periodic, train_state=None, metrics=None, extra=None):
     """Write a checkpoint.
 
     Parameters
@@ -51,6 +58,8 @@ def save_checkpoint(path, model, *, kind, stats, variables, periodic, train_stat
     stats : per-variable normalisation statistics ``{name: {"mean":, "std":, ...}}``.
     variables : channel names, in channel order.
     train_state : optimizer/step/RNG state needed to resume training (optional).
+    extra : further entries (plain values and tensors), e.g. a prior's
+        ``tokenizer`` (see ``tokenizer_entry``) and ``data`` description.
     """
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
     state = {
@@ -65,6 +74,7 @@ def save_checkpoint(path, model, *, kind, stats, variables, periodic, train_stat
         "periodic": bool(periodic),
         "metrics": metrics or {},
     }
+    state.update(extra or {})
     if train_state is not None:
         state["train_state"] = train_state
     atomic_save(state, path)
@@ -86,6 +96,16 @@ def read_checkpoint(path, map_location="cpu"):
     return state
 
 
+def build_model(state, map_location="cpu", where="checkpoint"):
+    """The model of a checkpoint dictionary, in eval mode; `where` names it in errors."""
+    name = state["model_class"]
+    if name not in MODEL_CLASSES:
+        raise ValueError(f"unknown model class {name!r} in {where}; known: {sorted(MODEL_CLASSES)}")
+    model = getattr(importlib.import_module(MODEL_CLASSES[name]), name)(**state["model_config"])
+    model.load_state_dict(state["state_dict"])
+    return model.to(map_location).eval()
+
+
 def load_model(path, map_location="cpu"):
     """Rebuild the model stored in a checkpoint, in eval mode.
 
@@ -94,10 +114,52 @@ def load_model(path, map_location="cpu"):
     model, state : the module and the checkpoint dictionary (stats, variables, ...).
     """
     state = read_checkpoint(path, map_location)
-    classes = _model_classes()
-    if state["model_class"] not in classes:
-        raise ValueError(f"unknown model class {state['model_class']!r} in {path}; known: {sorted(classes)}")
-    model = classes[state["model_class"]](**state["model_config"])
-    model.load_state_dict(state["state_dict"])
-    return model.to(map_location).eval(), state
+    return build_model(state, map_location, path), state
+
+
+def tokenizer_entry(path, fine_ratio=None):
+    """The ``tokenizer`` entry of a prior checkpoint, from a tokenizer checkpoint file.
+
+    Holds the file's absolute ``path``, the ``sha256`` of its weights
+    (``dynfield.codec.weights_hash``), the ``fine_ratio`` its tokens were
+    encoded with (None: the router's own choice) and the ``checkpoint``
+    content itself, less any training state.
+
+    Returns
+    -------
+    entry, model : the dictionary and the tokenizer, in eval mode on the CPU.
+    """
+    from .codec import weights_hash  # the codec imports this module
+
+    state = read_checkpoint(path)
+    if state["kind"] != "tokenizer":
+        raise ValueError(f"{path} is a {state['kind']!r} checkpoint; expected a stage-1 tokenizer")
+    model = build_model(state, where=path)
+    content = {k: v for k, v in state.items() if k != "train_state"}
+    entry = {"path": str(Path(path).resolve()), "sha256": weights_hash(model), "fine_ratio": fine_ratio,
+             "checkpoint": content}
+    return entry, model
+
+
+def load_prior(path, map_location="cpu"):
+    """Rebuild a prior and the tokenizer stored with it, both in eval mode.
+
+    The stored tokenizer's weights must still hash to the recorded SHA-256.
+
+    Returns
+    -------
+    prior, tokenizer, state : the two modules and the prior's checkpoint dictionary.
+    """
+    from .codec import weights_hash
+
+    state = read_checkpoint(path, map_location)
+    if state["kind"] != "prior":
+        raise ValueError(f"{path} is a {state['kind']!r} checkpoint, not a prior; "
+                         f"train one with `python -m dynfield.train stage=prior tokenizer=...`")
+    prior = build_model(state, map_location, path)
+    entry = state["tokenizer"]
+    tokenizer = build_model(entry["checkpoint"], map_location, f"the tokenizer stored in {path}")
+    if weights_hash(tokenizer) != entry["sha256"]:
+        raise ValueError(f"the tokenizer stored in {path} does not match its recorded SHA-256 (damaged file)")
+    return prior, tokenizer, state
 

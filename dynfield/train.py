@@ -1,13 +1,17 @@
-"""Train the tokenizer: ``python -m dynfield.train dataset=turbulence``.
+"""Train the tokenizer (stage 1) or the prior over its tokens (stage 2).
+
+    python -m dynfield.train dataset=turbulence
+    python -m dynfield.train stage=prior tokenizer=RUN/tokenizer.pt [prior=raster]
 
 The Hydra harness around the library: it composes the config, prepares the
 data (generating the built-in set on first use), builds the model from
-``cfg.model`` and runs one plain training loop. Everything is written under
-the run directory: ``metrics.csv``, TensorBoard events in ``tb/``,
-``last.pt`` (with optimizer state, for ``resume=``), the final
-``tokenizer.pt`` and ``metrics.json``.
+``cfg.model`` (stage 1) or ``cfg.prior`` (stage 2) and runs one plain
+training loop. Everything is written under the run directory:
+``metrics.csv``, TensorBoard events in ``tb/``, ``last.pt`` (with optimizer
+state, for ``resume=``), the final ``tokenizer.pt`` or ``prior.pt`` and
+``metrics.json``. Stage 2 also caches the encoded tokens in ``tokens.pt``.
 
-Multi-GPU (or multi-process CPU) runs use torchrun, e.g.
+Multi-GPU (or multi-process CPU) runs of stage 1 use torchrun, e.g.
 ``torchrun --nproc_per_node 2 -m dynfield.train``; rank 0 alone logs and writes.
 """
 
@@ -31,9 +35,11 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from . import checkpoint, paths
+from .codec.container import to_json
+from .conventions import AGNOSTIC_CHANNEL, X, Y
 from .data import FieldDataset, compute_stats, ensure_dataset, open_fields
 from .evaluation import evaluate_tokenizer
-from .models import gumbel_temperature, total_loss
+from .models import Tokens, gumbel_temperature, total_loss
 
 
 def _run_dir(resume):
@@ -125,6 +131,21 @@ class MetricLogger:
         self.tb.close()
 
 
+def warmup_cosine(step, lr, warmup_steps, total_steps):
+    """Linear warm-up, then cosine decay to 10 %: the usual recipe for small VQ models and transformers."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+def autocast_for(tcfg, device):
+    """bf16 autocast on CUDA when the trainer asks for it, else a no-op context (a factory)."""
+    if tcfg.precision == "bf16" and device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext
+
+
 # ---------------------------------------------------------------------------
 # Stage 1
 
@@ -148,27 +169,32 @@ def train_tokenizer(cfg, run_dir, device, rank, world):
         dist.barrier()
     if not main:
         train_ds, val_ds = open_splits(cfg.dataset, data_dir)
-    variables = list(train_ds.data_vars)
-
-    stats_path = run_dir / "stats.json"
-    if main and not stats_path.exists():
-        stats = compute_stats(train_ds, variables)
-        stats_path.write_text(json.dumps(stats, indent=2))
-    if world > 1:
-        dist.barrier()
-    stats = json.loads(stats_path.read_text())
+    data_vars = list(train_ds.data_vars)
+    agnostic = bool(cfg.dataset.channel_agnostic)
+    if agnostic:
+        # One channel: every variable is a separate field, normalised on its own
+        # (as the codec does), so the model's channel is "a field" of unit spread.
+        variables, stats = [AGNOSTIC_CHANNEL], {AGNOSTIC_CHANNEL: {"mean": 0.0, "std": 1.0}}
+    else:
+        variables = data_vars
+        stats_path = run_dir / "stats.json"
+        if main and not stats_path.exists():
+            stats = compute_stats(train_ds, variables)
+            stats_path.write_text(json.dumps(stats, indent=2))
+        if world > 1:
+            dist.barrier()
+        stats = json.loads(stats_path.read_text())
 
     periodic = bool(cfg.dataset.periodic)
     # The enstrophy router (an inference-time option) squares the vorticity channel when there is one.
     vort = variables.index("vorticity") if "vorticity" in variables else None
     model = instantiate(cfg.model, in_channels=len(variables), periodic=periodic, vorticity_channel=vort).to(device)
     # Augmentations are drawn from (seed, epoch, index): a resumed run sees the same ones.
-    train_set = FieldDataset(
-        train_ds, variables, stats=stats, crop=cfg.dataset.crop, periodic=periodic, flips=cfg.dataset.flips,
-        min_size=model.factors[-1], seed=cfg.seed + rank,
-    )
+    data_kw = dict(stats=None if agnostic else stats, min_size=model.factors[-1], channel_agnostic=agnostic)
+    train_set = FieldDataset(train_ds, data_vars, crop=cfg.dataset.crop, periodic=periodic, flips=cfg.dataset.flips,
+                             seed=cfg.seed + rank, **data_kw)
     # periodic=False here: rolls are a training augmentation; validation sees the fields as they are.
-    val_set = FieldDataset(val_ds, variables, stats=stats, min_size=model.factors[-1])
+    val_set = FieldDataset(val_ds, data_vars, **data_kw)
     val_loader = DataLoader(val_set, batch_size=tcfg.batch_size, num_workers=tcfg.num_workers)
 
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay, betas=(0.9, 0.95))
@@ -179,11 +205,7 @@ def train_tokenizer(cfg, run_dir, device, rank, world):
     total_steps = tcfg.epochs * steps_per_epoch
 
     def lr_at(step):
-        # Linear warm-up, then cosine decay to 10 %: the usual recipe for small VQ models.
-        if step < tcfg.warmup_steps:
-            return tcfg.lr * (step + 1) / tcfg.warmup_steps
-        t = (step - tcfg.warmup_steps) / max(1, total_steps - tcfg.warmup_steps)
-        return tcfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+        return warmup_cosine(step, tcfg.lr, tcfg.warmup_steps, total_steps)
 
     step, train_time, samples_seen = 0, 0.0, 0
     last = run_dir / "last.pt"
@@ -201,8 +223,7 @@ def train_tokenizer(cfg, run_dir, device, rank, world):
         train_model = torch.compile(model)
     if world > 1:
         train_model = DistributedDataParallel(train_model)
-    use_bf16 = tcfg.precision == "bf16" and device.type == "cuda"
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
+    autocast = autocast_for(tcfg, device)
 
     logger = MetricLogger(run_dir) if main else None
     weights = OmegaConf.to_container(tcfg.loss_weights)
@@ -277,6 +298,212 @@ def train_tokenizer(cfg, run_dir, device, rank, world):
     return val_metrics
 
 
+# ---------------------------------------------------------------------------
+# Stage 2: the prior over the tokens of a frozen tokenizer
+
+# Keys of the `prior` config that set up stage 2 instead of going to the prior's constructor.
+PRIOR_SETTINGS = ("fine_ratio", "augment_passes", "train")
+
+
+def build_prior(cfg_prior, tokenizer, shape):
+    """The prior of a `prior` config, for the tokens `tokenizer` makes of (H, W) = `shape` fields."""
+    args = OmegaConf.masked_copy(cfg_prior, [k for k in cfg_prior if k not in PRIOR_SETTINGS])
+    # _convert_="all": the prior's config must hold plain lists, never OmegaConf containers
+    return instantiate(args, _convert_="all", factors=list(tokenizer.factors), shape=list(shape),
+                       codebook_size=tokenizer.config["codebook_size"])
+
+
+@torch.no_grad()
+def encode_split(tokenizer, fields, *, passes, batch_size, device, fine_ratio, desc):
+    """Tokens of every field of a FieldDataset, `passes` times with that epoch's augmentations.
+
+    Returns plain tensors: ``{"grain": (N, Hc, Wc), "codes": [(N, Hk, Wk) per level]}``.
+    """
+    grain, codes = [], []
+    for p in range(passes):
+        fields.set_epoch(p)
+        for x in tqdm(DataLoader(fields, batch_size=batch_size), desc=f"{desc} {p + 1}/{passes}", dynamic_ncols=True):
+            tokens = tokenizer.encode(x.to(device), fine_ratio=fine_ratio)
+            grain.append(tokens.grain.cpu())
+            codes.append([c.cpu() for c in tokens.codes])
+    return {"grain": torch.cat(grain), "codes": [torch.cat(level) for level in zip(*codes)]}
+
+
+def token_batch(split, index, tokenizer, shape):
+    """Tokens of the fields `index` of an ``encode_split`` result."""
+    return Tokens(split["grain"][index], [c[index] for c in split["codes"]], tokenizer.factors, shape,
+                  tokenizer.config["codebook_size"])
+
+
+def cached_tokens(path, key, encode):
+    """The encoded splits stored at `path` when they were made with `key`, else `encode()` stored there.
+
+    Encoding every field (and its augmented copies) costs minutes at full size;
+    a resumed run finds them here instead.
+    """
+    if path.exists():
+        cache = torch.load(path, weights_only=True)
+        if cache["key"] == key:
+            return cache
+        print(f"{path} was encoded with other settings ({cache['key']}); encoding again")
+    cache = dict(encode(), key=key)
+    checkpoint.atomic_save(cache, path)
+    return cache
+
+
+@torch.no_grad()
+def evaluate_prior(prior, split, tokenizer, shape, channels, batch_size, device):
+    """Held-out code length under the prior: bits per token and per field value (``prior.bits``)."""
+    prior.eval()
+    bits, count = [], []
+    for index in torch.arange(len(split["grain"])).split(batch_size):
+        tokens = token_batch(split, index, tokenizer, shape).to(device)
+        bits.append(prior.bits(tokens).cpu())
+        count.append(tokens.count().cpu())
+    prior.train()
+    bits, count = torch.cat(bits), torch.cat(count)
+    return {"bits_per_token": (bits.sum() / count.sum()).item(),
+            "bits_per_value": bits.mean().item() / (channels * shape[0] * shape[1]),
+            "tokens_per_field": count.double().mean().item()}
+
+
+def data_entry(cfg_data, ds, variables):
+    """The ``data`` entry of a prior checkpoint: what sampling needs to write fields like the training data.
+
+    Variable and coordinate attributes (units, names), the coordinates, and for
+    a generated data set its generator, so that held-out real fields can be made.
+    """
+    coords = {d: {"values": ds[d].values.astype(float).tolist(), "attrs": to_json(dict(ds[d].attrs))}
+              for d in (Y, X) if d in ds.coords}
+    generated = cfg_data.source == "generated"
+    return {"name": cfg_data.name, "attrs": {v: to_json(dict(ds[v].attrs)) for v in variables}, "coords": coords,
+            "generator": OmegaConf.to_container(cfg_data.generator) if generated else None}
+
+
+def train_prior(cfg, run_dir, device, rank, world):
+    if world > 1:
+        raise ValueError("stage=prior trains in a single process; run it without torchrun")
+    if cfg.tokenizer is None:
+        raise ValueError("stage=prior needs tokenizer=<path of a stage-1 tokenizer.pt>")
+    pcfg, tcfg = cfg.prior, cfg.prior.train
+    entry, tokenizer = checkpoint.tokenizer_entry(cfg.tokenizer, pcfg.fine_ratio)
+    tokenizer.to(device).requires_grad_(False)
+    variables, stats, periodic = (entry["checkpoint"][k] for k in ("variables", "stats", "periodic"))
+
+    train_ds, val_ds = open_splits(cfg.dataset, Path(cfg.paths.data_dir))
+    missing = [v for v in variables if v not in train_ds.data_vars]
+    if missing:
+        raise ValueError(f"the tokenizer was trained on {variables}; the data set lacks {missing} "
+                         f"(it has {sorted(train_ds.data_vars)})")
+    shape = (train_ds.sizes[Y], train_ds.sizes[X])
+
+    def encode():
+        # The prior models whole fields of one shape: no crops. Rolls and flips
+        # (seeded per pass) are exact symmetries of the data, so each pass adds fields.
+        augmented = FieldDataset(train_ds, variables, stats=stats, periodic=periodic, flips=cfg.dataset.flips,
+                                 seed=cfg.seed)
+        plain = FieldDataset(val_ds, variables, stats=stats)
+        kw = dict(batch_size=tcfg.batch_size, device=device, fine_ratio=pcfg.fine_ratio)
+        return {"train": encode_split(tokenizer, augmented, passes=pcfg.augment_passes, desc="encode train", **kw),
+                "val": encode_split(tokenizer, plain, passes=1, desc="encode val", **kw)}
+
+    key = {"tokenizer": entry["sha256"], "fine_ratio": pcfg.fine_ratio, "augment_passes": pcfg.augment_passes,
+           "seed": cfg.seed, "shape": list(shape)}
+    tokens = cached_tokens(run_dir / "tokens.pt", key, encode)
+    train_split, val_split = tokens["train"], tokens["val"]
+
+    prior = build_prior(pcfg, tokenizer, shape).to(device)
+    opt = torch.optim.AdamW(prior.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay, betas=(0.9, 0.95))
+    n_train = len(train_split["grain"])
+    steps_per_epoch = n_train // tcfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{n_train} encoded training fields give no batch of {tcfg.batch_size}")
+    total_steps = tcfg.epochs * steps_per_epoch
+    extra = {"tokenizer": entry, "data": data_entry(cfg.dataset, train_ds, variables)}
+
+    step, train_time, samples_seen = 0, 0.0, 0
+    last = run_dir / "last.pt"
+    if last.exists():
+        state = checkpoint.read_checkpoint(last, map_location=device)
+        if state["tokenizer"]["sha256"] != entry["sha256"]:
+            raise ValueError(f"{last} was trained on the tokens of another tokenizer than {cfg.tokenizer}")
+        prior.load_state_dict(state["state_dict"])
+        ts = state["train_state"]
+        opt.load_state_dict(ts["optimizer"])
+        step, train_time, samples_seen = ts["step"], ts["train_time"], ts["samples_seen"]
+        print(f"resuming {run_dir} at step {step}/{total_steps}")
+
+    autocast = autocast_for(cfg.trainer, device)
+    logger = MetricLogger(run_dir)
+    channels = len(variables)
+
+    def save(path, metrics=None, train_state=None):
+        checkpoint.save_checkpoint(path, prior, kind="prior", stats=stats, variables=variables, periodic=periodic,
+                                   train_state=train_state, metrics=metrics, extra=extra)
+
+    def save_last(metrics=None):
+        save(last, metrics, {"optimizer": opt.state_dict(), "step": step, "train_time": train_time,
+                             "samples_seen": samples_seen})
+
+    val_metrics = {}
+    prior.train()
+    while step < total_steps:
+        epoch = step // steps_per_epoch
+        # The order is drawn from (seed, epoch), so a resumed run sees the same batches.
+        order = torch.randperm(n_train, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        order = order[(step % steps_per_epoch) * tcfg.batch_size : steps_per_epoch * tcfg.batch_size]
+        bar = tqdm(order.split(tcfg.batch_size), desc=f"epoch {epoch + 1}/{tcfg.epochs}", dynamic_ncols=True)
+        for index in bar:
+            t0 = time.perf_counter()
+            lr = warmup_cosine(step, tcfg.lr, tcfg.warmup_steps, total_steps)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            batch = token_batch(train_split, index, tokenizer, shape).to(device)
+            with autocast():
+                out = prior(batch)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            if tcfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(prior.parameters(), tcfg.grad_clip)
+            opt.step()
+            step += 1
+            samples_seen += len(index)
+            train_time += time.perf_counter() - t0
+            if step % tcfg.log_every == 0 or step == total_steps:
+                # loss and parts are mean nats per predicted token
+                values = {"loss": out.loss.item(), **{k: v.item() for k, v in out.parts.items()}, "lr": lr,
+                          "samples_per_s": samples_seen / train_time}
+                logger.log(step, "train", values)
+                bar.set_postfix(bits_per_token=f"{values['loss'] / math.log(2):.3f}")
+            if step % tcfg.ckpt_every == 0:
+                save_last()
+        if step % steps_per_epoch == 0 or step >= total_steps:
+            val_metrics = evaluate_prior(prior, val_split, tokenizer, shape, channels, tcfg.batch_size, device)
+            logger.log(step, "val", val_metrics)
+            print(f"step {step}: val " + ", ".join(f"{k}={v:.4g}" for k, v in val_metrics.items()))
+            save_last(val_metrics)
+
+    summary = {
+        "steps": step,
+        "epochs": tcfg.epochs,
+        "train_fields": n_train,
+        "train_time_s": train_time,
+        "samples_per_s": samples_seen / max(train_time, 1e-9),
+        "steps_per_s": step / max(train_time, 1e-9),
+        "device": str(device),
+        "order": pcfg.order,
+        "tokenizer": entry["path"],
+        "tokenizer_sha256": entry["sha256"],
+        "val": val_metrics,
+    }
+    save(run_dir / "prior.pt", summary)
+    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    logger.close()
+    print(f"results in {run_dir}: prior.pt, metrics.json, metrics.csv, tb/, tokens.pt")
+    print(json.dumps(val_metrics, indent=2))
+    return val_metrics
+
+
 @hydra.main(config_path=paths.config_dir(), config_name="config", version_base="1.3")
 def main(cfg):
     device = pick_device(cfg.trainer.device)
@@ -288,7 +515,9 @@ def main(cfg):
     try:
         if cfg.stage == "tokenizer":
             return train_tokenizer(cfg, run_dir, device, rank, world)
-        raise ValueError(f"unknown stage {cfg.stage!r}; expected 'tokenizer'")
+        if cfg.stage == "prior":
+            return train_prior(cfg, run_dir, device, rank, world)
+        raise ValueError(f"unknown stage {cfg.stage!r}; expected 'tokenizer' or 'prior'")
     finally:
         if world > 1:
             dist.destroy_process_group()

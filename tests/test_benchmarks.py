@@ -1,4 +1,4 @@
-"""The tokenizer benchmark runs end to end on tiny models and tiny held-out data."""
+"""The tokenizer and prior benchmarks run end to end on tiny models and tiny held-out data."""
 
 import json
 import sys
@@ -6,9 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from dynfield.checkpoint import save_checkpoint
-from dynfield.models import DQVAE, vqvae
+from dynfield.checkpoint import save_checkpoint, tokenizer_entry
+from dynfield.data import open_fields
+from dynfield.data.dummy import write_dummy_netcdf
+from dynfield.models import DQVAE, ARPrior, vqvae
+from dynfield.train import data_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIABLES = ["u", "v", "vorticity", "scalar"]
@@ -56,3 +60,33 @@ def test_tokenizer_benchmark_writes_every_router_and_budget(tmp_path, monkeypatc
     assert set(summary["targets"]) == {"fine_ratio=0.25", "fine_ratio=0.5"}
     for check in summary["targets"].values():
         assert check["below_chord"] == (check["learned_rel_l2"] < check["fixed_chord_rel_l2"])
+
+
+def test_prior_benchmark_reports_likelihood_speed_and_physics(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import prior as prior_benchmark
+    finally:
+        sys.path.pop(0)
+    data = tmp_path / "held_out.nc"
+    write_dummy_netcdf(data, n_sample=4, ny=32, nx=32)
+    tok = tiny_checkpoint(tmp_path / "tok.pt", DQVAE(in_channels=4, factors=(4, 8), hidden=8, code_dim=8, codebook_size=16))
+    entry, _ = tokenizer_entry(tok)
+    extra = {"tokenizer": entry,
+             "data": data_entry(OmegaConf.create({"source": "files", "name": "d"}), open_fields(data), VARIABLES)}
+    prior = ARPrior(order="coarse_to_fine", factors=(4, 8), shape=(32, 32), codebook_size=16, dim=16, depth=2, heads=2)
+    stats = {v: {"mean": 0.0, "std": 1.0} for v in VARIABLES}
+    save_checkpoint(tmp_path / "p.pt", prior, kind="prior", stats=stats, variables=VARIABLES, periodic=True, extra=extra)
+    out = tmp_path / "out"
+    summary = prior_benchmark.main(["--tokenizer", tok, "--priors", str(tmp_path / "p.pt"), "--data", str(data),
+                                    "--n", "4", "--out", str(out)])
+    assert json.loads((out / "prior.json").read_text()) == json.loads(json.dumps(summary))
+    assert (out / "prior.png").stat().st_size > 0 and summary["spectrum"]["shells"] == [1, 10]
+    rows = {r["label"]: r for r in summary["rows"]}
+    assert set(rows) == {"(tokenizer ceiling)", "(random tokens)", "coarse_to_fine"}
+    row = rows["coarse_to_fine"]
+    # bits per value is the same code length as bits per token, spread over the 4 x 32 x 32 values
+    assert row["bits_per_value"] * 4 * 32 * 32 == pytest.approx(row["bits_per_token"] * row["tokens_per_field"])
+    assert row["seconds_per_field_cpu"] > 0
+    for r in rows.values():
+        assert r["spectrum_error"] >= 0 and r["vorticity_w1"] >= 0 and r["enstrophy_ratio"] > 0

@@ -1,0 +1,247 @@
+"""Prior benchmark: which token order gives the best generative model of the fields?
+
+Priors of each order, trained on the tokens of one tokenizer, are compared on
+held-out fields (a solver seed used neither in training nor in validation):
+
+- likelihood: held-out bits per token and bits per field value (``prior.bits``
+  of the held-out fields' tokens), the lower the better;
+- speed: seconds to sample and decode one field, on the CPU and, when there
+  is one, on the GPU (named);
+- physics of n generated fields against n held-out real ones: the kinetic
+  energy spectrum error (mean |ln(E_gen / E_real)| of the mean isotropic
+  spectra over shells 1..N/3, the wavenumbers a 2/3-rule dealiased solver
+  resolves), the Wasserstein-1 distance between the pooled vorticity values
+  divided by the real vorticity's std, and the mean enstrophy ratio.
+
+Two reference rows bracket the priors: the tokenizer's own reconstructions of
+the held-out fields (the best any prior over its tokens can do) and uniformly
+random tokens decoded by the same tokenizer. Writes ``prior.json`` and
+``prior.png`` (spectra, log-log; vorticity PDFs, log-y) into ``--out``.
+
+    python benchmarks/prior.py --tokenizer RUN/tokenizer.pt \\
+        --priors RUNS/prior_coarse_to_fine/prior.pt RUNS/prior_raster/prior.pt RUNS/prior_bidirectional/prior.pt \\
+        --data builtin --n 64 --out benchmarks/results
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from provenance import machine  # benchmarks/provenance.py
+
+from dynfield import checkpoint, physics
+from dynfield.analysis import load_fields
+from dynfield.data import denormalise
+from dynfield.data.turbulence import HELD_OUT_SEED
+from dynfield.models import Tokens
+from dynfield.models.tokens import repeat_cells
+from dynfield.sample import sample_fields
+
+
+def random_tokens(n, tokenizer, shape, generator):
+    """Valid tokens with a uniformly random grain per region and a uniformly random code per token."""
+    factors, V = tokenizer.factors, tokenizer.config["codebook_size"]
+    f_K = factors[-1]
+    grid = (-(-shape[0] // f_K), -(-shape[1] // f_K))
+    grain = torch.randint(len(factors), (n, *grid), generator=generator)
+    codes = []
+    for k, f in enumerate(factors):
+        mask = repeat_cells(grain == k, f_K // f)
+        codes.append(torch.where(mask, torch.randint(V, mask.shape, generator=generator), -1))
+    return Tokens(grain, codes, factors, shape, V).validate()
+
+
+@torch.no_grad()
+def encode(tokenizer, x_NCHW, fine_ratio, batch_size):
+    """Tokens of normalised fields, one ``Tokens`` per batch."""
+    return [tokenizer.encode(x, fine_ratio=fine_ratio) for x in x_NCHW.split(batch_size)]
+
+
+@torch.no_grad()
+def held_out_bits(prior, token_batches, values_per_field):
+    bits = torch.cat([prior.bits(t) for t in token_batches])
+    count = torch.cat([t.count() for t in token_batches])
+    return {"bits_per_token": (bits.sum() / count.sum()).item(),
+            "bits_per_value": bits.mean().item() / values_per_field,
+            "tokens_per_field": count.double().mean().item()}
+
+
+def velocity(fields_NCHW, variables):
+    return fields_NCHW[:, variables.index("u")], fields_NCHW[:, variables.index("v")]
+
+
+def vorticity(fields_NCHW, variables):
+    """(N, H, W) vorticity: curl of (u, v) when both are channels, else the vorticity channel, else None."""
+    if "u" in variables and "v" in variables:
+        return physics.vorticity(*velocity(fields_NCHW, variables))
+    if "vorticity" in variables:
+        return fields_NCHW[:, variables.index("vorticity")]
+    return None
+
+
+def mean_spectrum(fields_NCHW, variables):
+    """(n_k,) mean isotropic kinetic-energy spectrum (with u and v), else the channels' mean power spectrum."""
+    if "u" in variables and "v" in variables:
+        return physics.energy_spectrum(*velocity(fields_NCHW, variables))[1].mean(0)
+    return physics.power_spectrum(fields_NCHW)[1].mean((0, 1))
+
+
+def physics_figures(real_NCHW, gen_NCHW, variables, kmax):
+    """Spectrum error, normalised vorticity W1 and enstrophy ratio of generated fields against real ones."""
+    real, gen = real_NCHW.double(), gen_NCHW.double()
+    out = {"spectrum_error": physics.spectrum_error(mean_spectrum(real, variables), mean_spectrum(gen, variables),
+                                                    kmin=1, kmax=kmax).item()}
+    w_real, w_gen = vorticity(real, variables), vorticity(gen, variables)
+    if w_real is not None:
+        out["vorticity_w1"] = (physics.wasserstein1(w_real, w_gen) / w_real.std()).item()
+        out["enstrophy_ratio"] = (physics.enstrophy(w_gen).mean() / physics.enstrophy(w_real).mean()).item()
+    return out
+
+
+def timed(fn, device):
+    """(result, seconds) of fn(), waiting for the device to finish."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    result = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return result, time.perf_counter() - t0
+
+
+def gpu_seconds_per_field(prior, tokenizer, state, n, batch_size, seed):
+    """Seconds per sampled and decoded field on the GPU (after one warm-up batch), or None without one."""
+    if not torch.cuda.is_available():
+        return None
+    device = torch.device("cuda")
+    prior.to(device)
+    tokenizer.to(device)
+    try:
+        sample_fields(prior, tokenizer, state, 1, seed=seed, batch=1)
+        _, seconds = timed(lambda: sample_fields(prior, tokenizer, state, n, seed=seed, batch=batch_size), device)
+    finally:
+        prior.cpu()
+        tokenizer.cpu()
+    return seconds / n
+
+
+def plot(spectra, pdfs, kmax, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_e, ax_w) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for label, E in spectra.items():
+        k = torch.arange(len(E))
+        style = dict(color="k", lw=2) if label == "real" else dict(lw=1.2, ls="--" if label.startswith("(") else "-")
+        ax_e.loglog(k[1 : kmax + 1], E[1 : kmax + 1], label=label, **style)
+    ax_e.set_xlabel("wavenumber k")
+    ax_e.set_ylabel("E(k)")
+    ax_e.set_title(f"kinetic energy spectrum (shells 1..{kmax})")
+    for label, (centres, density) in pdfs.items():
+        style = dict(color="k", lw=2) if label == "real" else dict(lw=1.2, ls="--" if label.startswith("(") else "-")
+        ax_w.semilogy(centres, density, label=label, **style)
+    ax_w.set_xlabel("vorticity")
+    ax_w.set_ylabel("PDF")
+    ax_w.set_title("vorticity PDF")
+    for ax in (ax_e, ax_w):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokenizer", required=True, help="the tokenizer every prior was trained on")
+    p.add_argument("--priors", nargs="+", required=True, help="prior checkpoints (prior.pt), one per order")
+    p.add_argument("--data", default="builtin", help="held-out fields: a file, or 'builtin' (held-out built-in data)")
+    p.add_argument("--n", type=int, default=64, help="held-out and generated fields")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--out", default="benchmarks/results")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    entry, tokenizer = checkpoint.tokenizer_entry(args.tokenizer)
+    state = entry["checkpoint"]
+    priors = []
+    for path in args.priors:
+        prior, _, prior_state = checkpoint.load_prior(path)
+        if prior_state["tokenizer"]["sha256"] != entry["sha256"]:
+            raise ValueError(f"{path} was trained on the tokens of {prior_state['tokenizer']['path']}, "
+                             f"not of {args.tokenizer} (weights differ)")
+        priors.append((path, prior, prior_state))
+    shape = tuple(priors[0][1].config["shape"])
+
+    x, names, stats = load_fields(args.data, state, args.n, resolution=shape[1], seed=HELD_OUT_SEED)
+    if tuple(x.shape[-2:]) != shape:
+        raise ValueError(f"the held-out fields are {tuple(x.shape[-2:])}, the priors model {shape} fields")
+    variables = list(names)
+    real = denormalise(x, stats, variables)
+    n, values_per_field = len(x), x[0].numel()
+    kmax = min(shape) // 3
+
+    rows, spectra, gens = [], {"real": mean_spectrum(real.double(), variables)}, {}
+    fine_ratio = priors[0][2]["tokenizer"]["fine_ratio"]
+    token_cache = {fine_ratio: encode(tokenizer, x, fine_ratio, args.batch_size)}
+    with torch.no_grad():
+        recon = torch.cat([tokenizer.decode(t) for t in token_cache[fine_ratio]])
+        noise = tokenizer.decode(random_tokens(n, tokenizer, shape, torch.Generator().manual_seed(args.seed)))
+    gens["(tokenizer ceiling)"] = denormalise(recon, stats, variables)
+    gens["(random tokens)"] = denormalise(noise, stats, variables)
+    for label in gens:
+        rows.append({"label": label, "kind": "reference", "fine_ratio": fine_ratio,
+                     **physics_figures(real, gens[label], variables, kmax)})
+
+    for path, prior, prior_state in priors:
+        order, fr = prior.config["order"], prior_state["tokenizer"]["fine_ratio"]
+        if fr not in token_cache:
+            token_cache[fr] = encode(tokenizer, x, fr, args.batch_size)
+        row = {"label": order, "kind": "prior", "checkpoint": path, "prior_class": prior_state["model_class"],
+               "fine_ratio": fr, **held_out_bits(prior, token_cache[fr], values_per_field)}
+        gen, seconds = timed(lambda: sample_fields(prior, tokenizer, state, n, seed=args.seed, batch=args.batch_size),
+                             torch.device("cpu"))
+        row["seconds_per_field_cpu"] = seconds / n
+        row["seconds_per_field_gpu"] = gpu_seconds_per_field(prior, tokenizer, state, n, args.batch_size, args.seed)
+        row.update(physics_figures(real, gen, variables, kmax))
+        gens[order] = gen
+        rows.append(row)
+        print(f"{order:15s} bits/token {row['bits_per_token']:.3f}, spectrum error {row['spectrum_error']:.3f}, "
+              f"{row['seconds_per_field_cpu']:.3f} s/field (CPU)")
+
+    for label, gen in gens.items():
+        spectra[label] = mean_spectrum(gen.double(), variables)
+    pdfs = {}
+    w_real = vorticity(real.double(), variables)
+    if w_real is not None:
+        lo, hi = w_real.min().item(), w_real.max().item()
+        width = hi - lo
+        span = (lo - 0.5 * width, hi + 0.5 * width)  # room for generated tails
+        pdfs = {"real": physics.vorticity_pdf(w_real, bins=80, range=span)}
+        pdfs.update({label: physics.vorticity_pdf(vorticity(g.double(), variables), bins=80, range=span)
+                     for label, g in gens.items()})
+
+    summary = {
+        "machine": machine(), "n_fields": n, "data": args.data, "held_out_seed": HELD_OUT_SEED,
+        "shape": list(shape), "variables": variables, "tokenizer": args.tokenizer, "tokenizer_sha256": entry["sha256"],
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "spectrum": {"kind": "kinetic energy" if {"u", "v"} <= set(variables) else "power, mean over channels",
+                     "shells": [1, kmax], "kmax_rule": "N/3: the wavenumbers a 2/3-rule dealiased solver resolves"},
+        "vorticity": None if w_real is None else "curl of (u, v)" if {"u", "v"} <= set(variables) else "channel",
+        "rows": rows,
+    }
+    (out / "prior.json").write_text(json.dumps(summary, indent=2))
+    plot(spectra, pdfs, kmax, out / "prior.png")
+    print(f"wrote {out / 'prior.json'} and {out / 'prior.png'}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,325 @@
+"""The autoregressive stage-2 prior: the DQ-Transformer over token sequences.
+
+Two stacked causal transformers read a `TokenSequence` (sequences.py). At
+step t the position transformer has read tokens 0..t and predicts the free
+decision that places token t + 1 (its logits are masked to the decision's
+candidates; forced places are neither predicted nor sampled). The content
+transformer reads the position transformer's states, each plus the embedding
+of the place of the NEXT token, and predicts that token's code. Sampling runs
+both with a key/value cache, one token per step.
+"""
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .sequences import CODE, make_scan
+
+
+@dataclass
+class PriorOutput:
+    """Training objective of a stage-2 prior on a batch.
+
+    Attributes
+    ----------
+    loss : scalar, mean nats per code token (positions and codes together).
+    parts : {"position": ..., "code": ...} scalars in nats per code token; they add up to `loss`.
+    bits : (B,) code length of each sample in bits.
+    count : (B,) long, number of codes of each sample.
+    """
+
+    loss: torch.Tensor
+    parts: dict
+    bits: torch.Tensor
+    count: torch.Tensor
+
+
+@contextmanager
+def evaluating(module):
+    """Run a block in eval mode (no dropout), then restore the module's mode."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
+class KVCache:
+    """Keys and values of one attention layer for the tokens seen so far, preallocated to `length`."""
+
+    def __init__(self, B, heads, length, head_dim, device, dtype):
+        self.k = torch.empty(B, heads, length, head_dim, device=device, dtype=dtype)
+        self.v = torch.empty_like(self.k)
+        self.n = 0
+
+    def extend(self, k_BH1d, v_BH1d):
+        """Append one step's keys and values; return all of them, (B, heads, n, head_dim) each."""
+        self.k[:, :, self.n] = k_BH1d[:, :, 0]
+        self.v[:, :, self.n] = v_BH1d[:, :, 0]
+        self.n += 1
+        return self.k[:, :, : self.n], self.v[:, :, : self.n]
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim, heads, dropout):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim ({dim}) must be a multiple of heads ({heads})")
+        self.heads, self.dropout = heads, dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x_BTD, mask=None, cache=None):
+        """Attention over the sequence (`mask`: (B, 1, T, T) bool) or, with `cache`, over the cached steps too."""
+        B, T, D = x_BTD.shape
+        q, k, v = (z.view(B, T, self.heads, D // self.heads).transpose(1, 2) for z in self.qkv(x_BTD).split(D, -1))
+        if cache is not None:  # one new token: it may look at every cached one, no mask needed
+            k, v = cache.extend(k, v)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, T, D))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, dim, heads, dropout):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = SelfAttention(dim, heads, dropout)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), nn.Dropout(dropout))
+
+    def forward(self, x, mask=None, cache=None):
+        x = x + self.attn(self.ln1(x), mask, cache)
+        return x + self.mlp(self.ln2(x))
+
+
+class Transformer(nn.Module):
+    """A causal stack of `depth` blocks and a final LayerNorm."""
+
+    def __init__(self, dim, depth, heads, dropout):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(depth))
+        self.ln = nn.LayerNorm(dim)
+
+    def forward(self, x_BTD, mask=None, caches=None):
+        """(B, T, D) states; `caches` (one `KVCache` per block) for one-token steps."""
+        for i, block in enumerate(self.blocks):
+            x_BTD = block(x_BTD, mask, None if caches is None else caches[i])
+        return self.ln(x_BTD)
+
+    def caches(self, B, length, like):
+        """One empty `KVCache` per block for B sequences of up to `length` tokens (dtype/device of `like`)."""
+        heads = self.blocks[0].attn.heads
+        return [KVCache(B, heads, length, like.shape[-1] // heads, like.device, like.dtype) for _ in self.blocks]
+
+
+def filter_logits(logits, temperature=1.0, top_k=None, top_p=None):
+    """Logits (..., V) divided by `temperature`, outside the top-k and the top-p nucleus set to -inf."""
+    logits = logits / temperature
+    if top_k is not None:
+        kth = logits.topk(min(top_k, logits.shape[-1]), -1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if top_p is not None:
+        sorted_logits, order = logits.sort(-1, descending=True)
+        p = sorted_logits.softmax(-1)
+        # drop a logit when the more likely ones already hold top_p of the mass (the first always stays)
+        drop_sorted = p.cumsum(-1) - p > top_p
+        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), -math.inf)
+    return logits
+
+
+class Sampler:
+    """Draws choices from masked logits: temperature, top-k, top-p, one seeded generator.
+
+    Every free decision and every code is drawn with the same settings.
+    """
+
+    def __init__(self, device, seed=0, temperature=1.0, top_k=None, top_p=None):
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+
+    def __call__(self, logits_BV, t=None):
+        """(B,) index drawn from each row of `logits_BV` (the step `t` does not matter here)."""
+        p = filter_logits(logits_BV.float(), self.temperature, self.top_k, self.top_p).softmax(-1)
+        # inverse CDF with one uniform per row: far cheaper than multinomial over a
+        # large codebook; right=True never lands on a zero-probability entry
+        cdf = p.cumsum(-1)
+        u = torch.rand(len(p), 1, generator=self.generator, device=p.device) * cdf[:, -1:]
+        return torch.searchsorted(cdf, u, right=True)[:, 0].clamp(max=p.shape[-1] - 1)
+
+
+class ARPrior(nn.Module):
+    """Autoregressive prior over the tokens of one tokenizer and field shape (see the module docstring).
+
+    Parameters
+    ----------
+    order : "coarse_to_fine" (the DQ-Transformer's) or "raster".
+    factors : the tokenizer's downsampling factors; shape : (H, W) of the fields.
+    codebook_size : size of the tokenizer's codebook.
+    dim, heads, dropout : width, attention heads and dropout of both transformers.
+    depth : blocks in all; the position transformer gets depth // 2 unless
+        `position_depth` / `content_depth` say otherwise.
+    """
+
+    def __init__(self, *, order, factors, shape, codebook_size, dim=256, depth=4, heads=4, dropout=0.0,
+                 position_depth=None, content_depth=None):
+        super().__init__()
+        self.scan = make_scan(order, factors, shape)
+        position_depth = depth // 2 if position_depth is None else position_depth
+        content_depth = depth - position_depth if content_depth is None else content_depth
+        if position_depth < 1 or content_depth < 1:
+            raise ValueError(
+                f"both transformers need at least one block, got position_depth={position_depth}, "
+                f"content_depth={content_depth} (depth={depth})"
+            )
+        self.config = dict(
+            order=order, factors=list(self.scan.factors), shape=list(self.scan.shape),
+            codebook_size=int(codebook_size), dim=dim, depth=position_depth + content_depth, heads=heads,
+            dropout=dropout, position_depth=position_depth, content_depth=content_depth,
+        )
+        self.codebook_size = int(codebook_size)
+        grids = self.scan.grids
+        # factorised row + column embeddings per level: each level's grid has its own tables
+        self.register_buffer("row_offset", torch.tensor([0] + [h for h, _ in grids[:-1]]).cumsum(0), persistent=False)
+        self.register_buffer("col_offset", torch.tensor([0] + [w for _, w in grids[:-1]]).cumsum(0), persistent=False)
+        self.level_emb = nn.Embedding(self.scan.num_levels, dim)
+        self.kind_emb = nn.Embedding(3, dim)
+        self.row_emb = nn.Embedding(sum(h for h, _ in grids), dim)
+        self.col_emb = nn.Embedding(sum(w for _, w in grids), dim)
+        self.code_emb = nn.Embedding(self.codebook_size, dim)
+        self.drop = nn.Dropout(dropout)
+        self.position_transformer = Transformer(dim, position_depth, heads, dropout)
+        self.content_transformer = Transformer(dim, content_depth, heads, dropout)
+        self.position_head = nn.Linear(dim, self.scan.num_choices)
+        self.code_head = nn.Linear(dim, self.codebook_size)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    # -- embeddings --------------------------------------------------------------
+    def _place(self, level, kind, row, col):
+        """(..., D) embedding of where a token sits: level, kind and, for codes, its row and column."""
+        is_code = (kind == CODE).unsqueeze(-1)
+        grid = self.row_emb(self.row_offset[level] + row) + self.col_emb(self.col_offset[level] + col)
+        return self.level_emb(level) + self.kind_emb(kind) + grid * is_code
+
+    def _embed(self, level, kind, row, col, code):
+        """(..., D) embedding of a token: its place and, for codes, its code."""
+        return self._place(level, kind, row, col) + self.code_emb(code.clamp(min=0)) * (code >= 0).unsqueeze(-1)
+
+    # -- training ------------------------------------------------------------------
+    def _check(self, tokens):
+        if tokens.codebook_size != self.codebook_size:
+            raise ValueError(f"tokens use a codebook of {tokens.codebook_size} codes, the prior {self.codebook_size}")
+        return self.scan.check(tokens)
+
+    def _states(self, seq):
+        """States (B, T - 1, D) of both transformers; step t predicts token t + 1."""
+        x = self._embed(seq.level, seq.kind, seq.row, seq.col, seq.code)[:, :-1]
+        valid = seq.valid[:, :-1]
+        T = x.shape[1]
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        # pads sit only at the end, so causality alone keeps real tokens off them;
+        # the key mask also keeps pads off pads: nothing depends on how long the padding is
+        mask = causal & valid[:, None, None, :]
+        h = self.position_transformer(self.drop(x), mask)
+        nxt = self._place(seq.level[:, 1:], seq.kind[:, 1:], seq.row[:, 1:], seq.col[:, 1:])
+        z = self.content_transformer(h + nxt, mask)
+        return h, z
+
+    def _nats(self, seq, dtype=torch.float32):
+        """Cost in nats of each free decision and each code, (B, T - 1) each, 0 elsewhere."""
+        h, z = self._states(seq)
+        free = seq.choice[:, 1:] >= 0
+        is_code = (seq.kind[:, 1:] == CODE) & seq.valid[:, 1:]
+        logits = self.position_head(h[free]).masked_fill(~seq.allowed[:, 1:][free], -math.inf)
+        position = h.new_zeros(free.shape, dtype=dtype)
+        position[free] = F.cross_entropy(logits.to(dtype), seq.choice[:, 1:][free], reduction="none")
+        code = h.new_zeros(free.shape, dtype=dtype)
+        logits = self.code_head(z[is_code])
+        code[is_code] = F.cross_entropy(logits.to(dtype), seq.code[:, 1:][is_code], reduction="none")
+        return position, code
+
+    def forward(self, tokens):
+        """Training objective on a batch of `Tokens` (see `PriorOutput`)."""
+        tokens = self._check(tokens)
+        position, code = self._nats(self.scan.encode(tokens))
+        count = tokens.count()
+        per_token = 1.0 / count.sum().clamp(min=1)
+        parts = {"position": position.sum() * per_token, "code": code.sum() * per_token}
+        bits = (position + code).sum(1).detach() / math.log(2)
+        return PriorOutput(loss=parts["position"] + parts["code"], parts=parts, bits=bits, count=count)
+
+    @torch.no_grad()
+    def bits(self, tokens):
+        """(B,) float64 exact code length in bits of each sample: free position decisions plus codes."""
+        tokens = self._check(tokens)
+        with evaluating(self):
+            position, code = self._nats(self.scan.encode(tokens), torch.float64)
+        return (position + code).sum(1) / math.log(2)
+
+    # -- sampling ------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n, *, seed=0, temperature=1.0, top_k=None, top_p=None):
+        """`n` valid `Tokens` drawn from the prior (eval mode, key/value cache, seeded)."""
+        device = self.code_head.weight.device
+        sampler = Sampler(device, seed, temperature, top_k, top_p)
+        return self.scan.decode(self._run(n, sampler, sampler), self.codebook_size).validate()
+
+    @torch.no_grad()
+    def _run(self, n, pick_position, pick_code, use_cache=True):
+        """Walk `n` sequences token by token; the `pick_*` functions turn logits into choices.
+
+        `pick_position(logits_nV, t)` gets the position logits at step t masked
+        to the candidates (its answer counts only in rows with a free decision),
+        `pick_code(logits_nC, t)` the code logits. `use_cache=False` re-runs
+        both transformers over the whole prefix at every step (slow; it exists
+        to check the cache). Returns the walked `TokenSequence`.
+        """
+        cursor = self.scan.cursor(n, self.code_head.weight.device)
+        x = self._embed(*cursor.place(), cursor.code)
+        length = self.scan.max_length
+        caches = (self.position_transformer.caches(n, length, x), self.content_transformer.caches(n, length, x))
+        xs, us = [], []  # the prefixes, for the uncached path
+        with evaluating(self):
+            for t in range(length - 1):  # the cursor says when every sequence has ended
+                if cursor.finished:
+                    break
+                h = self._step(self.position_transformer, x, xs, caches[0], use_cache)
+                allowed = cursor.options()
+                free = allowed.sum(-1) > 1
+                choice = torch.zeros_like(cursor.choice)
+                if bool(free.any()):
+                    logits = self.position_head(h).masked_fill(~allowed & free[:, None], -math.inf)
+                    choice = pick_position(logits, t)
+                cursor.advance(choice)
+                z = self._step(self.content_transformer, h + self._place(*cursor.place()), us, caches[1], use_cache)
+                cursor.emit(pick_code(self.code_head(z), t))
+                x = self._embed(*cursor.place(), cursor.code)
+        return cursor.sequence()
+
+    @staticmethod
+    def _step(transformer, x_BD, prefix, caches, use_cache):
+        """State (B, D) of `transformer` at the newest input `x_BD`, with the cache or by re-running `prefix`."""
+        if use_cache:
+            return transformer(x_BD[:, None], caches=caches)[:, 0]
+        prefix.append(x_BD)
+        T = len(prefix)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x_BD.device).tril()
+        return transformer(torch.stack(prefix, 1), causal)[:, -1]

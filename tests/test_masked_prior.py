@@ -1,0 +1,219 @@
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dynfield.models.masked_prior import MaskedPrior, grids_to_tokens, level_grids
+from dynfield.models.tokens import Tokens, repeat_cells
+
+TINY = dict(dim=32, depth=2, heads=2, rounds=4)
+
+
+def prior(factors=(2, 4), shape=(10, 18), codebook_size=4, **kw):
+    torch.manual_seed(0)
+    return MaskedPrior(order="bidirectional", factors=factors, shape=shape, codebook_size=codebook_size, **{**TINY, **kw})
+
+
+def make_tokens(factors=(2, 4), shape=(10, 18), codebook_size=4, B=3, grain="random", seed=0):
+    """Valid tokens whose grain map is random, all coarsest or all finest."""
+    g = torch.Generator().manual_seed(seed)
+    f_K = factors[-1]
+    Hc, Wc = -(-shape[0] // f_K), -(-shape[1] // f_K)
+    levels = {"random": torch.randint(len(factors), (B, Hc, Wc), generator=g),
+              "coarse": torch.full((B, Hc, Wc), len(factors) - 1),
+              "fine": torch.zeros(B, Hc, Wc, dtype=torch.long)}[grain]
+    codes = []
+    for k, f in enumerate(factors):
+        used = repeat_cells(levels == k, f_K // f)
+        codes.append(torch.where(used, torch.randint(codebook_size, used.shape, generator=g), -1))
+    return Tokens(levels, codes, factors, shape, codebook_size).validate()
+
+
+def same_tokens(a, b):
+    return torch.equal(a.grain, b.grain) and all(torch.equal(x, y) for x, y in zip(a.codes, b.codes))
+
+
+@pytest.mark.parametrize("factors, shape", [((8,), (16, 24)), ((4, 8), (40, 56)), ((2, 4, 8), (16, 24))])
+@pytest.mark.parametrize("grain", ["random", "coarse", "fine"])
+def test_level_grids_round_trip(factors, shape, grain):
+    t = make_tokens(factors, shape, codebook_size=8, grain=grain)
+    grids = level_grids(t)
+    for k, grid in enumerate(grids):
+        # FINER where the region goes finer, closed (-1) where a coarser level took it
+        g = repeat_cells(t.grain, factors[-1] // factors[k])
+        assert torch.equal(grid == 8, g < k) and torch.equal(grid == -1, g > k)
+    assert not (grids[0] == 8).any()
+    back = grids_to_tokens(grids, factors, shape, 8).validate()
+    assert same_tokens(back, t) and back.shape == t.shape
+
+
+def test_training_loss_counts_masked_cells_only():
+    m = prior(codebook_size=6)
+    t = make_tokens(codebook_size=6, seed=1)
+    inputs, logits = [], []
+    m.tok_emb.register_forward_hook(lambda mod, args, out: inputs.append(args[0]))
+
+    def keep_logits(mod, args, out):
+        out.retain_grad()
+        logits.append(out)
+    m.head.register_forward_hook(keep_logits)
+    torch.manual_seed(3)
+    out = m(t)
+    out.loss.backward()
+    nll, n_masked = 0.0, 0
+    for k, x, z in zip(reversed(range(2)), inputs, logits):  # levels go coarse to fine
+        target = level_grids(t)[k].flatten(1)
+        masked = x == m.MASK
+        assert masked.any() and torch.equal(masked, masked & (target >= 0))
+        # a cell's logits get a gradient exactly when it is masked
+        assert torch.equal(z.grad.abs().sum(-1) > 0, masked)
+        # FINER regions are masked whole
+        s = m.factors[-1] // m.factors[k]
+        finer = (target == m.FINER).view(3, *m.grid_shapes[k])
+        region_masked = masked.view_as(finer).reshape(3, -1, s, finer.shape[-1] // s, s)
+        finer_regions = finer.reshape_as(region_masked).all(2).all(-1)
+        counts = region_masked.sum((2, 4))[finer_regions]
+        assert ((counts == 0) | (counts == s * s)).all()
+        z = z.detach().clone()
+        if k == 0:
+            z[..., m.FINER] = -math.inf
+        nll += F.cross_entropy(z[masked], target[masked], reduction="sum")
+        n_masked += masked.sum()
+    assert torch.allclose(out.loss, nll / n_masked)
+    assert torch.allclose(out.parts["grain"] + out.parts["code"], out.loss)
+    assert torch.allclose(out.bits.sum(), nll / math.log(2))
+
+
+def all_tokens(factors, shape, N):
+    """Every valid token set of a tiny field, as one batch."""
+    K, f_K = len(factors), factors[-1]
+    Hc, Wc = shape[0] // f_K, shape[1] // f_K
+    grains, codes = [], [[] for _ in factors]
+    for grain in itertools.product(range(K), repeat=Hc * Wc):
+        grain = torch.tensor(grain).view(1, Hc, Wc)
+        used = [repeat_cells(grain == k, f_K // f) for k, f in enumerate(factors)]
+        slots = [u.nonzero() for u in used]
+        for values in itertools.product(range(N), repeat=sum(len(s) for s in slots)):
+            values = iter(values)
+            grains.append(grain)
+            for k, (u, s) in enumerate(zip(used, slots)):
+                c = torch.full_like(u, -1, dtype=torch.long)
+                for i in s:
+                    c[tuple(i)] = next(values)
+                codes[k].append(c)
+    return Tokens(torch.cat(grains), [torch.cat(c) for c in codes], factors, shape, N).validate()
+
+
+@pytest.mark.parametrize("factors, shape", [((2,), (4, 4)), ((2, 4), (8, 4))])
+def test_bits_is_a_complete_code(factors, shape):
+    # the code lengths of all valid token sets satisfy Kraft's equality: the
+    # prior is a normalised distribution over valid tokens, so the code is
+    # achievable and wastes nothing on invalid grain maps
+    m = prior(factors, shape, codebook_size=2, rounds=3)
+    bits = m.bits(all_tokens(factors, shape, 2))
+    assert torch.allclose(torch.exp2(-bits).sum(), torch.tensor(1.0, dtype=torch.float64), atol=1e-9)
+
+
+def replay_bits(m, t):
+    """Code length recomputed as a decoder would replay it, one sample and one cell at a time."""
+    N, R = m.codebook_size, m.rounds
+    bits = []
+    for b in range(t.batch_size):
+        grids = [g[b:b + 1] for g in level_grids(t)]
+        total = 0.0
+        for k in reversed(range(m.num_levels)):
+            H, W = m.grid_shapes[k]
+            s = m.factors[-1] // m.factors[k]
+            grid = grids[k].flatten()
+            perm = torch.randperm(H * W, generator=torch.Generator().manual_seed(m.seed + k)).tolist()
+            cells = [i for i in perm if grid[i] >= 0]
+            known = grid < 0
+            region = [(i // W // s, i % W // s) for i in range(H * W)]
+            finer = {}  # grain decisions so far, per region
+            done = 0
+            for r in range(R):
+                end = len(cells) - math.floor(len(cells) * math.cos(math.pi / 2 * (r + 1) / R))
+                with torch.no_grad():
+                    logp = m._logits(k, grid[None], known[None], m._context(grids, k))[0].double().log_softmax(-1)
+                for i in cells[done:end]:
+                    if region[i] not in finer:  # the region's first cell carries its grain
+                        total -= logp[i, grid[i]].item()
+                        finer[region[i]] = grid[i].item() == N
+                    elif not finer[region[i]]:
+                        total -= (logp[i, grid[i]] - logp[i, :N].logsumexp(0)).item()
+                for i in cells:
+                    known[i] = known[i] or i in cells[done:end] or finer.get(region[i], False)
+                done = end
+        bits.append(total / math.log(2))
+    return torch.tensor(bits, dtype=torch.float64)
+
+
+def test_bits_deterministic_replayable_and_rebuilt():
+    m = prior(codebook_size=6, rounds=3)
+    t = make_tokens(codebook_size=6, seed=2)
+    m.train()
+    bits = m.bits(t)
+    assert m.training and torch.equal(bits, m.bits(t)) and bits.dtype == torch.float64
+    assert torch.allclose(bits, replay_bits(m, t), rtol=1e-5)
+    m.eval()
+    out = m(t)
+    assert torch.allclose(out.bits.double(), bits) and torch.equal(out.count, t.count())
+    assert torch.allclose(out.loss * t.count().sum(), bits.sum().float() * math.log(2))
+    rebuilt = MaskedPrior(**m.config)
+    rebuilt.load_state_dict(m.state_dict())
+    assert torch.equal(rebuilt.bits(t), bits)
+
+
+def test_overfits_four_samples():
+    # 4 random token sets of 32 regions (~80 tokens each). Memorised, they cost
+    # only what tells them apart: the first cell the schedule reveals, at most
+    # log2(4) = 2 bits per sample, 0.025 bit/token; we ask for 4 times that. An
+    # untrained prior pays about log2(16 codes + FINER) bit/token.
+    torch.manual_seed(0)
+    m = MaskedPrior(order="bidirectional", factors=(2, 4), shape=(16, 32), codebook_size=16, dim=64, depth=2, heads=2)
+    t = make_tokens((2, 4), (16, 32), codebook_size=16, B=4, seed=4)
+    before = (m.bits(t) / t.count()).mean()
+    twice = Tokens(t.grain.repeat(2, 1, 1), [c.repeat(2, 1, 1) for c in t.codes], t.factors, t.shape, 16)  # two masks each
+    steps = 250
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
+    for _ in range(steps):
+        loss = m(twice).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        schedule.step()
+    after = (m.bits(t) / t.count()).mean()
+    assert before > 3.5 and after < 0.1, (before, after)
+
+
+@pytest.mark.parametrize("factors, shape", [((2, 4), (10, 18)), ((2, 4, 8), (16, 24)), ((4,), (12, 8))])
+def test_sample_valid_seeded_and_within_budget(factors, shape):
+    m = prior(factors, shape)
+    calls = []
+    m.blocks.register_forward_hook(lambda *args: calls.append(1))
+    a = m.sample(5, seed=1).validate()
+    assert len(calls) == len(factors) * m.rounds
+    assert a.shape == shape and a.factors == factors and a.batch_size == 5
+    assert same_tokens(a, m.sample(5, seed=1))
+    assert not same_tokens(a, m.sample(5, seed=2))
+    if len(factors) > 1:  # an untrained prior puts regions at every grain
+        assert len(a.grain.unique()) == len(factors)
+    m.sample(5, seed=1, temperature=0.5, top_k=2, top_p=0.8).validate()
+    assert m.training  # the mode is restored
+
+
+def test_mismatch_refused():
+    m = prior()
+    for t in (make_tokens(shape=(12, 18)), make_tokens(factors=(4, 8)), make_tokens(codebook_size=5)):
+        for call in (m, m.bits):
+            with pytest.raises(ValueError, match="the prior models"):
+                call(t)
+    with pytest.raises(ValueError, match="bidirectional"):
+        MaskedPrior(order="raster", factors=(4, 8), shape=(16, 16), codebook_size=8)
+    with pytest.raises(ValueError, match="multiple of heads"):
+        MaskedPrior(order="bidirectional", factors=(4, 8), shape=(16, 16), codebook_size=8, dim=30, heads=4)
+    with pytest.raises(ValueError, match="top_p"):
+        m.sample(2, top_p=0.0)

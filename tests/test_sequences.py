@@ -1,0 +1,160 @@
+import pytest
+import torch
+
+from dynfield.models.sequences import CODE, END, START, make_scan
+from dynfield.models.tokens import Tokens
+
+FIELDS = ["level", "kind", "row", "col", "code", "choice", "allowed", "valid"]
+ORDERS = ["coarse_to_fine", "raster"]
+FACTORS = [(8,), (4, 8), (2, 4, 8)]
+
+
+def make_tokens(grain="random", factors=(4, 8), shape=(40, 56), codebook_size=32, B=3, seed=0):
+    """Valid tokens; `grain` is "random", "coarse" (every region at the coarsest level),
+    "fine" (every region at the finest) or a (B, Hc, Wc) grain map."""
+    g = torch.Generator().manual_seed(seed)
+    f_K, K = factors[-1], len(factors)
+    Hc, Wc = -(-shape[0] // f_K), -(-shape[1] // f_K)
+    if isinstance(grain, torch.Tensor):
+        grain_map = grain
+    elif grain == "random":
+        grain_map = torch.randint(K, (B, Hc, Wc), generator=g)
+    else:
+        grain_map = torch.full((B, Hc, Wc), K - 1 if grain == "coarse" else 0)
+    codes = []
+    for k, f in enumerate(factors):
+        s = f_K // f
+        used = (grain_map == k).repeat_interleave(s, 1).repeat_interleave(s, 2)
+        codes.append(torch.where(used, torch.randint(codebook_size, used.shape, generator=g), -1))
+    return Tokens(grain_map, tuple(codes), factors, shape, codebook_size)
+
+
+def same_tokens(a, b):
+    return torch.equal(a.grain, b.grain) and all(torch.equal(x, y) for x, y in zip(a.codes, b.codes))
+
+
+def walk(scan, choose, n):
+    """Drive a cursor: choose(t, allowed_nV) gives the choices before token t, codes are t-dependent."""
+    cursor = scan.cursor(n, "cpu")
+    t = 0
+    while not cursor.finished:
+        t += 1
+        cursor.advance(choose(t, cursor.options()))
+        cursor.emit(torch.full((n,), t % 7))
+    return cursor.sequence()
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("factors", FACTORS)
+@pytest.mark.parametrize("grain", ["random", "coarse", "fine"])
+def test_round_trip_and_the_cursor_walks_the_same_sequence(order, factors, grain):
+    tokens = make_tokens(grain, factors)  # (40, 56) with f_K = 8: a 5 x 7 grid, no padding
+    scan = make_scan(order, factors, tokens.shape)
+    seq = scan.encode(tokens)
+    assert same_tokens(scan.decode(seq, tokens.codebook_size).validate(), tokens)
+    markers = 2 * len(factors) if order == "coarse_to_fine" else 1
+    assert torch.equal(seq.valid.sum(1), tokens.count() + markers)
+    # every free decision picks one of its (at least two) candidates
+    free = seq.choice >= 0
+    assert bool(seq.allowed[free].gather(1, seq.choice[free][:, None]).all())
+    assert bool((seq.allowed[free].sum(1) >= 2).all()) and not seq.allowed[~free].any()
+    # sampling walks through the same rules: fed the true choices, the cursor lists the same sequence
+    walked = walk(scan, lambda t, allowed: seq.choice[:, t].clamp(min=0), len(seq.level))
+    walked.code = torch.where(walked.kind == CODE, seq.code, -1)  # walk() emits dummy codes
+    for name in FIELDS:
+        assert torch.equal(getattr(walked, name), getattr(seq, name)), name
+
+
+def test_padding_is_at_the_end_only():
+    grain = torch.stack([torch.full((5, 7), 1), torch.zeros(5, 7, dtype=torch.long)])
+    seq = make_scan("coarse_to_fine", (4, 8), (40, 56)).encode(make_tokens(grain))
+    assert seq.valid.shape == (2, 4 + 35 * 4)  # 4 markers; all fine
+    assert int(seq.valid[0].sum()) == 4 + 35 and bool(seq.valid[1].all())
+    L = int(seq.valid[0].sum())
+    assert bool(seq.valid[0, :L].all()) and not seq.valid[0, L:].any()
+    pad = ~seq.valid
+    assert bool((seq.code[pad] == -1).all() & (seq.choice[pad] == -1).all()) and not seq.allowed[pad].any()
+
+
+def test_coarse_to_fine_layout():
+    """Levels coarsest first, framed by markers; a region's cells follow its one decision."""
+    grain = torch.tensor([[[1, 0, 1], [0, 0, 1]]])
+    tokens = make_tokens(grain, (4, 8), (16, 24))
+    seq = make_scan("coarse_to_fine", (4, 8), (16, 24)).encode(tokens)
+    R = 6
+    kind, level, choice = seq.kind[0].tolist(), seq.level[0].tolist(), seq.choice[0].tolist()
+    assert kind == [START] + [CODE] * 3 + [END, START] + [CODE] * 12 + [END]
+    assert level == [1] * 5 + [0] * 14
+    # coarse: regions 0, 2, 5 chosen freely, then the end (no open region is left after 5: forced)
+    assert choice[:5] == [-1, 0, 2, 5, -1]
+    assert seq.allowed[0, 2].tolist() == [False, True, True, True, True, True, True]  # after region 0
+    # the finest level is all forced; regions 1, 3, 4 in raster order, 4 cells each in raster order
+    assert choice[5:] == [-1] * 14
+    rows, cols = seq.row[0, 6:18].tolist(), seq.col[0, 6:18].tolist()
+    assert list(zip(rows, cols))[:5] == [(0, 2), (0, 3), (1, 2), (1, 3), (2, 0)]
+    assert seq.code[0, 1:4].tolist() == tokens.codes[1][0][grain[0] == 1].tolist()
+    assert (seq.allowed.shape[-1], seq.choice.max().item()) == (R + 1, 5)
+
+
+@pytest.mark.parametrize("grain, free_decisions", [("fine", 1), ("coarse", 35)])
+def test_coarse_to_fine_forced_decisions(grain, free_decisions):
+    """All fine: one free decision (the coarse level ends at once, among 35 regions + end).
+    All coarse: one per region; the end after the last region is forced, and level 0 is empty."""
+    seq = make_scan("coarse_to_fine", (4, 8), (40, 56)).encode(make_tokens(grain, B=1))
+    assert int((seq.choice >= 0).sum()) == free_decisions
+    if grain == "fine":
+        assert seq.choice[0, 1].item() == 35 and int(seq.allowed[0, 1].sum()) == 36
+
+
+def test_raster_with_one_level_is_the_plain_raster_scan():
+    tokens = make_tokens("random", (8,), (40, 56))
+    seq = make_scan("raster", (8,), (40, 56)).encode(tokens)
+    assert seq.kind[:, 0].eq(START).all() and seq.kind[:, 1:].eq(CODE).all()
+    assert torch.equal(seq.code[:, 1:], tokens.codes[0].flatten(1))
+    assert not (seq.choice >= 0).any()
+
+
+def test_raster_decides_each_regions_grain():
+    tokens = make_tokens("random", (2, 4, 8), (16, 16), B=2)
+    seq = make_scan("raster", (2, 4, 8), (16, 16)).encode(tokens)
+    first_cells = seq.choice >= 0
+    assert torch.equal(first_cells.sum(1), torch.tensor([4, 4]))
+    assert torch.equal(seq.choice[first_cells].view(2, 4), tokens.grain.flatten(1))
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("factors", [(4, 8), (2, 4, 8)])
+def test_random_walks_give_valid_tokens_and_every_region_takes_every_level(order, factors):
+    scan = make_scan(order, factors, (16, 24))
+    g = torch.Generator().manual_seed(0)
+
+    def uniform(t, allowed):
+        return torch.multinomial(allowed.float() + 1e-30 * ~allowed.any(1, keepdim=True), 1, generator=g)[:, 0]
+
+    n = 64
+    seq = walk(scan, uniform, n)
+    tokens = scan.decode(seq, 7).validate()
+    reencoded = scan.encode(tokens)
+    for name in FIELDS:
+        assert torch.equal(getattr(reencoded, name), getattr(seq, name)), name
+    taken = torch.nn.functional.one_hot(tokens.grain.flatten(1), len(factors)).sum(0)  # (R, K)
+    assert bool((taken > 0).all()), taken
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(shape=(48, 56)), "shape"),
+        (dict(factors=(2, 8)), "factors"),
+    ],
+)
+def test_tokens_of_another_tokenizer_are_refused(change, message):
+    scan = make_scan("coarse_to_fine", (4, 8), (40, 56))
+    tokens = make_tokens("random", change.get("factors", (4, 8)), change.get("shape", (40, 56)))
+    with pytest.raises(ValueError, match=message):
+        scan.encode(tokens)
+
+
+def test_unknown_order_is_refused():
+    with pytest.raises(ValueError, match="unknown autoregressive order"):
+        make_scan("bidirectional", (4, 8), (40, 56))

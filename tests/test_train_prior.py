@@ -1,0 +1,104 @@
+"""Stage 2 through the real entry point: a smoke tokenizer, then a smoke prior of each order, resume, sampling."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from conftest import compose_config, read_steps, train
+
+from dynfield import checkpoint, sample
+from dynfield.codec import weights_hash
+from dynfield.data import denormalise, normalise
+
+ORDERS = ["coarse_to_fine", "raster", "bidirectional"]
+
+
+def test_prior_configs_compose():
+    cfg = compose_config(["stage=prior"])
+    assert cfg.prior.order == "coarse_to_fine" and cfg.prior._target_ == "dynfield.models.ARPrior"
+    assert cfg.tokenizer is None and cfg.prior.fine_ratio is None
+    assert compose_config(["prior=raster"]).prior.order == "raster"
+    bi = compose_config(["prior=bidirectional", "experiment=smoke"]).prior
+    assert bi._target_ == "dynfield.models.MaskedPrior" and bi.order == "bidirectional"
+    assert bi.dim == 32 and bi.train.epochs == 2  # the smoke sizes apply to every order
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smoke_run):
+    return smoke_run[0] / "tokenizer.pt"
+
+
+@pytest.fixture(scope="module", params=ORDERS)
+def prior_run(request, tmp_path_factory, env, tokenizer):
+    run_dir = tmp_path_factory.mktemp("priors") / request.param
+    train(run_dir, env, "stage=prior", f"prior={request.param}", f"tokenizer={tokenizer}",
+          cwd=tmp_path_factory.mktemp("cwd"))
+    return request.param, run_dir
+
+
+def test_prior_run_writes_checkpoint_and_held_out_bits(prior_run, tokenizer):
+    order, run_dir = prior_run
+    for name in ["prior.pt", "last.pt", "metrics.json", "metrics.csv", "tokens.pt"]:
+        assert (run_dir / name).is_file(), name
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    # 32 fields x 2 augmentation passes / batch 8 = 8 steps an epoch, 2 epochs, validated after each
+    assert summary["steps"] == 16 and read_steps(run_dir, "val") == [8, 16]
+    val = summary["val"]
+    assert np.isfinite(val["bits_per_token"]) and val["bits_per_token"] > 0
+    assert val["bits_per_value"] == pytest.approx(val["bits_per_token"] * val["tokens_per_field"] / (4 * 64 * 64))
+    prior, tok, state = checkpoint.load_prior(run_dir / "prior.pt")
+    assert state["kind"] == "prior" and prior.config["order"] == order and tuple(prior.config["shape"]) == (64, 64)
+    # the prior records its tokenizer: path, weights hash, and a copy that decodes
+    reference, _ = checkpoint.load_model(tokenizer)
+    assert state["tokenizer"]["path"] == str(tokenizer.resolve())
+    assert state["tokenizer"]["sha256"] == weights_hash(reference) == weights_hash(tok)
+    assert state["variables"] == ["u", "v", "vorticity", "scalar"]
+
+
+def test_sampling_a_trained_prior_gives_fields_on_the_data_scale(prior_run, tmp_path, env, monkeypatch):
+    _, run_dir = prior_run
+    monkeypatch.setenv("DYNFIELD_DATA_DIR", env["DYNFIELD_DATA_DIR"])  # the held-out real fields' cache
+    out = tmp_path / "samples.nc"
+    assert sample.main([str(run_dir / "prior.pt"), "--n", "6", "--batch", "4", "--out", str(out)]) == 0
+    assert out.with_suffix(".png").stat().st_size > 0
+    _, tok, state = checkpoint.load_prior(run_dir / "prior.pt")
+    with xr.open_dataset(out) as ds:
+        assert list(ds.data_vars) == state["variables"] and ds["u"].dims == ("sample", "y", "x")
+        assert ds["u"].shape == (6, 64, 64) and ds["u"].attrs["units"] == "1"
+        generated = np.stack([ds[v].values for v in state["variables"]], 1)
+    assert np.isfinite(generated).all()
+    # On the scale of what this tokenizer decodes from real fields, in physical units
+    # (a smoke tokenizer decodes real fields at a fraction of their spread).
+    real = sample.real_fields(state, None, sample.PANEL_FIELDS)  # the held-out fields of the panel
+    names, stats = state["variables"], state["stats"]
+    recon = denormalise(tok.decode(tok.encode(normalise(real, stats, names))), stats, names).numpy()
+    ratio = generated.std((0, 2, 3)) / recon.std((0, 2, 3))
+    assert ((ratio > 1 / 3) & (ratio < 3)).all(), ratio
+
+
+@pytest.mark.slow
+def test_resume_goes_on_without_encoding_again(tmp_path, env, tokenizer):
+    run_dir = tmp_path / "run"
+    args = ("stage=prior", f"tokenizer={tokenizer}")
+    train(run_dir, env, *args, "prior.train.epochs=1", cwd=tmp_path)
+    assert checkpoint.read_checkpoint(run_dir / "last.pt")["train_state"]["step"] == 8
+    proc = train(run_dir, env, *args, f"resume={run_dir}", "prior.train.epochs=2", cwd=tmp_path)
+    assert "at step 8/16" in proc.stdout and "encode train" not in proc.stderr
+    assert read_steps(run_dir, "val") == [8, 16]
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 16
+
+
+def test_stage_prior_needs_a_tokenizer(tmp_path, env, smoke_run):
+    cmd = [sys.executable, "-m", "dynfield.train", "experiment=smoke", "stage=prior", f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "stage=prior needs tokenizer=" in proc.stderr
+    prior_as_tokenizer = torch.load(smoke_run[0] / "tokenizer.pt", weights_only=True)
+    prior_as_tokenizer["kind"] = "prior"
+    torch.save(prior_as_tokenizer, tmp_path / "p.pt")
+    proc = subprocess.run(cmd + [f"tokenizer={tmp_path / 'p.pt'}"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode != 0 and "expected a stage-1 tokenizer" in proc.stderr
