@@ -1,17 +1,18 @@
 """Describe a ``.dfz`` file without decoding it.
 
-    python -m dynfield.inspect run.dfz [--json]
+    python -m dynfield.inspect run.dfz [--json] [--prior RUN/prior.pt]
 
 Variables, shapes, the model's SHA-256, bits per value overall and per
 variable, the fraction of fine regions, token bits against their ideal
-length, and the error bound.
+length, and the error bound. With ``--prior``, also the ideal code length
+of the tokens under that stage-2 prior.
 """
 
 import argparse
 import json
 import sys
 
-from dynfield.codec import inspect_file
+from dynfield.codec import inspect_file, prior_code_length
 from dynfield.codec.codec import run_command
 
 
@@ -38,6 +39,10 @@ def report(info):
         error = "-" if v["max_abs_error"] is None else f"{v['max_abs_error']:.4g}"
         lines.append(f"{name:<16} {','.join(v['dims']):<28} {'x'.join(map(str, v['shape'])):<22} {v['dtype']:<8} "
                      f"{v['bits_per_value']:>10.4f} {error:>13} {v['nonfinite']:>9} {v['escapes']:>8}")
+    if "prior" in info:
+        p = info["prior"]
+        lines.append(f"under the prior {p['checkpoint']}: tokens would take {p['prior_bits']:.0f} bits "
+                     f"({p['prior_bits_per_value']:.4f} per value) against {p['token_bits']:.0f} in this file")
     return "\n".join(lines)
 
 
@@ -45,6 +50,7 @@ def parser():
     p = argparse.ArgumentParser(prog="python -m dynfield.inspect", description="Describe a .dfz file.")
     p.add_argument("input", help="the .dfz file")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument("--prior", help="a stage-2 prior over this tokenizer's tokens: report their code length under it")
     return p
 
 
@@ -53,6 +59,8 @@ def main(argv=None):
 
     def action():
         info = inspect_file(args.input)
+        if args.prior:
+            info["prior"] = dict(prior_code_length(args.input, args.prior), checkpoint=args.prior)
         print(json.dumps(info, indent=2) if args.json else report(info))
 
     return run_command(action)

@@ -11,7 +11,9 @@ import xarray as xr
 from conftest import compose_config, read_steps, train
 
 from dynfield import checkpoint, sample
-from dynfield.codec import weights_hash
+from dynfield.codec import CodecError, compress_file, inspect_file, prior_code_length, tokenize, weights_hash
+from dynfield.codec.codec import _normalise
+from dynfield.data.dummy import write_dummy_netcdf
 from dynfield.data import denormalise, normalise
 
 ORDERS = ["coarse_to_fine", "raster", "bidirectional"]
@@ -102,3 +104,31 @@ def test_stage_prior_needs_a_tokenizer(tmp_path, env, smoke_run):
     proc = subprocess.run(cmd + [f"tokenizer={tmp_path / 'p.pt'}"], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode != 0 and "expected a stage-1 tokenizer" in proc.stderr
+
+
+def test_code_length_of_a_compressed_file_under_the_prior(prior_run, tokenizer, tmp_path):
+    _, run_dir = prior_run
+    src = write_dummy_netcdf(tmp_path / "in.nc", n_sample=2, ny=64, nx=64)
+    compress_file(src, tmp_path / "f.dfz", checkpoint=tokenizer, progress=False)
+    result = prior_code_length(tmp_path / "f.dfz", run_dir / "prior.pt")
+    assert result["token_bits"] == inspect_file(tmp_path / "f.dfz")["tokens"]["bits"]
+    assert result["values"] == 2 * 4 * 64 * 64
+    # the same tokens, made here from the fields, cost the same under the prior
+    prior, tok, state = checkpoint.load_prior(run_dir / "prior.pt")
+    with xr.open_dataset(src) as ds:
+        x = np.stack([_normalise(ds[v].values, s["mean"], s["std"])
+                      for v, s in ((v, state["stats"][v]) for v in state["variables"])], 1)
+    expected = prior.bits(tokenize(tok, torch.from_numpy(x))).sum().item()
+    assert result["prior_bits"] == pytest.approx(expected, rel=1e-9)
+    src32 = write_dummy_netcdf(tmp_path / "small.nc", n_sample=1, ny=32, nx=32)
+    compress_file(src32, tmp_path / "small.dfz", checkpoint=tokenizer, progress=False)
+    with pytest.raises(CodecError, match="models 64x64 fields"):
+        prior_code_length(tmp_path / "small.dfz", run_dir / "prior.pt")
+    other, state = checkpoint.load_model(tokenizer)
+    with torch.no_grad():
+        next(other.parameters()).add_(1e-3)  # another tokenizer: other weights, other hash
+    checkpoint.save_checkpoint(tmp_path / "other.pt", other, kind="tokenizer", stats=state["stats"],
+                               variables=state["variables"], periodic=state["periodic"])
+    compress_file(src, tmp_path / "other.dfz", checkpoint=tmp_path / "other.pt", progress=False)
+    with pytest.raises(CodecError, match="another tokenizer"):
+        prior_code_length(tmp_path / "other.dfz", run_dir / "prior.pt")

@@ -7,6 +7,7 @@ from .codec import (
     decompress_file,
     default_checkpoint,
     inspect_file,
+    prior_code_length,
     tokenize,
     weights_hash,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "decompress_file",
     "default_checkpoint",
     "inspect_file",
+    "prior_code_length",
     "tokenize",
     "weights_hash",
 ]

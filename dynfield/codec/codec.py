@@ -762,6 +762,47 @@ def inspect_file(path):
     }
 
 
+def prior_code_length(path, prior_checkpoint, device="cpu"):
+    """Ideal code length of a ``.dfz`` file's tokens under a stage-2 prior, beside what the file spends on them.
+
+    The prior must model this file's tokenizer (the same weights' SHA-256)
+    and fields of its shape. Nothing is decoded but the tokens.
+
+    Returns
+    -------
+    dict : ``prior_bits`` (the sum of -log2 p of every token under the
+    prior), ``token_bits`` (what the file's range-coded token streams take),
+    ``values`` covered, and both per value.
+    """
+    try:
+        prior, _, state = ckpt.load_prior(prior_checkpoint, map_location=device)
+    except ValueError as e:
+        raise CodecError(str(e)) from None
+    with ContainerReader(path) as reader:
+        header = _check_header(reader.header, path)
+        if state["tokenizer"]["sha256"] != header["model"]["sha256"]:
+            raise CodecError(f"{prior_checkpoint} is a prior over the tokens of another tokenizer (sha256 "
+                             f"{state['tokenizer']['sha256'][:12]}...) than the one {path} was made with "
+                             f"({header['model']['sha256'][:12]}...)")
+        layout, shape = _Layout(header), tuple(prior.config["shape"])
+        prior_bits = token_bits = 0.0
+        values = 0
+        for payload in reader.chunks():
+            g, _, streams, _ = layout.parse(payload)
+            field_shape = tuple(header["groups"][g]["shape"][-2:])
+            if field_shape != shape:
+                raise CodecError(f"the prior models {shape[0]}x{shape[1]} fields; {path} holds {field_shape}")
+            for unit, stream in zip(layout.units(g), streams):
+                grain, codes = layout.tokens(g, unit, stream)
+                tokens = Tokens(torch.from_numpy(grain)[None], [torch.from_numpy(c)[None] for c in codes],
+                                layout.factors, shape, layout.codebook_size)
+                prior_bits += float(prior.bits(tokens.to(device)).sum())
+                token_bits += 8 * len(stream)
+                values += len(unit) * shape[0] * shape[1]
+    return {"prior_bits": prior_bits, "token_bits": token_bits, "values": values,
+            "prior_bits_per_value": prior_bits / max(values, 1), "token_bits_per_value": token_bits / max(values, 1)}
+
+
 def run_command(action):
     """Run a command-line action; report a user error in one line instead of a traceback.
 
