@@ -1,4 +1,5 @@
-"""Shared by the training tests: the config composer, the training subprocess, one smoke tokenizer run."""
+"""Shared test helpers: valid random tokens; for the training tests the config composer, the training
+subprocess and one smoke tokenizer run."""
 
 import csv
 import os
@@ -7,11 +8,36 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from dynfield import paths
+from dynfield.models.tokens import Tokens, repeat_cells
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def make_tokens(grain="random", factors=(4, 8), shape=(40, 56), codebook_size=32, B=3, seed=0):
+    """Valid tokens; `grain` is "random", "coarse" (every region at the coarsest level),
+    "fine" (every region at the finest) or a (B, Hc, Wc) grain map."""
+    g = torch.Generator().manual_seed(seed)
+    f_K, K = factors[-1], len(factors)
+    Hc, Wc = -(-shape[0] // f_K), -(-shape[1] // f_K)
+    if isinstance(grain, torch.Tensor):
+        grain_map = grain
+    elif grain == "random":
+        grain_map = torch.randint(K, (B, Hc, Wc), generator=g)
+    else:
+        grain_map = torch.full((B, Hc, Wc), K - 1 if grain == "coarse" else 0)
+    codes = []
+    for k, f in enumerate(factors):
+        used = repeat_cells(grain_map == k, f_K // f)
+        codes.append(torch.where(used, torch.randint(codebook_size, used.shape, generator=g), -1))
+    return Tokens(grain_map, tuple(codes), factors, shape, codebook_size).validate()
+
+
+def same_tokens(a, b):
+    return torch.equal(a.grain, b.grain) and all(torch.equal(x, y) for x, y in zip(a.codes, b.codes))
 
 
 def compose_config(overrides=()):

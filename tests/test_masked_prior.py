@@ -5,34 +5,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import make_tokens as shared_tokens
+from conftest import same_tokens
+
 from dynfield.models.masked_prior import MaskedPrior, grids_to_tokens, level_grids
 from dynfield.models.tokens import Tokens, repeat_cells
 
 TINY = dict(dim=32, depth=2, heads=2, rounds=4)
 
 
+def make_tokens(factors=(2, 4), shape=(10, 18), codebook_size=4, B=3, grain="random", seed=0):
+    """Small tokens: the sizes these tests enumerate and overfit."""
+    return shared_tokens(grain, factors, shape, codebook_size, B, seed)
+
+
 def prior(factors=(2, 4), shape=(10, 18), codebook_size=4, **kw):
     torch.manual_seed(0)
     return MaskedPrior(order="bidirectional", factors=factors, shape=shape, codebook_size=codebook_size, **{**TINY, **kw})
-
-
-def make_tokens(factors=(2, 4), shape=(10, 18), codebook_size=4, B=3, grain="random", seed=0):
-    """Valid tokens whose grain map is random, all coarsest or all finest."""
-    g = torch.Generator().manual_seed(seed)
-    f_K = factors[-1]
-    Hc, Wc = -(-shape[0] // f_K), -(-shape[1] // f_K)
-    levels = {"random": torch.randint(len(factors), (B, Hc, Wc), generator=g),
-              "coarse": torch.full((B, Hc, Wc), len(factors) - 1),
-              "fine": torch.zeros(B, Hc, Wc, dtype=torch.long)}[grain]
-    codes = []
-    for k, f in enumerate(factors):
-        used = repeat_cells(levels == k, f_K // f)
-        codes.append(torch.where(used, torch.randint(codebook_size, used.shape, generator=g), -1))
-    return Tokens(levels, codes, factors, shape, codebook_size).validate()
-
-
-def same_tokens(a, b):
-    return torch.equal(a.grain, b.grain) and all(torch.equal(x, y) for x, y in zip(a.codes, b.codes))
 
 
 @pytest.mark.parametrize("factors, shape", [((8,), (16, 24)), ((4, 8), (40, 56)), ((2, 4, 8), (16, 24))])

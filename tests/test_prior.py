@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from dynfield.models.prior import ARPrior, Sampler, filter_logits
-from test_sequences import FIELDS, make_tokens
+from conftest import make_tokens
+from test_sequences import FIELDS
 
 SHAPE = (40, 56)  # padded 40 x 56, a 5 x 7 grid of regions at f_K = 8
 

@@ -1,36 +1,13 @@
 import pytest
 import torch
 
+from conftest import make_tokens, same_tokens
+
 from dynfield.models.sequences import CODE, END, START, make_scan
-from dynfield.models.tokens import Tokens
 
 FIELDS = ["level", "kind", "row", "col", "code", "choice", "allowed", "valid"]
 ORDERS = ["coarse_to_fine", "raster"]
 FACTORS = [(8,), (4, 8), (2, 4, 8)]
-
-
-def make_tokens(grain="random", factors=(4, 8), shape=(40, 56), codebook_size=32, B=3, seed=0):
-    """Valid tokens; `grain` is "random", "coarse" (every region at the coarsest level),
-    "fine" (every region at the finest) or a (B, Hc, Wc) grain map."""
-    g = torch.Generator().manual_seed(seed)
-    f_K, K = factors[-1], len(factors)
-    Hc, Wc = -(-shape[0] // f_K), -(-shape[1] // f_K)
-    if isinstance(grain, torch.Tensor):
-        grain_map = grain
-    elif grain == "random":
-        grain_map = torch.randint(K, (B, Hc, Wc), generator=g)
-    else:
-        grain_map = torch.full((B, Hc, Wc), K - 1 if grain == "coarse" else 0)
-    codes = []
-    for k, f in enumerate(factors):
-        s = f_K // f
-        used = (grain_map == k).repeat_interleave(s, 1).repeat_interleave(s, 2)
-        codes.append(torch.where(used, torch.randint(codebook_size, used.shape, generator=g), -1))
-    return Tokens(grain_map, tuple(codes), factors, shape, codebook_size)
-
-
-def same_tokens(a, b):
-    return torch.equal(a.grain, b.grain) and all(torch.equal(x, y) for x, y in zip(a.codes, b.codes))
 
 
 def walk(scan, choose, n):

@@ -1,21 +1,6 @@
 import pytest
 import torch
-
-from dynfield.models import Tokens
-
-
-def make_tokens(seed=0, factors=(4, 8), shape=(40, 56), codebook_size=32, B=2):
-    """Valid tokens with a random grain map: codes where the level is used, -1 elsewhere."""
-    g = torch.Generator().manual_seed(seed)
-    f_K = factors[-1]
-    Hc, Wc = -(-shape[0] // f_K), -(-shape[1] // f_K)
-    grain = torch.randint(len(factors), (B, Hc, Wc), generator=g)
-    codes = []
-    for k, f in enumerate(factors):
-        s = f_K // f
-        used = (grain == k).repeat_interleave(s, 1).repeat_interleave(s, 2)
-        codes.append(torch.where(used, torch.randint(codebook_size, used.shape, generator=g), -1))
-    return Tokens(grain, tuple(codes), factors, shape, codebook_size)
+from conftest import make_tokens, same_tokens
 
 
 @pytest.mark.parametrize("factors", [(4, 8), (2, 4, 8), (8,)])
@@ -25,14 +10,14 @@ def test_count_is_tokens_per_region(factors):
     expected = sum((t.grain == k).flatten(1).sum(1) * (f_K // f) ** 2 for k, f in enumerate(factors))
     assert torch.equal(t.count(), expected)
     assert t.padded_shape == (40, 56)
-    assert torch.allclose(t.level_fractions().sum(1), torch.ones(2))
+    assert torch.allclose(t.level_fractions().sum(1), torch.ones(t.batch_size))
     assert torch.allclose(t.fine_fraction(), (t.grain < len(factors) - 1).flatten(1).float().mean(1))
 
 
 def test_to_keeps_content():
     t = make_tokens()
     u = t.to("cpu")
-    assert torch.equal(u.grain, t.grain) and all(torch.equal(a, b) for a, b in zip(u.codes, t.codes))
+    assert same_tokens(u, t)
     assert (u.factors, u.shape, u.codebook_size) == (t.factors, t.shape, t.codebook_size)
 
 
