@@ -182,7 +182,7 @@ def test_overfits_four_samples():
 def test_sample_valid_seeded_and_within_budget(factors, shape):
     m = prior(factors, shape)
     calls = []
-    m.blocks.register_forward_hook(lambda *args: calls.append(1))
+    m.transformer.register_forward_hook(lambda *args: calls.append(1))
     a = m.sample(5, seed=1).validate()
     assert len(calls) == len(factors) * m.rounds
     assert a.shape == shape and a.factors == factors and a.batch_size == 5

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .prior import PriorOutput, filter_logits
+from .prior import PriorOutput, Transformer, filter_logits
 from .tokens import Tokens, check_factors, repeat_cells
 
 
@@ -97,25 +97,6 @@ def _draw(logits_BLV, generator, temperature, top_k, top_p):
     return symbols, logp.gather(-1, symbols[..., None])[..., 0]
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block with full (non-causal) self-attention."""
-
-    def __init__(self, dim, heads, dropout):
-        super().__init__()
-        self.heads, self.dropout = heads, dropout
-        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), nn.Dropout(dropout))
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x_BLD):
-        B, L, D = x_BLD.shape
-        q, k, v = self.qkv(self.ln1(x_BLD)).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        x_BLD = x_BLD + self.drop(self.proj(y.transpose(1, 2).reshape(B, L, D)))
-        return x_BLD + self.mlp(self.ln2(x_BLD))
-
-
 class MaskedPrior(nn.Module):
     """Bidirectional prior over the tokens of one field shape (order "bidirectional").
 
@@ -169,8 +150,7 @@ class MaskedPrior(nn.Module):
         self.src_emb = nn.Embedding(K, dim)  # level a shown symbol lives at: k for the level's own cells, j > k for context
         # one learned position table per level: it also tells the shared transformer which level it predicts
         self.pos_emb = nn.ParameterList(nn.Parameter(torch.randn(H * W, dim) * 0.02) for H, W in self.grid_shapes)
-        self.blocks = nn.Sequential(*(Block(dim, heads, dropout) for _ in range(depth)))
-        self.ln_f = nn.LayerNorm(dim)
+        self.transformer = Transformer(dim, depth, heads, dropout)  # no mask: every cell sees every cell
         self.head = nn.Linear(dim, N + 1)  # codes, FINER
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -210,7 +190,7 @@ class MaskedPrior(nn.Module):
         symbol, source = context
         inputs = torch.where(known_BL & (grid_BL >= 0), grid_BL, symbol)
         x = self.tok_emb(inputs) + self.src_emb(source) + self.pos_emb[k]
-        logits = self.head(self.ln_f(self.blocks(x)))
+        logits = self.head(self.transformer(x))
         if k == 0:  # every open region of the finest level carries codes
             logits = logits.masked_fill(torch.arange(self.FINER + 1, device=logits.device) == self.FINER, -math.inf)
         return logits
