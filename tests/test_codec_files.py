@@ -258,9 +258,41 @@ def test_usage_errors_are_clear(tmp_path, ckpt, capsys):
         assert message in capsys.readouterr().err
     with pytest.raises(CodecError, match="not both"):
         compress_file(src, out, checkpoint=ckpt, max_abs_error=1.0, rel_error=0.1, progress=False)
-    if not paths.BUNDLED_TOKENIZER.exists():
-        with pytest.raises(CodecError, match="bundled default tokenizer"):
-            default_checkpoint()
+
+
+
+def test_without_a_bundled_tokenizer_the_codec_asks_for_one(monkeypatch, tmp_path):
+    monkeypatch.setattr(paths, "BUNDLED_TOKENIZER", tmp_path / "absent.pt")
+    with pytest.raises(CodecError, match="bundled default tokenizer"):
+        default_checkpoint()
+
+
+def test_the_bundled_tokenizer_compresses_fields_it_never_saw(tmp_path, capsys):
+    """No --checkpoint: any variable name, size and units; the bound holds; the model is small."""
+    path = default_checkpoint()
+    assert path.stat().st_size < 5e6 and (path.parent / "metrics.json").is_file()
+    yy, xx = np.mgrid[0:48, 0:72] / 12.0
+    smooth = np.sin(xx + 0.3 * np.cos(yy))[None] * np.array([1.0, 2.0])[:, None, None]  # 2 snapshots
+    ds = xr.Dataset({"geopotential": (("time", "lat", "lon"), (5e4 + 300 * smooth).astype(np.float32),
+                                      {"units": "m2 s-2"}),
+                     "pv": (("time", "lat", "lon"), (1e-6 * smooth[:, ::-1]).astype(np.float64), {"units": "PVU"})},
+                    coords={"lat": np.linspace(-60, 60, 48), "lon": np.linspace(0, 355, 72)})
+    ds.to_netcdf(tmp_path / "era.nc")
+    assert compress.main([str(tmp_path / "era.nc"), str(tmp_path / "era.dfz"), "--quiet"]) == 0
+    assert decompress.main([str(tmp_path / "era.dfz"), str(tmp_path / "back.nc"), "--quiet"]) == 0
+    with xr.open_dataset(tmp_path / "back.nc") as back:
+        for v in ds.data_vars:
+            ref, out = ds[v].values.astype(np.float64), back[v].values.astype(np.float64)
+            assert back[v].dtype == ds[v].dtype and back[v].attrs["units"] == ds[v].attrs["units"]
+            # a field of any units comes back close, relative to its own spread
+            assert np.sqrt(((out - ref) ** 2).mean()) < 0.2 * ref.std(), v  # coding by the mean: 1.0
+    bound = 1e-3
+    assert compress.main([str(tmp_path / "era.nc"), str(tmp_path / "b.dfz"), "--quiet", "--rel-error", str(bound)]) == 0
+    assert decompress.main([str(tmp_path / "b.dfz"), str(tmp_path / "b.nc"), "--quiet"]) == 0
+    with xr.open_dataset(tmp_path / "b.nc") as back:
+        for v in ds.data_vars:
+            ref = ds[v].values.astype(np.float64)
+            assert np.abs(back[v].values - ref).max() <= bound * (ref.max() - ref.min())
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Packaging: the wheel holds every subpackage and the Hydra configs."""
+"""Packaging: the wheel holds every subpackage, the Hydra configs and the bundled tokenizer."""
 
 import os
 import shutil
@@ -43,3 +43,7 @@ def test_installed_wheel_finds_its_configs(tmp_path):
     probe = subprocess.run([sys.executable, "-c", "import dynfield.paths as p; print(p.config_dir())"],
                            cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
     assert probe.stdout.strip().startswith(str(target))
+    # and the bundled tokenizer is in the wheel: the codec works with no checkpoint given
+    probe = subprocess.run([sys.executable, "-c", "from dynfield.codec import default_checkpoint as d; print(d())"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    assert probe.stdout.strip().startswith(str(target)) and probe.stdout.strip().endswith("tokenizer.pt")
