@@ -399,27 +399,31 @@ class _Coder(_Layout):
 
     def encode_snapshot(self, ds, g, i):
         """Tokens per unit and value sections per variable of snapshot i of group g (before entropy coding)."""
-        index = self.index(g, i)
-        tokens, sections = [], []
-        for unit in self.units(g):
-            xs = [np.asarray(ds[v].isel(index).values) for v in unit]  # (H, W) each
-            norms = [self.normalisation(v, x) for v, x in zip(unit, xs)]
-            x_BCHW = torch.from_numpy(np.stack([_normalise(x, *n) for x, n in zip(xs, norms)])[None])
-            fields = _tokens_to_numpy(tokenize(self.model, x_BCHW.to(self.device), self.fine_ratio))
-            tokens.append(fields[0])
+        units = self.units(g)
+        names = [v for unit in units for v in unit]
+        # One synchronous read of the whole snapshot: starting dask's thread pool
+        # costs more than reading a 2D field.
+        planes = ds[names].isel(self.index(g, i)).compute(scheduler="synchronous")
+        xs = {v: np.asarray(planes[v].values) for v in names}  # (H, W) each
+        norms = {v: self.normalisation(v, xs[v]) for v in names}
+        # every unit of the snapshot in one batch (per-variable coding: the variables side by side)
+        x_UCHW = torch.from_numpy(np.stack([np.stack([_normalise(xs[v], *norms[v]) for v in unit]) for unit in units]))
+        fields = _tokens_to_numpy(tokenize(self.model, x_UCHW.to(self.device), self.fine_ratio))
+        sections = []
+        for unit, unit_tokens in zip(units, fields):
             if any(self.bound(v) is not None for v in unit):
-                recon = _reconstruct(self.decoder(unit), fields, xs[0].shape)[0].cpu().numpy()
-                preds = [_prediction(r, *n) for r, n in zip(recon, norms)]
+                recon = _reconstruct(self.decoder(unit), [unit_tokens], xs[unit[0]].shape)[0].cpu().numpy()
+                preds = [_prediction(r, *norms[v]) for r, v in zip(recon, unit)]
             else:
                 preds = [None] * len(unit)  # no residual: the decoder's reconstruction is not needed here
-            for v, x, (mean, std), pred in zip(unit, xs, norms, preds):
+            for v, pred in zip(unit, preds):
                 w = ByteWriter()
                 if self.header["mode"] == PER_VARIABLE:
-                    w.f64(mean)
-                    w.f64(std)
-                residual.encode_values(w, x, pred, self.bound(v))
+                    w.f64(norms[v][0])
+                    w.f64(norms[v][1])
+                residual.encode_values(w, xs[v], pred, self.bound(v))
                 sections.append(w.bytes())
-        return g, i, tokens, sections
+        return g, i, fields, sections
 
     def calibrate(self, results):
         """Set the token models from the tokens of `results` (plus one count per symbol); return them as JSON."""
