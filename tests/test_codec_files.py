@@ -327,3 +327,17 @@ def test_rate_distortion_benchmark_runs(tmp_path, ckpt):
     token = next(p for p in saved["points"] if p["codec"] == "dynfield")
     assert at_rate["bits_per_value"] == token["bits_per_value"] and at_rate["psnr"]["dynfield"] == token["psnr"]
     assert at_bound["compression_ratio"]["sperr"] > 0
+
+
+def test_throughput_benchmark_runs(tmp_path, ckpt):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import throughput
+    finally:
+        sys.path.pop(0)
+    src = write_dummy_netcdf(tmp_path / "in.nc", n_sample=2, ny=16, nx=16)
+    result = throughput.main(["--data", str(src), "--checkpoint", str(ckpt), "--workers", "1", "--repeat", "1",
+                              "--out", str(tmp_path / "t")])
+    assert json.loads((tmp_path / "t" / "throughput.json").read_text()) == result
+    assert result["compress_mb_per_s_workers_1"] > 0 and result["decompress_mb_per_s"] > 0
+    assert result["input_mb"] == pytest.approx(2 * 4 * 16 * 16 * 4 / 1e6)
