@@ -277,8 +277,8 @@ def main(argv=None):
     for q in points:
         print(f"{q['codec']:>15} {json.dumps(q['setting']):<28} {q['bits_per_value']:8.3f} bpv  "
               f"PSNR {q['psnr']:7.2f}  max rel err {q['max_rel_error']:.2e}")
-    checkpoint = args.checkpoint or str(default_checkpoint())
-    summary = {"machine": machine(), "data": str(args.data), "checkpoint": checkpoint,
+    checkpoint = args.checkpoint or default_checkpoint()
+    summary = {"machine": machine(), "data": str(args.data), "checkpoint": args.checkpoint or "bundled",
                "model_hash": weights_hash(load_model(checkpoint)[0]), "variables": variables, "ranges": ranges,
                "points": points, "versus_sperr": versus_sperr(points)}
     (out_dir / "rate_distortion.json").write_text(json.dumps(summary, indent=2))

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from provenance import machine  # benchmarks/provenance.py
 
-from dynfield.codec import compress_file, decompress_file, default_checkpoint
+from dynfield.checkpoint import load_model
+from dynfield.codec import compress_file, decompress_file, default_checkpoint, weights_hash
 
 
 def best_seconds(run, repeat):
@@ -36,8 +37,9 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
-    checkpoint = args.checkpoint or str(default_checkpoint())
-    result = {"machine": machine(), "data": str(args.data), "checkpoint": checkpoint, "fine_ratio": args.fine_ratio}
+    checkpoint = args.checkpoint or default_checkpoint()
+    result = {"machine": machine(), "data": str(args.data), "checkpoint": args.checkpoint or "bundled",
+              "model_hash": weights_hash(load_model(checkpoint)[0]), "fine_ratio": args.fine_ratio}
     with tempfile.TemporaryDirectory() as tmp:
         dfz, restored = Path(tmp) / "data.dfz", Path(tmp) / "restored.nc"
         info = {}
