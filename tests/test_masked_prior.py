@@ -165,7 +165,7 @@ def test_overfits_four_samples():
     t = make_tokens((2, 4), (16, 32), codebook_size=16, B=4, seed=4)
     before = (m.bits(t) / t.count()).mean()
     twice = Tokens(t.grain.repeat(2, 1, 1), [c.repeat(2, 1, 1) for c in t.codes], t.factors, t.shape, 16)  # two masks each
-    steps = 250
+    steps = 400
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
     for _ in range(steps):

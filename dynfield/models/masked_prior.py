@@ -148,8 +148,11 @@ class MaskedPrior(nn.Module):
         self.FINER, self.MASK = N, N + 1
         self.tok_emb = nn.Embedding(N + 2, dim)  # codes, FINER, MASK
         self.src_emb = nn.Embedding(K, dim)  # level a shown symbol lives at: k for the level's own cells, j > k for context
-        # one learned position table per level: it also tells the shared transformer which level it predicts
-        self.pos_emb = nn.ParameterList(nn.Parameter(torch.randn(H * W, dim) * 0.02) for H, W in self.grid_shapes)
+        # Per level, a row table and a column table: a cell's place is their sum. Shared along
+        # rows and columns, they learn where neighbours are far sooner than one vector per cell
+        # would; being per level, they also tell the shared transformer which level it predicts.
+        self.row_emb = nn.ModuleList(nn.Embedding(H, dim) for H, _ in self.grid_shapes)
+        self.col_emb = nn.ModuleList(nn.Embedding(W, dim) for _, W in self.grid_shapes)
         self.transformer = Transformer(dim, depth, heads, dropout)  # no mask: every cell sees every cell
         self.head = nn.Linear(dim, N + 1)  # codes, FINER
         for module in self.modules():
@@ -189,7 +192,9 @@ class MaskedPrior(nn.Module):
         """(B, L, N + 1) logits of every cell of level k, seeing the known cells and the context."""
         symbol, source = context
         inputs = torch.where(known_BL & (grid_BL >= 0), grid_BL, symbol)
-        x = self.tok_emb(inputs) + self.src_emb(source) + self.pos_emb[k]
+        row, col = self.row_emb[k].weight, self.col_emb[k].weight
+        place_LD = (row[:, None] + col[None, :]).flatten(0, 1)  # (H * W, dim), raster order of the grid
+        x = self.tok_emb(inputs) + self.src_emb(source) + place_LD
         logits = self.head(self.transformer(x))
         if k == 0:  # every open region of the finest level carries codes
             logits = logits.masked_fill(torch.arange(self.FINER + 1, device=logits.device) == self.FINER, -math.inf)
