@@ -2,6 +2,7 @@
 subprocess and one smoke tokenizer run."""
 
 import csv
+import importlib
 import os
 import subprocess
 import sys
@@ -38,6 +39,15 @@ def make_tokens(grain="random", factors=(4, 8), shape=(40, 56), codebook_size=32
 
 def same_tokens(a, b):
     return torch.equal(a.grain, b.grain) and all(torch.equal(x, y) for x, y in zip(a.codes, b.codes))
+
+
+def benchmark_module(name):
+    """A script of benchmarks/ imported as a module (the scripts import their neighbour provenance.py)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
 
 
 def compose_config(overrides=()):

@@ -1,11 +1,10 @@
 """The tokenizer and prior benchmarks run end to end on tiny models and tiny held-out data."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import benchmark_module
 from omegaconf import OmegaConf
 
 from dynfield.checkpoint import save_checkpoint, tokenizer_entry
@@ -14,18 +13,12 @@ from dynfield.data.dummy import write_dummy_netcdf
 from dynfield.models import DQVAE, ARPrior, vqvae
 from dynfield.train import data_entry
 
-ROOT = Path(__file__).resolve().parents[1]
 VARIABLES = ["u", "v", "vorticity", "scalar"]
 
 
 @pytest.fixture
 def tokenizer_benchmark():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import tokenizer
-    finally:
-        sys.path.pop(0)
-    return tokenizer
+    return benchmark_module("tokenizer")
 
 
 def tiny_checkpoint(path, model):
@@ -63,11 +56,7 @@ def test_tokenizer_benchmark_writes_every_router_and_budget(tmp_path, monkeypatc
 
 
 def test_prior_benchmark_reports_likelihood_speed_and_physics(tmp_path):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import prior as prior_benchmark
-    finally:
-        sys.path.pop(0)
+    prior_benchmark = benchmark_module("prior")
     data = tmp_path / "held_out.nc"
     write_dummy_netcdf(data, n_sample=4, ny=32, nx=32)
     tok = tiny_checkpoint(tmp_path / "tok.pt", DQVAE(in_channels=4, factors=(4, 8), hidden=8, code_dim=8, codebook_size=16))

@@ -1,8 +1,6 @@
 """File-level codec and its command lines: round trips, the error bound, damaged files, interruptions."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +8,7 @@ import torch
 import xarray as xr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from conftest import benchmark_module
 
 from dynfield import compress, decompress, paths
 from dynfield import inspect as inspect_cli
@@ -20,7 +19,6 @@ from dynfield.data import open_fields
 from dynfield.data.dummy import dummy_dataset, write_dummy_netcdf, write_dummy_well_hdf5
 from dynfield.models import DQVAE
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_tokenizer(path, in_channels=1, variables=("field",), seed=0):
@@ -304,11 +302,7 @@ def test_parallel_workers_write_the_same_file(tmp_path, ckpt):
 
 
 def test_rate_distortion_benchmark_runs(tmp_path, ckpt):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import rate_distortion
-    finally:
-        sys.path.pop(0)
+    rate_distortion = benchmark_module("rate_distortion")
     src = write_dummy_netcdf(tmp_path / "in.nc", n_sample=2, ny=16, nx=16)
     result = rate_distortion.main(["--data", str(src), "--variables", "u,v", "--checkpoint", str(ckpt),
                                    "--out", str(tmp_path / "rd"), "--fine-ratios", "0.5", "--bounds", "0.01",
@@ -330,11 +324,7 @@ def test_rate_distortion_benchmark_runs(tmp_path, ckpt):
 
 
 def test_throughput_benchmark_runs(tmp_path, ckpt):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import throughput
-    finally:
-        sys.path.pop(0)
+    throughput = benchmark_module("throughput")
     src = write_dummy_netcdf(tmp_path / "in.nc", n_sample=2, ny=16, nx=16)
     result = throughput.main(["--data", str(src), "--checkpoint", str(ckpt), "--workers", "1", "--repeat", "1",
                               "--out", str(tmp_path / "t")])
