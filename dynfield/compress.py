@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from dynfield.codec import compress_file
-from dynfield.codec.codec import run_command
+from dynfield.cli import run_command
 
 
 def error_bound(text):

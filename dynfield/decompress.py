@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from dynfield.codec import decompress_file
-from dynfield.codec.codec import run_command
+from dynfield.cli import run_command
 
 
 def parser():

@@ -13,7 +13,7 @@ import json
 import sys
 
 from dynfield.codec import inspect_file, prior_code_length
-from dynfield.codec.codec import run_command
+from dynfield.cli import run_command
 
 
 def report(info):

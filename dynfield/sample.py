@@ -23,7 +23,7 @@ import torch
 import xarray as xr
 
 from dynfield import checkpoint, paths
-from dynfield.codec.codec import run_command
+from dynfield.cli import run_command
 from dynfield.codec.container import atomic_output, from_json
 from dynfield.conventions import CF_CONVENTIONS, COORD_ATTRS, SAMPLE, X, Y
 from dynfield.data import denormalise, ensure_dataset

@@ -44,7 +44,6 @@ import copy
 import hashlib
 import itertools
 import multiprocessing
-import sys
 import time
 from collections import deque
 from contextlib import closing
@@ -805,20 +804,3 @@ def prior_code_length(path, prior_checkpoint, device="cpu"):
                 values += len(unit) * shape[0] * shape[1]
     return {"prior_bits": prior_bits, "token_bits": token_bits, "values": values,
             "prior_bits_per_value": prior_bits / max(values, 1), "token_bits_per_value": token_bits / max(values, 1)}
-
-
-def run_command(action):
-    """Run a command-line action; report a user error in one line instead of a traceback.
-
-    Returns the exit status: 0, 1 for an error, 130 for an interruption.
-    """
-    try:
-        action()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, KeyError, OSError) as err:  # CodecError is a ValueError
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {message}", file=sys.stderr)
-        return 1
-    return 0
