@@ -40,19 +40,15 @@ import zfpy
 from provenance import machine  # benchmarks/provenance.py
 
 from dynfield import physics
-from dynfield.checkpoint import load_model
-from dynfield.codec import compress_file, decompress_file, default_checkpoint, weights_hash
-from dynfield.conventions import VELOCITY_COMPONENTS, X, Y
+from dynfield.analysis import channel_roles
+from dynfield.codec import compress_file, decompress_file
 from dynfield.data import open_fields
 
 
 def velocity_pair(variables):
     """(u, v) names among `variables` (x and y components), or None."""
-    def find(axis):
-        return next((v for v in variables if v.lower() in VELOCITY_COMPONENTS[axis]), None)
-
-    u, v = find(X), find(Y)
-    return (u, v) if u and v else None
+    roles = channel_roles(variables)
+    return None if roles["u"] is None else (variables[roles["u"]], variables[roles["v"]])
 
 
 def snapshots(ds, variables):
@@ -119,7 +115,6 @@ def point(codec, setting, scores, n_bytes, n_values, input_bytes, t_compress, t_
 def run_dynfield(args, ds, variables, ranges, workdir, **settings):
     """Compress the whole file with dynfield, decode it, score it."""
     dfz, restored = Path(workdir) / "data.dfz", Path(workdir) / "restored.nc"
-    t0 = time.perf_counter()
     info = compress_file(args.data, dfz, checkpoint=args.checkpoint, variables=variables, workers=args.workers,
                          progress=False, **settings)
     t1 = time.perf_counter()
@@ -130,8 +125,8 @@ def run_dynfield(args, ds, variables, ranges, workdir, **settings):
         for ref, rec in zip(snapshots(ds, variables), snapshots(out, variables)):
             scores.add(ref, rec)
     result = point("dynfield+bound" if "rel_error" in settings else "dynfield", settings, scores, info["bytes"],
-                   info["values"], info["input_bytes"], t1 - t0, t2 - t1)
-    result["fine_fraction"] = info["fine_fraction"]
+                   info["values"], info["input_bytes"], info["seconds"], t2 - t1)
+    result.update(fine_fraction=info["fine_fraction"], model_hash=info["model"]["sha256"])
     return result
 
 
@@ -277,9 +272,9 @@ def main(argv=None):
     for q in points:
         print(f"{q['codec']:>15} {json.dumps(q['setting']):<28} {q['bits_per_value']:8.3f} bpv  "
               f"PSNR {q['psnr']:7.2f}  max rel err {q['max_rel_error']:.2e}")
-    checkpoint = args.checkpoint or default_checkpoint()
     summary = {"machine": machine(), "data": str(args.data), "checkpoint": args.checkpoint or "bundled",
-               "model_hash": weights_hash(load_model(checkpoint)[0]), "variables": variables, "ranges": ranges,
+               "model_hash": next(q["model_hash"] for q in points if "model_hash" in q), "variables": variables,
+               "ranges": ranges,
                "points": points, "versus_sperr": versus_sperr(points)}
     (out_dir / "rate_distortion.json").write_text(json.dumps(summary, indent=2))
     plot(points, out_dir / "rate_distortion.png")
