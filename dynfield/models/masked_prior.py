@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .prior import PriorOutput, Transformer, filter_logits
+from .prior import PriorOutput, Transformer, check_sampling, evaluating, filter_logits
 from .tokens import Tokens, check_factors, repeat_cells
 
 
@@ -309,10 +309,8 @@ class MaskedPrior(nn.Module):
     def bits(self, tokens):
         """(B,) float64 exact code length in bits of each sample (grain and codes), deterministic."""
         grids = self._level_grids(tokens)
-        training = self.training
-        self.eval()
-        grain, code = self._code_length(grids)
-        self.train(training)
+        with evaluating(self):
+            grain, code = self._code_length(grids)
         return (grain + code) / math.log(2)
 
     @torch.no_grad()
@@ -327,14 +325,11 @@ class MaskedPrior(nn.Module):
         """
         if n < 1:
             raise ValueError(f"n must be positive, got {n}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {top_k}")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
-        training = self.training
-        self.eval()
+        check_sampling(temperature, top_k, top_p)
+        with evaluating(self):
+            return self._sample(n, seed, temperature, top_k, top_p)
+
+    def _sample(self, n, seed, temperature, top_k, top_p):
         device = self.head.weight.device
         generator = torch.Generator(device).manual_seed(seed)
         N, K, R = self.codebook_size, self.num_levels, self.rounds
@@ -376,5 +371,4 @@ class MaskedPrior(nn.Module):
                 known = known | reveal | finer_cells
                 grids[k] = grid.view(n, H, W)
             open_regions = _regions(grids[k], s).eq(N).all(-1)
-        self.train(training)
         return grids_to_tokens(grids, self.factors, self.shape, N)

@@ -133,6 +133,16 @@ def filter_logits(logits, temperature=1.0, top_k=None, top_p=None):
     return logits
 
 
+def check_sampling(temperature, top_k, top_p):
+    """Refuse sampling settings that select nothing (shared by every prior's ``sample``)."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
+
+
 class Sampler:
     """Draws choices from masked logits: temperature, top-k, top-p, one seeded generator.
 
@@ -140,12 +150,7 @@ class Sampler:
     """
 
     def __init__(self, device, seed=0, temperature=1.0, top_k=None, top_p=None):
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
+        check_sampling(temperature, top_k, top_p)
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
 
