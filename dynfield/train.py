@@ -139,6 +139,29 @@ def warmup_cosine(step, lr, warmup_steps, total_steps):
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
+def train_state(opt, step, train_time, samples_seen):
+    """What ``last.pt`` keeps beside the weights so that a run can go on where it stopped."""
+    return {"optimizer": opt.state_dict(), "step": step, "train_time": train_time, "samples_seen": samples_seen}
+
+
+def resume(last, model, opt, device, total_steps, verbose=True, check=None):
+    """Load ``last.pt`` (if any) into model and optimizer; return (step, train_time, samples_seen).
+
+    ``check(state)`` may refuse a checkpoint before anything is loaded from it.
+    """
+    if not last.exists():
+        return 0, 0.0, 0
+    state = checkpoint.read_checkpoint(last, map_location=device)
+    if check is not None:
+        check(state)
+    model.load_state_dict(state["state_dict"])
+    ts = state["train_state"]
+    opt.load_state_dict(ts["optimizer"])
+    if verbose:
+        print(f"resuming {last.parent} at step {ts['step']}/{total_steps}")
+    return ts["step"], ts["train_time"], ts["samples_seen"]
+
+
 def autocast_for(tcfg, device):
     """bf16 autocast on CUDA when the trainer asks for it, else a no-op context (a factory)."""
     if tcfg.precision == "bf16" and device.type == "cuda":
@@ -207,16 +230,8 @@ def train_tokenizer(cfg, run_dir, device, rank, world):
     def lr_at(step):
         return warmup_cosine(step, tcfg.lr, tcfg.warmup_steps, total_steps)
 
-    step, train_time, samples_seen = 0, 0.0, 0
     last = run_dir / "last.pt"
-    if last.exists():
-        state = checkpoint.read_checkpoint(last, map_location=device)
-        model.load_state_dict(state["state_dict"])
-        ts = state["train_state"]
-        opt.load_state_dict(ts["optimizer"])
-        step, train_time, samples_seen = ts["step"], ts["train_time"], ts["samples_seen"]
-        if main:
-            print(f"resuming {run_dir} at step {step}/{total_steps}")
+    step, train_time, samples_seen = resume(last, model, opt, device, total_steps, verbose=main)
 
     train_model = model
     if tcfg.compile:
@@ -230,10 +245,9 @@ def train_tokenizer(cfg, run_dir, device, rank, world):
 
     def save(metrics=None):
         if main:
-            train_state = {"optimizer": opt.state_dict(), "step": step, "train_time": train_time, "samples_seen": samples_seen}
             checkpoint.save_checkpoint(
                 last, model, kind="tokenizer", stats=stats, variables=variables, periodic=periodic,
-                train_state=train_state, metrics=metrics,
+                train_state=train_state(opt, step, train_time, samples_seen), metrics=metrics,
             )
 
     val_metrics = {}
@@ -421,17 +435,13 @@ def train_prior(cfg, run_dir, device, rank, world):
     total_steps = tcfg.epochs * steps_per_epoch
     extra = {"tokenizer": entry, "data": data_entry(cfg.dataset, train_ds, variables)}
 
-    step, train_time, samples_seen = 0, 0.0, 0
     last = run_dir / "last.pt"
-    if last.exists():
-        state = checkpoint.read_checkpoint(last, map_location=device)
+
+    def same_tokenizer(state):
         if state["tokenizer"]["sha256"] != entry["sha256"]:
             raise ValueError(f"{last} was trained on the tokens of another tokenizer than {cfg.tokenizer}")
-        prior.load_state_dict(state["state_dict"])
-        ts = state["train_state"]
-        opt.load_state_dict(ts["optimizer"])
-        step, train_time, samples_seen = ts["step"], ts["train_time"], ts["samples_seen"]
-        print(f"resuming {run_dir} at step {step}/{total_steps}")
+
+    step, train_time, samples_seen = resume(last, prior, opt, device, total_steps, check=same_tokenizer)
 
     autocast = autocast_for(cfg.trainer, device)
     logger = MetricLogger(run_dir)
@@ -442,8 +452,7 @@ def train_prior(cfg, run_dir, device, rank, world):
                                    train_state=train_state, metrics=metrics, extra=extra)
 
     def save_last(metrics=None):
-        save(last, metrics, {"optimizer": opt.state_dict(), "step": step, "train_time": train_time,
-                             "samples_seen": samples_seen})
+        save(last, metrics, train_state(opt, step, train_time, samples_seen))
 
     val_metrics = {}
     prior.train()
