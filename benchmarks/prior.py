@@ -33,9 +33,10 @@ import torch
 from provenance import machine  # benchmarks/provenance.py
 
 from dynfield import checkpoint, physics
-from dynfield.analysis import load_fields
+from dynfield.analysis import channel_roles, load_fields
 from dynfield.data import denormalise
 from dynfield.data.turbulence import HELD_OUT_SEED
+from dynfield.evaluation import prior_code_length
 from dynfield.models import Tokens
 from dynfield.models.tokens import repeat_cells
 from dynfield.sample import sample_fields
@@ -60,41 +61,30 @@ def encode(tokenizer, x_NCHW, fine_ratio, batch_size):
     return [tokenizer.encode(x, fine_ratio=fine_ratio) for x in x_NCHW.split(batch_size)]
 
 
-@torch.no_grad()
-def held_out_bits(prior, token_batches, values_per_field):
-    bits = torch.cat([prior.bits(t) for t in token_batches])
-    count = torch.cat([t.count() for t in token_batches])
-    return {"bits_per_token": (bits.sum() / count.sum()).item(),
-            "bits_per_value": bits.mean().item() / values_per_field,
-            "tokens_per_field": count.double().mean().item()}
-
-
 def velocity(fields_NCHW, variables):
-    return fields_NCHW[:, variables.index("u")], fields_NCHW[:, variables.index("v")]
+    """(u, v) channels, or None without both."""
+    roles = channel_roles(variables)
+    return None if roles["u"] is None else (fields_NCHW[:, roles["u"]], fields_NCHW[:, roles["v"]])
 
 
-def vorticity(fields_NCHW, variables):
-    """(N, H, W) vorticity: curl of (u, v) when both are channels, else the vorticity channel, else None."""
-    if "u" in variables and "v" in variables:
-        return physics.vorticity(*velocity(fields_NCHW, variables))
-    if "vorticity" in variables:
-        return fields_NCHW[:, variables.index("vorticity")]
-    return None
+def statistics(fields_NCHW, variables):
+    """What the physics figures compare, computed once per set of fields.
+
+    ``spectrum``: the mean isotropic kinetic-energy spectrum (with u and v), else
+    the channels' mean power spectrum; ``vorticity``: (N, H, W), the curl of
+    (u, v), else the vorticity channel, else None.
+    """
+    f = fields_NCHW.double()
+    uv, vort = velocity(f, variables), channel_roles(variables)["vorticity"]
+    if uv is not None:
+        return {"spectrum": physics.energy_spectrum(*uv)[1].mean(0), "vorticity": physics.vorticity(*uv)}
+    return {"spectrum": physics.power_spectrum(f)[1].mean((0, 1)), "vorticity": None if vort is None else f[:, vort]}
 
 
-def mean_spectrum(fields_NCHW, variables):
-    """(n_k,) mean isotropic kinetic-energy spectrum (with u and v), else the channels' mean power spectrum."""
-    if "u" in variables and "v" in variables:
-        return physics.energy_spectrum(*velocity(fields_NCHW, variables))[1].mean(0)
-    return physics.power_spectrum(fields_NCHW)[1].mean((0, 1))
-
-
-def physics_figures(real_NCHW, gen_NCHW, variables, kmax):
+def physics_figures(real, gen, kmax):
     """Spectrum error, normalised vorticity W1 and enstrophy ratio of generated fields against real ones."""
-    real, gen = real_NCHW.double(), gen_NCHW.double()
-    out = {"spectrum_error": physics.spectrum_error(mean_spectrum(real, variables), mean_spectrum(gen, variables),
-                                                    kmin=1, kmax=kmax).item()}
-    w_real, w_gen = vorticity(real, variables), vorticity(gen, variables)
+    out = {"spectrum_error": physics.spectrum_error(real["spectrum"], gen["spectrum"], kmin=1, kmax=kmax).item()}
+    w_real, w_gen = real["vorticity"], gen["vorticity"]
     if w_real is not None:
         out["vorticity_w1"] = (physics.wasserstein1(w_real, w_gen) / w_real.std()).item()
         out["enstrophy_ratio"] = (physics.enstrophy(w_gen).mean() / physics.enstrophy(w_real).mean()).item()
@@ -188,7 +178,8 @@ def main(argv=None):
     n, values_per_field = len(x), x[0].numel()
     kmax = min(shape) // 3
 
-    rows, spectra, gens = [], {"real": mean_spectrum(real.double(), variables)}, {}
+    rows, gens = [], {}
+    real_stats = statistics(real, variables)
     fine_ratio = priors[0][2]["tokenizer"]["fine_ratio"]
     token_cache = {fine_ratio: encode(tokenizer, x, fine_ratio, args.batch_size)}
     with torch.no_grad():
@@ -197,44 +188,43 @@ def main(argv=None):
     gens["(tokenizer ceiling)"] = denormalise(recon, stats, variables)
     gens["(random tokens)"] = denormalise(noise, stats, variables)
     for label in gens:
+        gens[label] = statistics(gens[label], variables)
         rows.append({"label": label, "kind": "reference", "fine_ratio": fine_ratio,
-                     **physics_figures(real, gens[label], variables, kmax)})
+                     **physics_figures(real_stats, gens[label], kmax)})
 
     for path, prior, prior_state in priors:
         order, fr = prior.config["order"], prior_state["tokenizer"]["fine_ratio"]
         if fr not in token_cache:
             token_cache[fr] = encode(tokenizer, x, fr, args.batch_size)
         row = {"label": order, "kind": "prior", "checkpoint": path, "prior_class": prior_state["model_class"],
-               "fine_ratio": fr, **held_out_bits(prior, token_cache[fr], values_per_field)}
+               "fine_ratio": fr, **prior_code_length(prior, token_cache[fr], values_per_field)}
         gen, seconds = timed(lambda: sample_fields(prior, tokenizer, state, n, seed=args.seed, batch=args.batch_size),
                              torch.device("cpu"))
         row["seconds_per_field_cpu"] = seconds / n
         row["seconds_per_field_gpu"] = gpu_seconds_per_field(prior, tokenizer, state, n, args.batch_size, args.seed)
-        row.update(physics_figures(real, gen, variables, kmax))
-        gens[order] = gen
+        gens[order] = statistics(gen, variables)
+        row.update(physics_figures(real_stats, gens[order], kmax))
         rows.append(row)
         print(f"{order:15s} bits/token {row['bits_per_token']:.3f}, spectrum error {row['spectrum_error']:.3f}, "
               f"{row['seconds_per_field_cpu']:.3f} s/field (CPU)")
 
-    for label, gen in gens.items():
-        spectra[label] = mean_spectrum(gen.double(), variables)
+    spectra = {"real": real_stats["spectrum"], **{label: g["spectrum"] for label, g in gens.items()}}
     pdfs = {}
-    w_real = vorticity(real.double(), variables)
+    w_real = real_stats["vorticity"]
     if w_real is not None:
         lo, hi = w_real.min().item(), w_real.max().item()
         width = hi - lo
         span = (lo - 0.5 * width, hi + 0.5 * width)  # room for generated tails
         pdfs = {"real": physics.vorticity_pdf(w_real, bins=80, range=span)}
-        pdfs.update({label: physics.vorticity_pdf(vorticity(g.double(), variables), bins=80, range=span)
-                     for label, g in gens.items()})
+        pdfs.update({label: physics.vorticity_pdf(g["vorticity"], bins=80, range=span) for label, g in gens.items()})
 
     summary = {
         "machine": machine(), "n_fields": n, "data": args.data, "held_out_seed": HELD_OUT_SEED,
         "shape": list(shape), "variables": variables, "tokenizer": args.tokenizer, "tokenizer_sha256": entry["sha256"],
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "spectrum": {"kind": "kinetic energy" if {"u", "v"} <= set(variables) else "power, mean over channels",
+        "spectrum": {"kind": "power, mean over channels" if velocity(real, variables) is None else "kinetic energy",
                      "shells": [1, kmax], "kmax_rule": "N/3: the wavenumbers a 2/3-rule dealiased solver resolves"},
-        "vorticity": None if w_real is None else "curl of (u, v)" if {"u", "v"} <= set(variables) else "channel",
+        "vorticity": None if w_real is None else "channel" if velocity(real, variables) is None else "curl of (u, v)",
         "rows": rows,
     }
     (out / "prior.json").write_text(json.dumps(summary, indent=2))

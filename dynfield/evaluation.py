@@ -71,6 +71,22 @@ def evaluate_tokenizer(model, batches, stats, variables, device="cpu", **encode_
     return out
 
 
+@torch.no_grad()
+def prior_code_length(prior, token_batches, values_per_field):
+    """Held-out code length under a stage-2 prior (``prior.bits``): bits per token, per field value, tokens per field.
+
+    ``token_batches`` is an iterable of ``Tokens``; ``values_per_field`` is C * H * W.
+    """
+    bits, count = [], []
+    for tokens in token_batches:
+        bits.append(prior.bits(tokens).cpu())
+        count.append(tokens.count().cpu())
+    bits, count = torch.cat(bits), torch.cat(count)
+    return {"bits_per_token": (bits.sum() / count.sum()).item(),
+            "bits_per_value": bits.mean().item() / values_per_field,
+            "tokens_per_field": count.double().mean().item()}
+
+
 def merge_batches(metrics, weights):
     """Average per-batch metric dicts, weighted by batch size."""
     total = sum(weights)

@@ -38,7 +38,7 @@ from . import checkpoint, paths
 from .codec.container import to_json
 from .conventions import AGNOSTIC_CHANNEL, X, Y
 from .data import FieldDataset, compute_stats, ensure_dataset, open_fields
-from .evaluation import evaluate_tokenizer
+from .evaluation import evaluate_tokenizer, prior_code_length
 from .models import Tokens, gumbel_temperature, total_loss
 
 
@@ -368,17 +368,9 @@ def cached_tokens(path, key, encode):
 @torch.no_grad()
 def evaluate_prior(prior, split, tokenizer, shape, channels, batch_size, device):
     """Held-out code length under the prior: bits per token and per field value (``prior.bits``)."""
-    prior.eval()
-    bits, count = [], []
-    for index in torch.arange(len(split["grain"])).split(batch_size):
-        tokens = token_batch(split, index, tokenizer, shape).to(device)
-        bits.append(prior.bits(tokens).cpu())
-        count.append(tokens.count().cpu())
-    prior.train()
-    bits, count = torch.cat(bits), torch.cat(count)
-    return {"bits_per_token": (bits.sum() / count.sum()).item(),
-            "bits_per_value": bits.mean().item() / (channels * shape[0] * shape[1]),
-            "tokens_per_field": count.double().mean().item()}
+    batches = (token_batch(split, index, tokenizer, shape).to(device)
+               for index in torch.arange(len(split["grain"])).split(batch_size))
+    return prior_code_length(prior, batches, channels * shape[0] * shape[1])
 
 
 def data_entry(cfg_data, ds, variables):
