@@ -74,14 +74,7 @@ from .container import (
     from_json,
     to_json,
 )
-from .entropy import (
-    TokenModel,
-    decode_tokens,
-    encode_tokens,
-    entropy_bits,
-    token_histograms,
-    token_information_bits,
-)
+from .entropy import TokenCounts, TokenModel, decode_tokens, encode_tokens, token_information_bits
 
 FORMAT = "dynfield-dfz"
 CALIBRATION_CHUNKS = 16
@@ -426,16 +419,12 @@ class _Coder(_Layout):
 
     def calibrate(self, results):
         """Set the token models from the tokens of `results` (plus one count per symbol); return them as JSON."""
-        K = len(self.factors)
-        hists = {_unit_key(u): [np.zeros(K, np.int64), [np.zeros(self.codebook_size, np.int64)] * K]
+        hists = {_unit_key(u): TokenCounts(len(self.factors), self.codebook_size)
                  for g in range(len(self.header["groups"])) for u in self.units(g)}
         for g, _, tokens, _ in results:
             for unit, (grain, codes) in zip(self.units(g), tokens):
-                grain_hist, code_hists = token_histograms(grain, codes, K, self.codebook_size)
-                acc = hists[_unit_key(unit)]
-                acc[0] = acc[0] + grain_hist
-                acc[1] = [a + h for a, h in zip(acc[1], code_hists)]
-        self.entropy = {k: TokenModel.from_histograms(*h) for k, h in hists.items()}
+                hists[_unit_key(unit)].add(grain, codes)
+        self.entropy = {k: TokenModel.from_histograms(h.grain, h.codes) for k, h in hists.items()}
         return {k: m.to_json() for k, m in self.entropy.items()}
 
     def chunk(self, g, i, tokens, sections):
@@ -718,7 +707,7 @@ def inspect_file(path):
         K = len(layout.factors)
         per_var = {v: {"bytes": 0.0, "nonfinite": 0, "escapes": 0, "residual_bytes": 0} for v in header["variables"]}
         tokens = {"codes": 0, "bits": 0.0, "ideal_bits": 0.0, "entropy_bits": 0.0}
-        hists, levels = {}, np.zeros(K, np.int64)
+        hists = {}
         for payload in reader.chunks():
             g, _, streams, sections = layout.parse(payload)
             for unit, stream in zip(layout.units(g), streams):
@@ -727,11 +716,7 @@ def inspect_file(path):
                 tokens["bits"] += 8 * len(stream)
                 tokens["ideal_bits"] += token_information_bits(grain, codes, layout.factors, layout.entropy[key])
                 tokens["codes"] += int(sum((c >= 0).sum() for c in codes))
-                grain_hist, code_hists = token_histograms(grain, codes, K, layout.codebook_size)
-                acc = hists.setdefault(key, [np.zeros(K, np.int64), [np.zeros(layout.codebook_size, np.int64)] * K])
-                acc[0] = acc[0] + grain_hist
-                acc[1] = [a + h for a, h in zip(acc[1], code_hists)]
-                levels += grain_hist
+                hists.setdefault(key, TokenCounts(K, layout.codebook_size)).add(grain, codes)
                 for v in unit:
                     per_var[v]["bytes"] += len(stream) / len(unit)
             for v, data in zip(header["groups"][g]["variables"], sections):
@@ -740,7 +725,8 @@ def inspect_file(path):
                 per_var[v]["bytes"] += len(data)
                 for k in ("nonfinite", "escapes", "residual_bytes"):
                     per_var[v][k] += stats[k]
-        tokens["entropy_bits"] = sum(entropy_bits(h[0]) + sum(entropy_bits(c) for c in h[1]) for h in hists.values())
+        tokens["entropy_bits"] = sum(h.entropy_bits() for h in hists.values())
+        levels = sum((h.grain for h in hists.values()), np.zeros(K, np.int64))
         size, version, header_bytes = reader.size, reader.version, reader.chunks_start
     variables, n_values, input_bytes = {}, 0, 0
     for v, meta in header["variables"].items():

@@ -120,6 +120,25 @@ def token_histograms(grain, codes, K, N):
             [np.bincount(c[c >= 0], minlength=N) for c in codes])
 
 
+class TokenCounts:
+    """Running histograms of the grain levels (K,) and of each level's used codes (K x (N,))."""
+
+    def __init__(self, K, N):
+        self.grain = np.zeros(K, np.int64)
+        self.codes = [np.zeros(N, np.int64) for _ in range(K)]
+
+    def add(self, grain, codes):
+        grain_hist, code_hists = token_histograms(grain, codes, len(self.grain), len(self.codes[0]))
+        self.grain += grain_hist
+        for acc, h in zip(self.codes, code_hists):
+            acc += h
+        return self
+
+    def entropy_bits(self):
+        """Empirical entropy of everything counted, in bits."""
+        return entropy_bits(self.grain) + sum(entropy_bits(c) for c in self.codes)
+
+
 def encode_tokens(grain, codes, factors, model):
     """One field's tokens -> bytes.
 
