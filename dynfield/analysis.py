@@ -120,8 +120,7 @@ def gradient_energy(fields_BCHW, periodic=True):
     """
     f = np.asarray(fields_BCHW, dtype=np.float64)
     scale = f.std(axis=(0, 2, 3), keepdims=True)
-    d_dy, d_dx = physics.gradient(f / np.where(scale > 0, scale, 1.0), periodic=periodic)
-    return 0.5 * (d_dx**2 + d_dy**2).sum(1)
+    return physics.palinstrophy(f / np.where(scale > 0, scale, 1.0), periodic=periodic).sum(1)
 
 
 @dataclass
@@ -218,9 +217,6 @@ def region_means(density, factor):
         return a.reshape(*a.shape[:-2], Hc, factor, Wc, factor).sum(axis=(-3, -1))
 
     return block_sum(padded) / block_sum(inside)
-
-
-# --------------------------------------------------------------------------- router scores
 
 
 # --------------------------------------------------------------------------- alignment metrics

@@ -4,6 +4,7 @@ import torch
 
 from . import physics
 from .data import denormalise
+from .models.quantizer import perplexity
 
 
 def reconstruction_metrics(ref_BCHW, est_BCHW, variables):
@@ -63,11 +64,10 @@ def evaluate_tokenizer(model, batches, stats, variables, device="cpu", **encode_
     out = merge_batches(results, sizes)
     codes = torch.cat(codes)
     counts = torch.bincount(codes, minlength=model.config["codebook_size"]).double()
-    p = counts[counts > 0] / counts.sum()
     out["fine_ratio"] = sum(fine) / sum(sizes)
     out["tokens_per_field"] = codes.numel() / sum(sizes)
     out["codebook_usage"] = (counts > 0).double().mean().item()
-    out["perplexity"] = torch.exp(-(p * p.log()).sum()).item()
+    out["perplexity"] = perplexity(counts)
     return out
 
 

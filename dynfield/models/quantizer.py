@@ -6,7 +6,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def _perplexity(counts):
+def perplexity(counts):
+    """exp(entropy) of a histogram of code uses: the number of equally used codes it is worth."""
     p = counts / counts.sum().clamp(min=1e-12)
     return torch.exp(-(p * torch.log(p.clamp(min=1e-12))).sum()).item()
 
@@ -143,7 +144,7 @@ class VectorQuantizer(nn.Module):
         alive = self.cluster_size >= self.dead_code_threshold * self.cluster_size.mean()
         return {
             "usage": (self.last_counts > 0).float().mean().item(),
-            "perplexity": _perplexity(self.last_counts),
+            "perplexity": perplexity(self.last_counts),
             "ema_usage": alive.float().mean().item(),
-            "ema_perplexity": _perplexity(self.cluster_size),
+            "ema_perplexity": perplexity(self.cluster_size),
         }
