@@ -301,7 +301,8 @@ class FieldDataset(torch.utils.data.Dataset):
             self.stats = None
         else:
             self.stats = compute_stats(ds, self.variables, mask=mask) if stats is None else stats
-            _mean_std(self.stats, self.variables, torch.zeros(0))  # every channel has statistics
+            # (C, 1, 1), once: also checks that every channel has statistics
+            self._mean, self._std = _mean_std(self.stats, self.variables, torch.zeros(0))
 
         def signs(axis):
             return torch.ones(1) if channel_agnostic else reflection_signs(self.variables, axis)
@@ -355,7 +356,7 @@ class FieldDataset(torch.utils.data.Dataset):
             sign = -1.0 if self.flips and torch.rand((), generator=rng) < 0.5 else 1.0
             x = torch.from_numpy(((x - mean) * (sign / std)).astype(np.float32))
         else:
-            x = normalise(torch.from_numpy(x.astype(np.float32)), self.stats, self.variables)
+            x = (torch.from_numpy(x.astype(np.float32)) - self._mean) / self._std
         if not self.mask:
             return self._augment(x, rng)
         z = self._augment(torch.cat([torch.where(valid, x, 0.0), valid.float()]), rng)
