@@ -39,7 +39,7 @@ from dynfield.data.turbulence import HELD_OUT_SEED
 from dynfield.evaluation import prior_code_length
 from dynfield.models import Tokens
 from dynfield.models.tokens import repeat_cells
-from dynfield.sample import sample_fields
+from dynfield.sample import held_out_source, sample_fields
 
 
 def random_tokens(n, tokenizer, shape, generator):
@@ -170,7 +170,11 @@ def main(argv=None):
         priors.append((path, prior, prior_state))
     shape = tuple(priors[0][1].config["shape"])
 
-    x, names, stats = load_fields(args.data, state, args.n, resolution=shape[1], seed=HELD_OUT_SEED)
+    # "builtin": the held-out split of the data set the priors were trained on, with its generator settings
+    source = held_out_source(priors[0][2], args.n) if args.data == "builtin" else args.data
+    if source is None:
+        raise ValueError(f"{args.priors[0]} was trained on files: give the held-out fields with --data")
+    x, names, stats = load_fields(source, state, args.n)
     if tuple(x.shape[-2:]) != shape:
         raise ValueError(f"the held-out fields are {tuple(x.shape[-2:])}, the priors model {shape} fields")
     variables = list(names)

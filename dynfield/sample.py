@@ -66,6 +66,16 @@ def to_dataset(fields_NCHW, state, attrs):
     return xr.Dataset(variables, coords=coords, attrs={k: v for k, v in attrs.items() if v is not None})
 
 
+def held_out_source(state, n):
+    """Path of `n` held-out fields (solver seed ``HELD_OUT_SEED``) of the built-in data set a prior
+    checkpoint was trained on, generated once and cached; None for a prior trained on files."""
+    data = state.get("data") or {}
+    if data.get("generator") is None:
+        return None
+    return ensure_dataset(paths.default_data_dir() / data["name"], **data["generator"], n_samples=n,
+                          seed=HELD_OUT_SEED, progress=False)
+
+
 def real_fields(state, source, n):
     """Up to `n` real fields (n, C, H, W) in physical units, or None.
 
@@ -75,12 +85,9 @@ def real_fields(state, source, n):
     """
     from dynfield.analysis import load_fields  # matplotlib and friends, only when real fields are wanted
 
-    data = state.get("data") or {}
+    source = source or held_out_source(state, n)
     if source is None:
-        if data.get("generator") is None:
-            return None
-        source = ensure_dataset(paths.default_data_dir() / data["name"], **data["generator"], n_samples=n,
-                                seed=HELD_OUT_SEED, progress=False)
+        return None
     x, names, stats = load_fields(source, state, n)
     return denormalise(x, stats, names)
 
