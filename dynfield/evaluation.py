@@ -1,5 +1,7 @@
 """Reconstruction metrics in physical units, shared by validation and benchmarks."""
 
+import math
+
 import torch
 
 from . import physics
@@ -47,28 +49,50 @@ def reconstruction_metrics(ref_BCHW, est_BCHW, variables):
 def evaluate_tokenizer(model, batches, stats, variables, device="cpu", **encode_kw):
     """Encode and decode normalised batches (B, C, H, W); metrics in physical units.
 
-    ``encode_kw`` go to ``model.encode`` (``fine_ratio``, ``router``). Returns
-    the ``reconstruction_metrics`` averaged over fields, plus ``fine_ratio``,
-    ``tokens_per_field``, ``codebook_usage`` (fraction of codes used) and
-    ``perplexity`` of the codes used.
+    ``encode_kw`` go to ``model.encode`` (``fine_ratio``, ``router``,
+    ``depth``), or to ``encode(model, x, **encode_kw)`` when it holds an
+    ``encode`` function (another allocation). Returns the
+    ``reconstruction_metrics`` averaged over fields, plus ``fine_ratio``,
+    ``tokens_per_field`` (codes of every stage), ``bits_per_value`` (see
+    ``nominal_bits``), ``codebook_usage`` (fraction of first-stage codes used)
+    and ``perplexity`` of the first-stage codes used.
     """
-    results, sizes, fine, codes = [], [], [], []
+    encode = encode_kw.pop("encode", None)
+    results, sizes, fine, codes, count, bits = [], [], [], [], 0, 0.0
     for x in batches:
-        tokens = model.encode(x.to(device), **encode_kw)
+        x = x.to(device)
+        tokens = encode(model, x, **encode_kw) if encode else model.encode(x, **encode_kw)
         recon = model.decode(tokens).float().cpu()
         results.append(reconstruction_metrics(denormalise(x.cpu(), stats, variables),
                                               denormalise(recon, stats, variables), variables))
         sizes.append(len(x))
         fine.append(tokens.fine_fraction().sum().item())
         codes.append(torch.cat([c[c >= 0] for c in tokens.codes]).cpu())
+        count += tokens.count().sum().item()
+        bits += nominal_bits(tokens, model.quantizer.num_stages).sum().item()
     out = merge_batches(results, sizes)
     codes = torch.cat(codes)
     counts = torch.bincount(codes, minlength=model.config["codebook_size"]).double()
-    out["fine_ratio"] = sum(fine) / sum(sizes)
-    out["tokens_per_field"] = codes.numel() / sum(sizes)
+    n, (H, W) = sum(sizes), x.shape[-2:]
+    out["fine_ratio"] = sum(fine) / n
+    out["tokens_per_field"] = count / n
+    out["bits_per_value"] = bits / n / (H * W * x.shape[1])
     out["codebook_usage"] = (counts > 0).double().mean().item()
     out["perplexity"] = perplexity(counts)
     return out
+
+
+def nominal_bits(tokens, stages=None):
+    """(B,) bits of each field's tokens without entropy coding.
+
+    log2(codebook_size) per code of every stage, log2(K) per region for the
+    grain map and log2(stages) per region for the depth map (when the model has
+    more than one stage). Entropy coding only lowers this.
+    """
+    stages = tokens.stages if stages is None else stages
+    per_region = math.log2(tokens.num_levels) + math.log2(stages)
+    regions = tokens.grain[0].numel()
+    return tokens.count().double() * math.log2(tokens.codebook_size) + regions * per_region
 
 
 @torch.no_grad()

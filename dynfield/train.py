@@ -131,12 +131,37 @@ class MetricLogger:
         self.tb.close()
 
 
-def warmup_cosine(step, lr, warmup_steps, total_steps):
-    """Linear warm-up, then cosine decay to 10 %: the usual recipe for small VQ models and transformers."""
+def warmup_cosine(step, lr, warmup_steps, total_steps, progress=None):
+    """Linear warm-up, then cosine decay to 10 %: the usual recipe for small VQ models and transformers.
+
+    `progress` in [0, 1], when given, places the decay (a run budgeted by time);
+    otherwise the step count does.
+    """
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
-    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    t = (step - warmup_steps) / max(1, total_steps - warmup_steps) if progress is None else progress
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+def run_progress(step, train_time, total_steps, minutes=None):
+    """Fraction of a run done: of its steps, or of its time budget of `minutes` if that is further on.
+
+    A run ends when this reaches 1. Time counts training steps only (not
+    validation or checkpoints), and a resumed run carries its time on.
+    """
+    done = step / max(total_steps, 1)
+    if minutes:
+        done = max(done, train_time / (60.0 * minutes))
+    return min(done, 1.0)
+
+
+def agreed_progress(progress, world):
+    """The largest progress over the processes of a distributed run, so that all stop at the same step."""
+    if world == 1:
+        return progress
+    t = torch.tensor([progress], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item()
 
 
 def train_state(opt, step, train_time, samples_seen):
@@ -227,8 +252,13 @@ def train_tokenizer(cfg, run_dir, device, rank, world):
         raise ValueError(f"{len(train_set)} training fields give no batch of {tcfg.batch_size} per process")
     total_steps = tcfg.epochs * steps_per_epoch
 
-    def lr_at(step):
-        return warmup_cosine(step, tcfg.lr, tcfg.warmup_steps, total_steps)
+    minutes = tcfg.get("minutes")
+
+    def progress():
+        return agreed_progress(run_progress(step, train_time, total_steps, minutes), world)
+
+    def lr_at(step, done):
+        return warmup_cosine(step, tcfg.lr, tcfg.warmup_steps, total_steps, progress=done if minutes else None)
 
     last = run_dir / "last.pt"
     step, train_time, samples_seen = resume(last, model, opt, device, total_steps, verbose=main)
@@ -252,19 +282,23 @@ def train_tokenizer(cfg, run_dir, device, rank, world):
 
     val_metrics = {}
     model.train()
-    while step < total_steps:
+    done = progress()
+    while done < 1:
         epoch = step // steps_per_epoch
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
         # Skip the part of the epoch a resumed run already did (no data is loaded for it).
         order = list(sampler)[(step % steps_per_epoch) * tcfg.batch_size :]
         loader = DataLoader(train_set, batch_size=tcfg.batch_size, sampler=order, num_workers=tcfg.num_workers, drop_last=True)
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tcfg.epochs}", disable=not main, dynamic_ncols=True)
+        budget = f", {minutes:g} min budget" if minutes else ""
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tcfg.epochs}{budget}", disable=not main, dynamic_ncols=True)
         for x in bar:
             t0 = time.perf_counter()
+            lr = lr_at(step, done)
             for g in opt.param_groups:
-                g["lr"] = lr_at(step)
-            temperature = gumbel_temperature(step, tcfg.gumbel.start, tcfg.gumbel.end, total_steps)
+                g["lr"] = lr
+            # the Gumbel anneal follows the run's progress, in steps or in time
+            temperature = gumbel_temperature(done, tcfg.gumbel.start, tcfg.gumbel.end, 1.0)
             x = x.to(device, non_blocking=True)
             with autocast():
                 out = train_model(x, temperature=temperature)
@@ -277,14 +311,17 @@ def train_tokenizer(cfg, run_dir, device, rank, world):
             step += 1
             samples_seen += len(x) * world
             train_time += time.perf_counter() - t0
-            if main and (step % tcfg.log_every == 0 or step == total_steps):
-                values = dict(parts, total=loss.item(), lr=lr_at(step - 1), temperature=temperature)
+            done = progress()
+            if main and (step % tcfg.log_every == 0 or done >= 1):
+                values = dict(parts, total=loss.item(), lr=lr, temperature=temperature)
                 values.update(out.stats, samples_per_s=samples_seen / train_time)
                 logger.log(step, "train", values)
                 bar.set_postfix(loss=f"{values['total']:.4f}", fine=f"{values['fine_fraction']:.2f}")
             if step % tcfg.ckpt_every == 0:
                 save()
-        if step % steps_per_epoch == 0 or step >= total_steps:
+            if done >= 1:
+                break
+        if step % steps_per_epoch == 0 or done >= 1:
             if main:
                 val_metrics = validate(model, val_loader, device, stats, variables)
                 logger.log(step, "val", val_metrics)
@@ -295,6 +332,7 @@ def train_tokenizer(cfg, run_dir, device, rank, world):
         summary = {
             "steps": step,
             "epochs": tcfg.epochs,
+            "minutes": minutes,
             "train_time_s": train_time,
             "samples_per_s": samples_seen / max(train_time, 1e-9),
             "device": str(device),

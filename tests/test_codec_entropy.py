@@ -1,18 +1,20 @@
 """Range coding of tokens: exact round trips, and code lengths close to the ideal."""
 
 import numpy as np
+import pytest
 import torch
 
 from dynfield.codec import TokenModel, compress_field, decompress_field
 from dynfield.codec.entropy import (
+    FieldTokens,
     SymbolReader,
     SymbolWriter,
+    TokenCounts,
     decode_tokens,
     encode_tokens,
     entropy_bits,
     information_bits,
     level_masks,
-    token_histograms,
     token_information_bits,
 )
 from dynfield.models import DQVAE
@@ -20,29 +22,45 @@ from dynfield.models import DQVAE
 FACTORS = (2, 4, 8)
 
 
-def random_tokens(rng, grid, codebook_size, p_levels=(0.5, 0.3, 0.2)):
+def random_tokens(rng, grid, codebook_size, stages=1, p_levels=(0.5, 0.3, 0.2)):
     grain = rng.choice(len(FACTORS), size=grid, p=p_levels)
+    depth = rng.integers(1, stages + 1, size=grid)
     codes = []
-    for mask in level_masks(grain, FACTORS):
-        c = np.where(mask, rng.integers(0, 7, size=mask.shape) ** 2 % codebook_size, -1)  # skewed usage
-        codes.append(c)
-    return grain, codes
+    for mask, f in zip(level_masks(grain, FACTORS), FACTORS):
+        cell_depth = depth.repeat(FACTORS[-1] // f, 0).repeat(FACTORS[-1] // f, 1)
+        c = [np.where(mask & (cell_depth > s), rng.integers(0, 7, size=mask.shape) ** 2 % codebook_size, -1)
+             for s in range(stages)]  # skewed usage
+        codes.append(np.stack(c))
+    return FieldTokens(grain, depth, codes)
 
 
-def test_tokens_round_trip_and_cost_close_to_ideal():
+@pytest.mark.parametrize("stages", [1, 3])
+def test_tokens_round_trip_and_cost_close_to_ideal(stages):
     rng = np.random.default_rng(0)
     N = 64
-    fields = [random_tokens(rng, (6, 5), N) for _ in range(20)]
-    hists = [token_histograms(g, c, len(FACTORS), N) for g, c in fields]
-    model = TokenModel.from_histograms(sum(h[0] for h in hists), [sum(h[1][k] for h in hists) for k in range(3)])
+    fields = [random_tokens(rng, (6, 5), N, stages) for _ in range(20)]
+    counts = TokenCounts(len(FACTORS), N, stages)
+    for t in fields:
+        counts.add(t, FACTORS)
+    model = TokenModel.from_histograms(counts.grain, counts.codes, counts.depth)
     model = TokenModel.from_json(model.to_json())  # what the file stores is what the decoder uses
-    for grain, codes in fields:
-        data = encode_tokens(grain, codes, FACTORS, model)
-        g2, c2 = decode_tokens(data, grain.shape, FACTORS, model)
-        assert np.array_equal(g2, grain)
-        assert all(np.array_equal(a, b) for a, b in zip(c2, codes))
-        ideal = token_information_bits(grain, codes, FACTORS, model)
+    for t in fields:
+        data = encode_tokens(t, FACTORS, model)
+        back = decode_tokens(data, t.grain.shape, FACTORS, model)
+        assert np.array_equal(back.grain, t.grain) and np.array_equal(back.depth, t.depth)
+        assert all(np.array_equal(a, b) for a, b in zip(back.codes, t.codes))
+        ideal = token_information_bits(t, FACTORS, model)
         assert ideal <= 8 * len(data) <= ideal + 64  # a range coder's flush costs at most two words
+    # deeper stages are coded only where the depth map asks: every stored code is one the decoder reads
+    stored = sum(int((c >= 0).sum()) for t in fields for c in t.codes)
+    assert stored == sum(int(sum(u.sum() for level in t.used(FACTORS) for u in level)) for t in fields)
+
+
+def test_single_stage_models_of_older_files_still_read():
+    # before residual stages a model stored one count list per level and no depth counts
+    old = {"grain": [3, 2, 1], "codes": [[1] * 8, [2] * 8, [3] * 8]}
+    model = TokenModel.from_json(old)
+    assert model.stages == 1 and model.codes[2][0].tolist() == [3] * 8
 
 
 def test_trivial_distributions_cost_nothing():
@@ -69,9 +87,10 @@ def test_entropy_and_information():
     assert np.isclose(information_bits(np.array([0, 2]), hist), 2 + 1)
 
 
-def test_compress_field_round_trip():
+@pytest.mark.parametrize("stages", [1, 3])
+def test_compress_field_round_trip(stages):
     torch.manual_seed(0)
-    model = DQVAE(in_channels=2, factors=(2, 4), hidden=8, code_dim=8, codebook_size=32, periodic=True)
+    model = DQVAE(in_channels=2, factors=(2, 4), hidden=8, code_dim=8, codebook_size=32, periodic=True, stages=stages)
     model.train()
     model(torch.randn(4, 2, 16, 16))  # initialises the codebook from data, so codes get used
     model.eval()
@@ -83,6 +102,7 @@ def test_compress_field_round_trip():
     receiver = DQVAE(**model.config)
     receiver.load_state_dict(model.state_dict())
     receiver.eval()
-    assert np.array_equal(TokenModel.from_quantizer(receiver).codes[0], TokenModel.from_quantizer(model).codes[0])
+    assert all(np.array_equal(a, b) for a, b in zip(TokenModel.from_quantizer(receiver).codes[0],
+                                                   TokenModel.from_quantizer(model).codes[0]))
     recon = decompress_field(receiver, out["strings"], out["shape"])
     assert torch.equal(recon, model.decode(model.encode(x, fine_ratio=0.5)))

@@ -54,13 +54,11 @@ def test_straight_through_gate_trains_the_router():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("fine_ratio", [0.0, 0.1, 0.37, 0.5, 0.9, 1.0])
-def test_exact_budget_hits_the_token_count_per_sample(fine_ratio):
+# 35 regions of 8x8 at factors (4, 8): round-half-up fine regions, 4 codes each, 1 for the rest
+@pytest.mark.parametrize("fine_ratio, expected", [(0.0, 35), (0.1, 47), (0.37, 74), (0.5, 89), (0.9, 131), (1.0, 140)])
+def test_exact_budget_hits_the_token_count_per_sample(fine_ratio, expected):
     x = field(B=3)
     m = model().eval()
-    regions = 5 * 7
-    n_fine = math.floor(fine_ratio * regions + 0.5)
-    expected = regions + n_fine * ((8 // 4) ** 2 - 1)
     for router in ("learned", "random", "enstrophy"):
         t = m.encode(x, fine_ratio=fine_ratio, router=router)
         assert t.count().tolist() == [expected] * 3, router
@@ -113,17 +111,17 @@ def test_coarse_copies_count_once():
     # so counting each coarse vector once or once per covered cell gives different losses
     feats = m.encoder(m._pad(x))
     coarse = feats[1].permute(0, 2, 3, 1)[m.encode(x).codes[1] >= 0].detach()
-    m.quantizer.embed[: len(coarse)] = coarse
+    m.quantizer.stages[0].embed[: len(coarse)] = coarse
     out = m(x)
     t = out.tokens
     assert 0 < t.fine_fraction().mean() < 1  # both levels in use, or the test says nothing
     # the codebook statistics count tokens, not cells of the finest grid
-    assert m.quantizer.last_counts.sum() == t.count().sum()
+    assert m.quantizer.stages[0].last_counts.sum() == t.count().sum()
     # commitment loss: the mean over the chosen per-level vectors, each coarse vector once
     chosen, replicated = [], []
     for k, (f, codes) in enumerate(zip(feats, t.codes)):
         z = f.permute(0, 2, 3, 1)[codes >= 0]
-        err = (z - m.quantizer.embed[codes[codes >= 0]]).square().mean(1)
+        err = (z - m.quantizer.stages[0].embed[codes[codes >= 0]]).square().mean(1)
         chosen.append(err)
         replicated.append(err.repeat_interleave((m.factors[k] // m.factors[0]) ** 2))
     expected = 0.25 * torch.cat(chosen).mean()
@@ -256,3 +254,28 @@ def test_tiny_model_overfits_one_batch():
         loss.backward()
         opt.step()
     assert eval_mse() < before / 10
+
+
+def test_depth_cuts_the_ladder_per_region():
+    torch.manual_seed(0)
+    m = model(stages=3)
+    m.train()
+    m(field())  # initialise every stage's codebook from data
+    m.eval()
+    x = field()
+    full = m.encode(x, fine_ratio=0.5)
+    assert (full.depth == 3).all() and full.stages == 3
+    depth = torch.randint(1, 4, full.grain.shape, generator=torch.Generator().manual_seed(2))
+    cut = m.encode(x, fine_ratio=0.5, depth=depth).validate()
+    assert torch.equal(cut.depth, depth) and torch.equal(cut.grain, full.grain)
+    # the codes kept are the full ladder's, stopped at each region's depth
+    for c_cut, c_full, k in zip(cut.stage_codes(), full.stage_codes(), range(2)):
+        kept = c_cut >= 0
+        assert torch.equal(c_cut[kept], c_full[kept])
+        cell_depth = depth.repeat_interleave(8 // m.factors[k], 1).repeat_interleave(8 // m.factors[k], 2)
+        assert torch.equal(kept.sum(1), cell_depth * full.level_mask(k))
+    # a region's depth changes its reconstruction, so the depth map is information the decoder uses
+    assert not torch.allclose(m.decode(cut), m.decode(full))
+    assert torch.allclose(m.decode(m.encode(x, fine_ratio=0.5, depth=3)), m.decode(full))
+    with pytest.raises(ValueError, match="depth must lie in"):
+        m.encode(x, depth=4)

@@ -7,13 +7,15 @@ from dynfield.models import Router, budget_loss, enstrophy_score, gumbel_tempera
 from dynfield.models.router import budget_ratios, fineness_log_odds, gumbel_gate, level_counts, rank_assign
 
 
-@pytest.mark.parametrize("ratios", [(0.0, 1.0), (0.1, 0.9), (0.37, 0.63), (0.5, 0.5), (1.0, 0.0), (0.2, 0.3, 0.5), (0.5, 0.0, 0.5)])
-def test_rank_assign_meets_the_ratios_exactly_and_prefers_high_scores(ratios):
+# regions per level out of 35, rounded half up on the cumulative ratios (3.5 -> 4, 12.95 -> 13, 17.5 -> 18)
+@pytest.mark.parametrize("ratios, counts", [
+    ((0.0, 1.0), [0, 35]), ((0.1, 0.9), [4, 31]), ((0.37, 0.63), [13, 22]), ((0.5, 0.5), [18, 17]),
+    ((1.0, 0.0), [35, 0]), ((0.2, 0.3, 0.5), [7, 11, 17]), ((0.5, 0.0, 0.5), [18, 0, 17]),
+])
+def test_rank_assign_meets_the_ratios_exactly_and_prefers_high_scores(ratios, counts):
     score = torch.randn(3, 5, 7, generator=torch.Generator().manual_seed(1))
     grain = rank_assign(score, ratios)
-    counts = level_counts(35, ratios)
-    assert sum(counts) == 35
-    assert counts[0] == math.floor(ratios[0] * 35 + 0.5)
+    assert level_counts(35, ratios) == counts
     for b in range(3):
         assert torch.bincount(grain[b].flatten(), minlength=len(ratios)).tolist() == counts
         # every region at a finer level outscores every region at a coarser one

@@ -2,16 +2,51 @@ import pytest
 import torch
 from conftest import make_tokens, same_tokens
 
+from dynfield.models import Tokens
+from dynfield.models.tokens import repeat_cells
 
-@pytest.mark.parametrize("factors", [(4, 8), (2, 4, 8), (8,)])
-def test_count_is_tokens_per_region(factors):
-    t = make_tokens(factors=factors).validate()
-    f_K = factors[-1]
-    expected = sum((t.grain == k).flatten(1).sum(1) * (f_K // f) ** 2 for k, f in enumerate(factors))
-    assert torch.equal(t.count(), expected)
-    assert t.padded_shape == (40, 56)
-    assert torch.allclose(t.level_fractions().sum(1), torch.ones(t.batch_size))
-    assert torch.allclose(t.fine_fraction(), (t.grain < len(factors) - 1).flatten(1).float().mean(1))
+
+def test_count_of_a_hand_made_grain_map():
+    # a 2 x 3 grid of 8x8 regions at factors (4, 8): a fine region holds 4 codes, a coarse one 1
+    grain = torch.tensor([[[0, 1, 1], [1, 0, 1]], [[1, 1, 1], [1, 1, 1]]])
+    t = make_tokens(grain=grain, shape=(16, 24), B=2)
+    assert t.count().tolist() == [2 * 4 + 4, 6]
+    assert t.fine_fraction().tolist() == pytest.approx([2 / 6, 0.0])
+    assert t.level_fractions().flatten().tolist() == pytest.approx([2 / 6, 4 / 6, 0.0, 1.0])
+    assert t.padded_shape == (16, 24)
+    three = make_tokens(grain=torch.tensor([[[0, 1], [2, 2]]]), factors=(2, 4, 8), shape=(16, 16), B=1)
+    assert three.count().tolist() == [16 + 4 + 1 + 1]
+
+
+def with_depth(t, depth, stages, seed=1):
+    """`t` with a depth map and residual codes of `stages` stages where the depth asks for them."""
+    g = torch.Generator().manual_seed(seed)
+    residual = []
+    for k, f in enumerate(t.factors):
+        cell_depth = repeat_cells(depth, t.factors[-1] // f)
+        used = t.level_mask(k)[:, None] & (torch.arange(1, stages)[None, :, None, None] < cell_depth[:, None])
+        residual.append(torch.where(used, torch.randint(t.codebook_size, used.shape, generator=g), -1))
+    return Tokens(t.grain, t.codes, t.factors, t.shape, t.codebook_size, depth=depth, residual=residual)
+
+
+def test_depth_adds_codes_per_stage_and_is_validated():
+    grain = torch.tensor([[[0, 1, 1], [1, 0, 1]]])
+    depth = torch.tensor([[[3, 1, 2], [1, 2, 3]]])
+    t = with_depth(make_tokens(grain=grain, shape=(16, 24), B=1), depth, stages=3).validate()
+    # fine regions: 4 cells x depth (3 and 2); coarse regions: 1 cell x depth (1, 2, 1, 3)
+    assert t.count().tolist() == [4 * 3 + 4 * 2 + 1 + 2 + 1 + 3]
+    assert t.stages == 3 and [c.shape[1] for c in t.stage_codes()] == [3, 3]
+    assert same_tokens(t.to("cpu"), t) and torch.equal(t.to("cpu").depth, depth)
+    bad = with_depth(make_tokens(grain=grain, shape=(16, 24), B=1), depth, stages=3)
+    bad.residual[1][0, 1, 0, 1] = 5  # a third-stage code in a depth-1 coarse region
+    with pytest.raises(ValueError, match="disagree with the depth map"):
+        bad.validate()
+    deep = with_depth(make_tokens(grain=grain, shape=(16, 24), B=1), depth, stages=3)
+    deep.depth = depth + 1
+    with pytest.raises(ValueError, match="depths must lie in"):
+        deep.validate()
+    with pytest.raises(ValueError, match="single-stage"):
+        t.require_single_stage("this prior")
 
 
 def test_to_keeps_content():

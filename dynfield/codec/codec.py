@@ -74,7 +74,7 @@ from .container import (
     from_json,
     to_json,
 )
-from .entropy import TokenCounts, TokenModel, decode_tokens, encode_tokens, token_information_bits
+from .entropy import FieldTokens, TokenCounts, TokenModel, decode_tokens, encode_tokens, token_information_bits
 
 FORMAT = "dynfield-dfz"
 CALIBRATION_CHUNKS = 16
@@ -131,20 +131,29 @@ def tokenize(model, x_BCHW, fine_ratio=None):
 
 
 def _tokens_to_numpy(tokens):
-    """[(grain (Hc, Wc), [codes per level])] per sample, int64 numpy."""
-    grain = tokens.grain.cpu().numpy()
-    codes = [c.cpu().numpy() for c in tokens.codes]
-    return [(grain[b], [c[b] for c in codes]) for b in range(len(grain))]
+    """One ``FieldTokens`` (int64 numpy) per sample of a batch of ``Tokens``."""
+    grain, depth = tokens.grain.cpu().numpy(), tokens.depth.cpu().numpy()
+    codes = [c.cpu().numpy() for c in tokens.stage_codes()]  # (B, S, Hk, Wk) per level
+    return [FieldTokens(grain[b], depth[b], [c[b] for c in codes]) for b in range(len(grain))]
+
+
+def _tokens_from_numpy(fields, factors, shape, codebook_size, device="cpu"):
+    """``Tokens`` of a batch of ``FieldTokens`` of (H, W) fields (the inverse of ``_tokens_to_numpy``)."""
+    def stack(arrays):
+        return torch.from_numpy(np.stack(arrays)).to(device)
+
+    codes = [stack([f.codes[k] for f in fields]) for k in range(len(factors))]  # (B, S, Hk, Wk)
+    residual = [c[:, 1:] for c in codes] if codes[0].shape[1] > 1 else ()
+    return Tokens(stack([f.grain for f in fields]), [c[:, 0] for c in codes], factors, shape, codebook_size,
+                  depth=stack([f.depth for f in fields]), residual=residual)
 
 
 @torch.no_grad()
 def _reconstruct(model, fields, shape):
-    """Decode [(grain, codes)] of (H, W) fields with `model` (on its device and dtype): (B, C, H, W)."""
-    param = model.quantizer.embed
-    tokens = Tokens(
-        torch.from_numpy(np.stack([g for g, _ in fields])).to(param.device),
-        [torch.from_numpy(np.stack([c[k] for _, c in fields])).to(param.device) for k in range(len(model.factors))],
-        model.factors, _token_shape(shape, model.factors), model.quantizer.codebook_size)
+    """Decode ``FieldTokens`` of (H, W) fields with `model` (on its device and dtype): (B, C, H, W)."""
+    device = next(model.decoder.parameters()).device
+    tokens = _tokens_from_numpy(fields, model.factors, _token_shape(shape, model.factors),
+                                model.quantizer.codebook_size, device)
     return model.decode(tokens)[..., : shape[0], : shape[1]]
 
 
@@ -164,7 +173,7 @@ def compress_field(model, x_BCHW, fine_ratio=None, entropy=None):
     """
     entropy = entropy or TokenModel.from_quantizer(model)
     tokens = tokenize(model, x_BCHW, fine_ratio)
-    strings = [encode_tokens(g, c, model.factors, entropy) for g, c in _tokens_to_numpy(tokens)]
+    strings = [encode_tokens(t, model.factors, entropy) for t in _tokens_to_numpy(tokens)]
     return {"strings": [strings], "shape": tuple(int(s) for s in x_BCHW.shape[-2:])}
 
 
@@ -323,6 +332,7 @@ class _Layout:
         self.header, self.meta = header, header["variables"]
         config = header["model"]["config"]
         self.factors, self.codebook_size = tuple(config["factors"]), int(config["codebook_size"])
+        self.stages = int(config.get("stages", 1))
         self.entropy = {k: TokenModel.from_json(m) for k, m in header.get("entropy", {}).items()}
 
     def units(self, g):
@@ -368,8 +378,9 @@ class _Coder(_Layout):
 
     def __init__(self, model, header, device="cpu"):
         super().__init__(header)
-        if tuple(model.factors) != self.factors or model.quantizer.codebook_size != self.codebook_size:
-            raise CodecError("the model does not have the factors and codebook size the file was made with")
+        if (tuple(model.factors) != self.factors or model.quantizer.codebook_size != self.codebook_size
+                or model.quantizer.num_stages != self.stages):
+            raise CodecError("the model does not have the factors, codebook size and stages the file was made with")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.fine_ratio = header["settings"]["fine_ratio"]
@@ -419,12 +430,12 @@ class _Coder(_Layout):
 
     def calibrate(self, results):
         """Set the token models from the tokens of `results` (plus one count per symbol); return them as JSON."""
-        hists = {_unit_key(u): TokenCounts(len(self.factors), self.codebook_size)
+        hists = {_unit_key(u): TokenCounts(len(self.factors), self.codebook_size, self.stages)
                  for g in range(len(self.header["groups"])) for u in self.units(g)}
         for g, _, tokens, _ in results:
-            for unit, (grain, codes) in zip(self.units(g), tokens):
-                hists[_unit_key(unit)].add(grain, codes)
-        self.entropy = {k: TokenModel.from_histograms(h.grain, h.codes) for k, h in hists.items()}
+            for unit, field_tokens in zip(self.units(g), tokens):
+                hists[_unit_key(unit)].add(field_tokens, self.factors)
+        self.entropy = {k: TokenModel.from_histograms(h.grain, h.codes, h.depth) for k, h in hists.items()}
         return {k: m.to_json() for k, m in self.entropy.items()}
 
     def chunk(self, g, i, tokens, sections):
@@ -432,8 +443,8 @@ class _Coder(_Layout):
         w = ByteWriter()
         w.uvarint(g)
         w.uvarint(i)
-        for unit, (grain, codes) in zip(self.units(g), tokens):
-            w.blob(encode_tokens(grain, codes, self.factors, self.entropy[_unit_key(unit)]))
+        for unit, field_tokens in zip(self.units(g), tokens):
+            w.blob(encode_tokens(field_tokens, self.factors, self.entropy[_unit_key(unit)]))
         for s in sections:
             w.blob(s)
         return w.bytes()
@@ -711,12 +722,12 @@ def inspect_file(path):
         for payload in reader.chunks():
             g, _, streams, sections = layout.parse(payload)
             for unit, stream in zip(layout.units(g), streams):
-                grain, codes = layout.tokens(g, unit, stream)
+                field_tokens = layout.tokens(g, unit, stream)
                 key = _unit_key(unit)
                 tokens["bits"] += 8 * len(stream)
-                tokens["ideal_bits"] += token_information_bits(grain, codes, layout.factors, layout.entropy[key])
-                tokens["codes"] += int(sum((c >= 0).sum() for c in codes))
-                hists.setdefault(key, TokenCounts(K, layout.codebook_size)).add(grain, codes)
+                tokens["ideal_bits"] += token_information_bits(field_tokens, layout.factors, layout.entropy[key])
+                tokens["codes"] += int(sum((c >= 0).sum() for c in field_tokens.codes))
+                hists.setdefault(key, TokenCounts(K, layout.codebook_size, layout.stages)).add(field_tokens, layout.factors)
                 for v in unit:
                     per_var[v]["bytes"] += len(stream) / len(unit)
             for v, data in zip(header["groups"][g]["variables"], sections):
@@ -782,9 +793,8 @@ def prior_code_length(path, prior_checkpoint, device="cpu"):
             if field_shape != shape:
                 raise CodecError(f"the prior models {shape[0]}x{shape[1]} fields; {path} holds {field_shape}")
             for unit, stream in zip(layout.units(g), streams):
-                grain, codes = layout.tokens(g, unit, stream)
-                tokens = Tokens(torch.from_numpy(grain)[None], [torch.from_numpy(c)[None] for c in codes],
-                                layout.factors, shape, layout.codebook_size)
+                tokens = _tokens_from_numpy([layout.tokens(g, unit, stream)], layout.factors, shape,
+                                            layout.codebook_size)
                 prior_bits += float(prior.bits(tokens.to(device)).sum())
                 token_bits += 8 * len(stream)
                 values += len(unit) * shape[0] * shape[1]

@@ -7,10 +7,13 @@ float64) and constriction quantises those deterministically
 integers travel in the file. A distribution over a single symbol costs
 nothing and is not coded at all.
 
-Tokens of one field (the grain map, then the codes of each level at the
-places the grain map selects) go into one range-coded stream under a
-``TokenModel``: a count per grain level and a count per code for each level.
+Tokens of one field (the grain map, the depth map, then the codes of each
+level and residual stage at the places the two maps select) go into one
+range-coded stream under a ``TokenModel``: a count per grain level, per
+depth, and per code for each level and stage.
 """
+
+from typing import NamedTuple
 
 import constriction
 import numpy as np
@@ -80,97 +83,133 @@ def level_masks(grain, factors):
     return [repeat_cells(grain == k, factors[-1] // f) for k, f in enumerate(factors)]
 
 
-class TokenModel:
-    """Integer counts per grain level (``grain``, (K,)) and per code of each level (``codes``, K x (N,))."""
+class FieldTokens(NamedTuple):
+    """One field's tokens as int64 arrays: what the codec stores.
 
-    def __init__(self, grain, codes):
+    grain : (Hc, Wc) level per coarsest region; depth : (Hc, Wc) residual
+    stages per region (>= 1); codes : per level k an (S, Hk, Wk) array, -1
+    where level k is unused or a stage lies past the region's depth.
+    """
+
+    grain: np.ndarray
+    depth: np.ndarray
+    codes: list
+
+    def used(self, factors):
+        """Per level k and stage s, the bool mask of the codes that are stored."""
+        out = []
+        for mask, f, c in zip(level_masks(self.grain, factors), factors, self.codes):
+            cell_depth = repeat_cells(self.depth, factors[-1] // f)
+            out.append([mask & (cell_depth > s) for s in range(len(c))])
+        return out
+
+
+class TokenModel:
+    """Integer counts per grain level (``grain``, (K,)), per depth (``depth``, (S,), depth d at d - 1)
+    and per code of each level and stage (``codes``, K x S x (N,))."""
+
+    def __init__(self, grain, codes, depth=(1,)):
         self.grain = np.asarray(grain, dtype=np.int64)
-        self.codes = [np.asarray(c, dtype=np.int64) for c in codes]
-        if (self.grain <= 0).any() or any((c <= 0).any() for c in self.codes):
+        self.depth = np.asarray(depth, dtype=np.int64)
+        self.codes = [[np.asarray(c, dtype=np.int64) for c in level] for level in codes]
+        if any(len(level) != len(self.depth) for level in self.codes):
+            raise CodecError(f"token model: {len(self.depth)} depths but code counts for "
+                             f"{[len(level) for level in self.codes]} stages")
+        counts = [self.grain, self.depth] + [c for level in self.codes for c in level]
+        if any((c <= 0).any() for c in counts):
             raise CodecError("token model counts must be positive")
 
+    @property
+    def stages(self):
+        return len(self.depth)
+
     @classmethod
-    def from_histograms(cls, grain_hist, code_hists):
+    def from_histograms(cls, grain_hist, code_hists, depth_hist=(0,)):
         """Counts from observed histograms plus one, so every symbol stays codable."""
-        return cls(np.asarray(grain_hist) + 1, [np.asarray(h) + 1 for h in code_hists])
+        return cls(np.asarray(grain_hist) + 1, [[np.asarray(h) + 1 for h in level] for level in code_hists],
+                   np.asarray(depth_hist) + 1)
 
     @classmethod
     def from_quantizer(cls, model):
-        """Counts from a DQVAE's codebook usage (its EMA code counts), the same for every level.
+        """Counts from a DQVAE's codebook usage (each stage's EMA code counts), the same for every level.
 
-        Computed in float64 from the stored buffer, so both sides of a channel
+        Computed in float64 from the stored buffers, so both sides of a channel
         derive the same integers from the same checkpoint.
         """
-        usage = model.quantizer.cluster_size.detach().cpu().double().numpy()
-        counts = np.floor(usage / usage.sum() * 2**16).astype(np.int64) + 1
-        K = len(model.factors)
-        return cls(np.ones(K, dtype=np.int64), [counts] * K)
+        per_stage = []
+        for vq in model.quantizer.stages:
+            usage = vq.cluster_size.detach().cpu().double().numpy()
+            per_stage.append(np.floor(usage / usage.sum() * 2**16).astype(np.int64) + 1)
+        K, S = len(model.factors), len(per_stage)
+        return cls(np.ones(K, dtype=np.int64), [per_stage] * K, np.ones(S, dtype=np.int64))
 
     def to_json(self):
-        return {"grain": self.grain.tolist(), "codes": [c.tolist() for c in self.codes]}
+        return {"grain": self.grain.tolist(), "depth": self.depth.tolist(),
+                "codes": [[c.tolist() for c in level] for level in self.codes]}
 
     @classmethod
     def from_json(cls, obj):
-        return cls(obj["grain"], obj["codes"])
-
-
-def token_histograms(grain, codes, K, N):
-    """Histograms of the grain levels (K,) and of the used codes of each level (K x (N,))."""
-    return (np.bincount(grain.ravel(), minlength=K),
-            [np.bincount(c[c >= 0], minlength=N) for c in codes])
+        codes = obj["codes"]
+        if "depth" not in obj:  # single-stage files: one count list per level
+            return cls(obj["grain"], [[c] for c in codes])
+        return cls(obj["grain"], codes, obj["depth"])
 
 
 class TokenCounts:
-    """Running histograms of the grain levels (K,) and of each level's used codes (K x (N,))."""
+    """Running histograms of the grain levels (K,), the depths (S,) and each level's and stage's codes."""
 
-    def __init__(self, K, N):
+    def __init__(self, K, N, S=1):
         self.grain = np.zeros(K, np.int64)
-        self.codes = [np.zeros(N, np.int64) for _ in range(K)]
+        self.depth = np.zeros(S, np.int64)
+        self.codes = [[np.zeros(N, np.int64) for _ in range(S)] for _ in range(K)]
 
-    def add(self, grain, codes):
-        grain_hist, code_hists = token_histograms(grain, codes, len(self.grain), len(self.codes[0]))
-        self.grain += grain_hist
-        for acc, h in zip(self.codes, code_hists):
-            acc += h
+    def add(self, tokens, factors):
+        K, S, N = len(self.grain), len(self.depth), len(self.codes[0][0])
+        self.grain += np.bincount(tokens.grain.ravel(), minlength=K)
+        self.depth += np.bincount(tokens.depth.ravel() - 1, minlength=S)
+        for acc, codes, used in zip(self.codes, tokens.codes, tokens.used(factors)):
+            for a, c, u in zip(acc, codes, used):
+                a += np.bincount(c[u], minlength=N)
         return self
 
     def entropy_bits(self):
         """Empirical entropy of everything counted, in bits."""
-        return entropy_bits(self.grain) + sum(entropy_bits(c) for c in self.codes)
+        return entropy_bits(self.grain) + entropy_bits(self.depth) + sum(
+            entropy_bits(c) for level in self.codes for c in level)
 
 
-def encode_tokens(grain, codes, factors, model):
-    """One field's tokens -> bytes.
-
-    grain : (Hc, Wc) int level per coarsest region; codes : per level k an
-    (Hc f_K / f_k, Wc f_K / f_k) int array, -1 where level k is unused.
-    """
+def encode_tokens(tokens, factors, model):
+    """One field's ``FieldTokens`` -> bytes: the grain map, the depth map, then each level's codes stage by stage."""
     writer = SymbolWriter()
-    writer.add(grain, model.grain)
-    for c, mask, counts in zip(codes, level_masks(grain, factors), model.codes):
-        writer.add(c[mask], counts)
+    writer.add(tokens.grain, model.grain)
+    writer.add(tokens.depth - 1, model.depth)
+    for codes, used, counts in zip(tokens.codes, tokens.used(factors), model.codes):
+        for c, u, n in zip(codes, used, counts):
+            writer.add(c[u], n)
     return writer.bytes()
 
 
 def decode_tokens(data, grid, factors, model):
-    """Inverse of ``encode_tokens`` for a coarsest grid `grid` = (Hc, Wc): (grain, codes)."""
-    K, f_K = len(factors), factors[-1]
+    """Inverse of ``encode_tokens`` for a coarsest grid `grid` = (Hc, Wc): ``FieldTokens``."""
+    K, f_K, S = len(factors), factors[-1], model.stages
     reader = SymbolReader(data)
     grain = reader.take(model.grain, grid[0] * grid[1]).reshape(grid)
     if grain.size and grain.max() >= K:
         raise CodecError(f"decoded grain level {grain.max()} for a {K}-level model (corrupt file)")
-    codes = []
-    for mask, counts, f in zip(level_masks(grain, factors), model.codes, factors):
-        c = np.full((grid[0] * f_K // f, grid[1] * f_K // f), -1, dtype=np.int64)
-        c[mask] = reader.take(counts, int(mask.sum()))
-        codes.append(c)
-    return grain, codes
+    depth = reader.take(model.depth, grid[0] * grid[1]).reshape(grid) + 1
+    codes = [np.full((S, grid[0] * f_K // f, grid[1] * f_K // f), -1, dtype=np.int64) for f in factors]
+    tokens = FieldTokens(grain, depth, codes)
+    for c, used, counts in zip(codes, tokens.used(factors), model.codes):
+        for s, (u, n) in enumerate(zip(used, counts)):
+            c[s][u] = reader.take(n, int(u.sum()))
+    return tokens
 
 
-def token_information_bits(grain, codes, factors, model):
-    """Ideal code length in bits of one field's tokens under `model`."""
-    bits = information_bits(grain.ravel(), model.grain)
-    for c, counts in zip(codes, model.codes):
-        bits += information_bits(c[c >= 0], counts)
+def token_information_bits(tokens, factors, model):
+    """Ideal code length in bits of one field's ``FieldTokens`` under `model`."""
+    bits = information_bits(tokens.grain.ravel(), model.grain)
+    bits += information_bits(tokens.depth.ravel() - 1, model.depth)
+    for codes, used, counts in zip(tokens.codes, tokens.used(factors), model.codes):
+        for c, u, n in zip(codes, used, counts):
+            bits += information_bits(c[u], n)
     return bits
-

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .decoder import Decoder
 from .encoder import Encoder
-from .quantizer import VectorQuantizer
+from .residual_vq import ResidualVQ
 from .router import (
     ROUTERS,
     Router,
@@ -58,7 +58,15 @@ class DQVAE(nn.Module):
     factors : ascending powers of two, one per grain level (0 = finest).
     hidden, channel_mult, num_res_blocks : encoder/decoder size, see ``Encoder``.
     attention : a self-attention block at the coarsest encoder level.
-    code_dim, codebook_size : the shared codebook.
+    code_dim, codebook_size : the shared codebook (of every residual stage).
+    stages : residual quantization stages (see ``ResidualVQ``); a region's
+        depth is how many of them code it. Training draws every region's depth
+        uniformly from 1..stages, so the decoder serves every depth map.
+    train_fine_ratio : optional (low, high): training draws one fine ratio per
+        batch from this range and assigns it exactly by rank, instead of the
+        Gumbel gate and the budget loss, so one model serves every budget.
+        The learned router's scores are ranked with Gumbel noise and get the
+        straight-through gradient of their probabilities.
     router : grain router used in training and by default at inference,
         one of ``ROUTERS``.
     target_ratios : fraction of regions per level (default: uniform); the
@@ -85,6 +93,8 @@ class DQVAE(nn.Module):
         num_res_blocks=1,
         code_dim=64,
         codebook_size=1024,
+        stages=1,
+        train_fine_ratio=None,
         router="learned",
         target_ratios=None,
         budget_mode="batch",
@@ -108,11 +118,17 @@ class DQVAE(nn.Module):
             raise ValueError(f"fixed_level must index one of the {K} levels, got {fixed_level}")
         if vorticity_channel is not None and not 0 <= vorticity_channel < in_channels:
             raise ValueError(f"vorticity_channel {vorticity_channel} is not one of the {in_channels} input channels")
+        if train_fine_ratio is not None:
+            lo, hi = (float(r) for r in train_fine_ratio)
+            if not 0.0 <= lo <= hi <= 1.0:
+                raise ValueError(f"train_fine_ratio must be (low, high) with 0 <= low <= high <= 1, got {train_fine_ratio}")
+            train_fine_ratio = (lo, hi)
         target_ratios = check_ratios(target_ratios if target_ratios is not None else [1.0 / K] * K, K)
         self.config = dict(
             in_channels=in_channels, factors=list(factors), hidden=hidden,
             channel_mult=list(channel_mult) if channel_mult is not None else None,
-            num_res_blocks=num_res_blocks, code_dim=code_dim, codebook_size=codebook_size, router=router,
+            num_res_blocks=num_res_blocks, code_dim=code_dim, codebook_size=codebook_size, stages=stages,
+            train_fine_ratio=list(train_fine_ratio) if train_fine_ratio is not None else None, router=router,
             target_ratios=list(target_ratios), budget_mode=budget_mode, periodic=periodic, attention=attention,
             commitment=commitment, ema_decay=ema_decay, dead_code_threshold=dead_code_threshold,
             fixed_level=fixed_level, vorticity_channel=vorticity_channel, seed=seed,
@@ -121,14 +137,15 @@ class DQVAE(nn.Module):
         self.router_mode, self.target_ratios, self.budget_mode = router, target_ratios, budget_mode
         self.periodic, self.fixed_level, self.seed = periodic, fixed_level, seed
         self.vorticity_channel = vorticity_channel
+        self.train_fine_ratio = train_fine_ratio
         arch = dict(factors=factors, hidden=hidden, channel_mult=channel_mult, num_res_blocks=num_res_blocks,
                     code_dim=code_dim, periodic=periodic)
         self.encoder = Encoder(in_channels, **arch, attention=attention)
         self.decoder = Decoder(in_channels, **arch)
         # only the learned router has parameters; the others are rules applied on the fly
         self.router = Router(factors, code_dim) if router == "learned" and K > 1 else None
-        self.quantizer = VectorQuantizer(
-            codebook_size, code_dim, commitment, ema_decay, dead_code_threshold=dead_code_threshold
+        self.quantizer = ResidualVQ(
+            stages, codebook_size, code_dim, commitment, ema_decay, dead_code_threshold=dead_code_threshold
         )
         self._train_generator = torch.Generator().manual_seed(seed)
 
@@ -176,9 +193,16 @@ class DQVAE(nn.Module):
             grain = torch.full((B, Hc, Wc), level, dtype=torch.long, device=coarse.device)
         elif mode == "learned":
             logits = self._router_logits(feats)
-            if temperature is not None:
+            if temperature is not None and fine_ratio is None:
                 gate = gumbel_gate(logits, temperature)
                 return gate.argmax(1), gate, logits
+            if temperature is not None:
+                # an exact budget on Gumbel-perturbed scores; straight-through gradient of the probabilities
+                gumbel = -torch.empty_like(logits).exponential_().log()
+                grain = rank_assign(fineness_log_odds(logits + temperature * gumbel), ratios)
+                probs = logits.softmax(1)
+                gate = F.one_hot(grain, K).permute(0, 3, 1, 2).to(probs.dtype) + probs - probs.detach()
+                return grain, gate, logits
             grain = logits.argmax(1) if fine_ratio is None else rank_assign(fineness_log_odds(logits), ratios)
         else:
             # the random router draws fresh regions each training step, repeatable ones at inference
@@ -229,34 +253,80 @@ class DQVAE(nn.Module):
         """Per level k, (B, Hp / f_k, Wp / f_k) bool: where the grain map chooses level k."""
         return [repeat_cells(grain == k, self.factors[-1] // f) for k, f in enumerate(self.factors)]
 
-    def _tokens(self, grain, idx_levels, shape):
-        codes = tuple(torch.where(mask, idx, -1) for mask, idx in zip(self._level_masks(grain), idx_levels))
-        return Tokens(grain, codes, self.factors, tuple(shape), self.quantizer.codebook_size)
+    def _tokens(self, grain, depth, idx_levels, shape):
+        """Tokens from per-level (B, Hk, Wk, stages) indices, masked by the grain and depth maps."""
+        f_K, S = self.factors[-1], self.quantizer.num_stages
+        codes, residual = [], []
+        stage = torch.arange(S, device=grain.device)
+        for mask, idx, f in zip(self._level_masks(grain), idx_levels, self.factors):
+            used = mask[..., None] & (stage < repeat_cells(depth, f_K // f)[..., None])  # (B, Hk, Wk, S)
+            idx = torch.where(used, idx, -1).permute(0, 3, 1, 2)  # (B, S, Hk, Wk)
+            codes.append(idx[:, 0])
+            residual.append(idx[:, 1:])
+        return Tokens(grain, codes, self.factors, tuple(shape), self.quantizer.codebook_size,
+                      depth=depth, residual=residual if S > 1 else ())
+
+    def _depth_map(self, grain, depth):
+        """(B, Hc, Wc) long depth per region from None (every stage), an int or a map."""
+        S = self.quantizer.num_stages
+        if depth is None:
+            return torch.full_like(grain, S)
+        depth = torch.as_tensor(depth, dtype=torch.long, device=grain.device).expand_as(grain).clone()
+        if depth.numel() and (depth.min() < 1 or depth.max() > S):
+            raise ValueError(f"depth must lie in [1, {S}] for a {S}-stage model, got [{depth.min()}, {depth.max()}]")
+        return depth
+
+    def _train_draws(self, shape, device):
+        """Training's random fine ratio (or None) and (B, Hc, Wc) depth map, from the model's seeded generator."""
+        g = self._train_generator
+        ratio = None
+        if self.train_fine_ratio is not None and self.num_levels > 1:
+            lo, hi = self.train_fine_ratio
+            ratio = lo + (hi - lo) * torch.rand((), generator=g).item()
+        depth = torch.randint(1, self.quantizer.num_stages + 1, shape, generator=g).to(device)
+        return ratio, depth
+
+    def _quantize(self, feats, grain, depth):
+        """Quantize every level's vectors to their region's depth: (q_levels (B, D, Hk, Wk), idx_levels, loss).
+
+        One call for all levels (one EMA step per stage); only the vectors of
+        the chosen level count, so a coarse vector is one code however many
+        cells it covers.
+        """
+        f_K = self.factors[-1]
+        z_ND = torch.cat([f.permute(0, 2, 3, 1).reshape(-1, self.code_dim) for f in feats])
+        chosen_N = torch.cat([mask.flatten() for mask in self._level_masks(grain)])
+        depth_N = torch.cat([repeat_cells(depth, f_K // f).flatten() for f in self.factors])
+        q_ND, idx_NS, loss = self.quantizer(z_ND, chosen_N, depth_N)
+        sizes = [f[:, 0].numel() for f in feats]
+        q_levels = [q.view(f.shape[0], *f.shape[2:], -1).permute(0, 3, 1, 2) for q, f in zip(q_ND.split(sizes), feats)]
+        idx_levels = [i.view(f.shape[0], *f.shape[2:], -1) for i, f in zip(idx_NS.split(sizes), feats)]
+        return q_levels, idx_levels, loss
 
     def forward(self, x, temperature=1.0):
         """Encode, quantize and decode a batch (B, C, H, W); see ``DQVAEOutput``.
 
         In training mode the learned router samples with Gumbel temperature
-        `temperature` and the codebook is updated; in eval mode the configured
-        router chooses as in ``encode`` (argmax for the learned one).
+        `temperature` (at a random exact budget with ``train_fine_ratio``),
+        every region gets a random depth and the codebooks are updated; in
+        eval mode the configured router chooses as in ``encode`` (argmax for
+        the learned one) and every region is coded to the full depth.
         """
         H, W = x.shape[-2:]
         x_pad = self._pad(x)
         feats = self.encoder(x_pad)  # K x (B, D, Hp / f_k, Wp / f_k)
+        coarse_shape = (feats[-1].shape[0], *feats[-1].shape[2:])
+        fine_ratio, depth = self._train_draws(coarse_shape, x.device) if self.training else (None, None)
         sample_temperature = temperature if self.training else None
-        grain, gate, logits = self._route(x_pad, feats, self.router_mode, temperature=sample_temperature)
-        # quantize every level's vectors at once (one codebook, one EMA step); only the
-        # chosen ones count, so a coarse vector is one code however many cells it covers
-        z_ND = torch.cat([f.permute(0, 2, 3, 1).reshape(-1, self.code_dim) for f in feats])
-        chosen_N = torch.cat([mask.flatten() for mask in self._level_masks(grain)])
-        q_ND, idx_N, vq_loss = self.quantizer(z_ND, chosen_N)
-        sizes = [f[:, 0].numel() for f in feats]
-        q_levels = [q.view(f.shape[0], *f.shape[2:], -1).permute(0, 3, 1, 2) for q, f in zip(q_ND.split(sizes), feats)]
-        idx_levels = [i.view(f.shape[0], *f.shape[2:]) for i, f in zip(idx_N.split(sizes), feats)]
+        grain, gate, logits = self._route(x_pad, feats, self.router_mode, fine_ratio=fine_ratio,
+                                          temperature=sample_temperature)
+        depth = self._depth_map(grain, depth)
+        q_levels, idx_levels, vq_loss = self._quantize(feats, grain, depth)
         recon = self.decoder(self._merge(gate, q_levels), grain)[..., :H, :W]
-        tokens = self._tokens(grain, idx_levels, (H, W))
+        tokens = self._tokens(grain, depth, idx_levels, (H, W))
         learned = logits is not None
-        budget = budget_loss(gate, self.target_ratios, self.budget_mode) if learned else vq_loss.new_zeros(())
+        budgeted = learned and fine_ratio is None
+        budget = budget_loss(gate, self.target_ratios, self.budget_mode) if budgeted else vq_loss.new_zeros(())
         codebook = self.quantizer.codebook_stats()
         stats = {
             "fine_fraction": tokens.fine_fraction().mean().item(),
@@ -268,7 +338,7 @@ class DQVAE(nn.Module):
         return DQVAEOutput(recon, tokens, {"vq": vq_loss, "budget": budget}, stats, probs)
 
     @torch.no_grad()
-    def encode(self, x, fine_ratio=None, router=None, level=None):
+    def encode(self, x, fine_ratio=None, router=None, level=None, depth=None):
         """Tokens of a batch of fields (B, C, H, W), without touching the codebook.
 
         Parameters
@@ -279,32 +349,37 @@ class DQVAE(nn.Module):
         router : overrides the configured router, one of ``ROUTERS``, so one
             trained model can be evaluated with several routing rules.
         level : level of the "fixed" router (default: ``fixed_level``).
+        depth : residual stages per region: an int, a (B, Hc, Wc) map, or None
+            for every stage.
         """
         x_pad = self._pad(x)
         feats = self.encoder(x_pad)
         grain, _, _ = self._route(x_pad, feats, router or self.router_mode, fine_ratio=fine_ratio, level=level)
-        idx_levels = [
-            self.quantizer.nearest(f.permute(0, 2, 3, 1).reshape(-1, self.code_dim)).view(f.shape[0], *f.shape[2:])
-            for f in feats
-        ]
-        return self._tokens(grain, idx_levels, x.shape[-2:])
+        return self._tokens(grain, self._depth_map(grain, depth), self.stage_indices(feats), x.shape[-2:])
+
+    @torch.no_grad()
+    def stage_indices(self, feats):
+        """Per level, the (B, Hk, Wk, stages) code indices of every vector of encoder features `feats`."""
+        return [self.quantizer.encode(f.permute(0, 2, 3, 1)) for f in feats]
 
     @torch.no_grad()
     def decode(self, tokens):
         """Field (B, C, H, W) from tokens; deterministic for given tokens in eval mode."""
-        if tokens.factors != self.factors or tokens.codebook_size != self.quantizer.codebook_size:
+        if (tokens.factors != self.factors or tokens.codebook_size != self.quantizer.codebook_size
+                or tokens.stages > self.quantizer.num_stages):
             raise ValueError(
-                f"tokens were made with factors {tokens.factors} and {tokens.codebook_size} codes, "
-                f"this model has factors {self.factors} and {self.quantizer.codebook_size} codes"
+                f"tokens were made with factors {tokens.factors}, {tokens.codebook_size} codes and "
+                f"{tokens.stages} stages; this model has factors {self.factors}, "
+                f"{self.quantizer.codebook_size} codes and {self.quantizer.num_stages} stages"
             )
         tokens.validate()
         H, W = tokens.shape
-        q_levels = [self.quantizer.lookup(c.clamp(min=0)).permute(0, 3, 1, 2) for c in tokens.codes]
-        gate = F.one_hot(tokens.grain, self.num_levels).permute(0, 3, 1, 2).to(self.quantizer.embed.dtype)
+        q_levels = [self.quantizer.lookup(c.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) for c in tokens.stage_codes()]
+        gate = F.one_hot(tokens.grain, self.num_levels).permute(0, 3, 1, 2).to(q_levels[0].dtype)
         return self.decoder(self._merge(gate, q_levels), tokens.grain)[..., :H, :W]
 
-    def tokens_per_field(self, shape, fine_ratio=None, router=None, level=None):
-        """Number of codes ``encode`` gives a field of `shape` (H, W), same arguments.
+    def tokens_per_field(self, shape, fine_ratio=None, router=None, level=None, depth=None):
+        """Number of codes ``encode`` gives a field of `shape` (H, W), same arguments (`depth` an int).
 
         Exact for every router except the learned one without `fine_ratio`
         (argmax): for it, the count at the target ratios, which training aims at.
@@ -316,7 +391,8 @@ class DQVAE(nn.Module):
             ratios = [float(k == level) for k in range(K)]
         else:
             ratios = self.target_ratios if fine_ratio is None else budget_ratios(fine_ratio, self.target_ratios)
-        return sum(n * (f_K // f) ** 2 for n, f in zip(level_counts(regions, ratios), self.factors))
+        per_stage = sum(n * (f_K // f) ** 2 for n, f in zip(level_counts(regions, ratios), self.factors))
+        return per_stage * (self.quantizer.num_stages if depth is None else int(depth))
 
 
 def vqvae(factor=8, **kwargs):

@@ -86,19 +86,28 @@ class VectorQuantizer(nn.Module):
             raise ValueError(f"expected vectors of size {self.dim}, got shape {tuple(z.shape)}")
         z_ND = z.reshape(-1, self.dim).float()  # the codebook and its statistics stay float32
         mask_N = None if mask is None else mask.reshape(-1)
-        counted = z_ND if mask_N is None else z_ND[mask_N]
-        if self.training and not self.initialised and len(counted):
-            self._init_codebook(counted.detach())
-        idx = self.nearest(z_ND)
+        idx = self.assign(z_ND, mask_N)
         q_ND = self.lookup(idx)
-        idx_counted = idx if mask_N is None else idx[mask_N]
-        q_counted = self.lookup(idx_counted)
-        loss = self.commitment * F.mse_loss(counted, q_counted) if len(counted) else z_ND.new_zeros(())
-        self.last_counts = torch.bincount(idx_counted, minlength=self.codebook_size).float()
-        if self.training:
-            self._ema_update(counted.detach(), idx_counted)
+        counted, q_counted = (z_ND, q_ND) if mask_N is None else (z_ND[mask_N], q_ND[mask_N])
+        loss = self.commitment * F.mse_loss(counted, q_counted.detach()) if len(counted) else z_ND.new_zeros(())
         q_ND = z_ND + (q_ND - z_ND).detach()
         return q_ND.view(z.shape), idx.view(z.shape[:-1]), loss
+
+    def assign(self, z_ND, mask_N=None):
+        """(N,) nearest-code indices of rows z_ND; in training also the codebook update.
+
+        Only the rows where `mask_N` is True (all without one) count in the
+        EMA statistics, the restarts and the usage stats.
+        """
+        counted = z_ND.detach() if mask_N is None else z_ND.detach()[mask_N]
+        if self.training and not self.initialised and len(counted):
+            self._init_codebook(counted)
+        idx = self.nearest(z_ND)
+        idx_counted = idx if mask_N is None else idx[mask_N]
+        self.last_counts = torch.bincount(idx_counted, minlength=self.codebook_size).float()
+        if self.training:
+            self._ema_update(counted.float(), idx_counted)
+        return idx
 
     @torch.no_grad()
     def _init_codebook(self, z_ND):

@@ -154,7 +154,7 @@ class Scan:
                 f"tokens have factors {tokens.factors} and shape {tokens.shape}, "
                 f"expected factors {self.factors} and shape {self.shape}"
             )
-        return tokens.validate()
+        return tokens.validate().require_single_stage(f"the {type(self).__name__} order")
 
     def encode(self, tokens):
         """TokenSequence of a batch of `Tokens` (padded at the end to the longest)."""

@@ -3,7 +3,10 @@
 A field of shape (H, W) is padded up to (Hp, Wp), multiples of the coarsest
 factor f_K, and cut into regions of f_K x f_K cells (the coarsest grid,
 Hc x Wc). Each region has one grain level k; at level k it carries
-(f_K / f_k)^2 codes on the level-k grid (Hp / f_k, Wp / f_k).
+(f_K / f_k)^2 codes on the level-k grid (Hp / f_k, Wp / f_k). With residual
+quantization each region also has a depth d >= 1: each of its cells carries
+d codes, one per stage of the ladder, the first in ``codes`` and the others
+in ``residual``.
 """
 
 from dataclasses import dataclass
@@ -42,7 +45,11 @@ class Tokens:
         -1 where that level is not used.
     factors : ascending downsampling factors, one per level.
     shape : original (H, W) of the field, before padding.
-    codebook_size : number of codes in the (shared) codebook.
+    codebook_size : number of codes in the (shared) codebook of each stage.
+    depth : (B, Hc, Wc) long, residual stages per region (>= 1); None: one everywhere.
+    residual : per level k a (B, S - 1, Hp / f_k, Wp / f_k) long tensor of the
+        codes of stages 1 .. S-1, -1 where the level is not used or the stage
+        lies past the region's depth; empty for single-stage tokens.
     """
 
     grain: torch.Tensor
@@ -50,9 +57,14 @@ class Tokens:
     factors: tuple
     shape: tuple
     codebook_size: int
+    depth: torch.Tensor | None = None
+    residual: tuple = ()
 
     def __post_init__(self):
         self.codes = tuple(self.codes)
+        self.residual = tuple(self.residual)
+        if self.depth is None:
+            self.depth = torch.ones_like(self.grain)
         self.factors = tuple(int(f) for f in self.factors)
         self.shape = tuple(int(s) for s in self.shape)
         self.codebook_size = int(self.codebook_size)
@@ -60,6 +72,24 @@ class Tokens:
     @property
     def num_levels(self):
         return len(self.factors)
+
+    @property
+    def stages(self):
+        """S: the length of the residual ladder these tokens were cut from."""
+        return 1 + (self.residual[0].shape[1] if self.residual else 0)
+
+    def stage_codes(self):
+        """Per level k, every stage's codes as one (B, S, Hp / f_k, Wp / f_k) tensor."""
+        if not self.residual:
+            return [c[:, None] for c in self.codes]
+        return [torch.cat([c[:, None], r], 1) for c, r in zip(self.codes, self.residual)]
+
+    def require_single_stage(self, user):
+        """Raise ValueError naming `user` if these tokens have residual stages; return self."""
+        if self.stages > 1:
+            raise ValueError(f"{user} models single-stage tokens; these come from a {self.stages}-stage "
+                             f"residual tokenizer")
+        return self
 
     @property
     def batch_size(self):
@@ -77,7 +107,7 @@ class Tokens:
 
     def count(self):
         """(B,) long: number of codes actually used per sample."""
-        return sum((c >= 0).flatten(1).sum(1) for c in self.codes)
+        return sum((c >= 0).flatten(1).sum(1) for c in self.codes + self.residual)
 
     def level_fractions(self):
         """(B, K) float: fraction of regions at each level."""
@@ -90,7 +120,9 @@ class Tokens:
 
     def to(self, device):
         codes = tuple(c.to(device) for c in self.codes)
-        return Tokens(self.grain.to(device), codes, self.factors, self.shape, self.codebook_size)
+        residual = tuple(r.to(device) for r in self.residual)
+        return Tokens(self.grain.to(device), codes, self.factors, self.shape, self.codebook_size,
+                      self.depth.to(device), residual)
 
     def validate(self):
         """Raise ValueError if grain map, codes, factors and shape disagree; return self."""
@@ -118,4 +150,28 @@ class Tokens:
                 raise ValueError(
                     f"level {k} codes are set (>= 0) where the grain map does not select level {k}, or missing where it does"
                 )
+        self._validate_depth()
         return self
+
+    def _validate_depth(self):
+        S = self.stages
+        if tuple(self.depth.shape) != tuple(self.grain.shape) or self.depth.dtype != torch.long:
+            raise ValueError(f"depth must be a {tuple(self.grain.shape)} long tensor like the grain map, "
+                             f"got {tuple(self.depth.shape)} of {self.depth.dtype}")
+        if self.depth.numel() and (self.depth.min() < 1 or self.depth.max() > S):
+            raise ValueError(f"depths must lie in [1, {S}] for {S}-stage tokens, got [{self.depth.min()}, {self.depth.max()}]")
+        if self.residual and len(self.residual) != self.num_levels:
+            raise ValueError(f"expected residual codes for each of the {self.num_levels} levels, got {len(self.residual)}")
+        f_K = self.factors[-1]
+        for k, (codes, residual) in enumerate(zip(self.codes, self.residual)):
+            expected = (codes.shape[0], S - 1, *codes.shape[1:])
+            if tuple(residual.shape) != expected or residual.dtype != torch.long:
+                raise ValueError(f"level {k} residual codes must be a {expected} long tensor, got {tuple(residual.shape)}")
+            if residual.numel() and (residual.min() < -1 or residual.max() >= self.codebook_size):
+                raise ValueError(f"level {k} residual codes must lie in [-1, {self.codebook_size})")
+            depth = repeat_cells(self.depth, f_K // self.factors[k])
+            stage = torch.arange(1, S, device=depth.device)[None, :, None, None]
+            used = self.level_mask(k)[:, None] & (stage < depth[:, None])
+            if not torch.equal(residual >= 0, used):
+                raise ValueError(f"level {k} residual codes disagree with the depth map: set past a region's depth "
+                                 f"or where the level is unused, or missing within it")

@@ -1,0 +1,170 @@
+"""Rate-distortion-optimal allocation of grains and depths at encode time (the ``rd`` router).
+
+The encoder has the field, so it can measure what each choice buys. For every
+option o = (grain level k, depth d) the field is decoded with every region at
+o, which gives each region's squared error e_r(o) and its cost
+c(o) = (f_K / f_k)^2 d log2(codebook_size) bits. Per region the options on
+the lower convex hull of (c, e) form a ladder of upgrades, each with a slope
+(error removed per bit); the allocation takes upgrades in order of falling
+slope, the greedy solution of the Lagrangian problem min sum e + lambda c,
+until the bit budget is spent (``bits_per_value``) or the field reaches a
+target quality (``psnr``). An upgrade that does not fit the budget is passed
+over and smaller ones after it are still taken, so what is left of the budget
+is less than any upgrade still open.
+
+Errors are measured with every region at one option, so a region's error
+ignores how its neighbours' choices leak into it through the decoder; the
+decoder is local and that leak is small next to the region's own code.
+"""
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+
+def _options(model):
+    """[(level, depth)] of every choice, and the (O,) code count each costs per region."""
+    f_K, S = model.factors[-1], model.quantizer.num_stages
+    options = [(k, d) for k in range(model.num_levels) for d in range(1, S + 1)]
+    codes = np.array([(f_K // model.factors[k]) ** 2 * d for k, d in options], dtype=np.float64)
+    return options, codes
+
+
+@torch.no_grad()
+def option_errors(model, x_pad, feats, idx_levels):
+    """(B, C, Hc, Wc, O) squared error summed over each region's cells, per channel, for every option."""
+    options, _ = _options(model)
+    f_K = model.factors[-1]
+    B, _, Hc, Wc = feats[-1].shape
+    errors = []
+    for k, d in options:
+        grain = torch.full((B, Hc, Wc), k, dtype=torch.long, device=x_pad.device)
+        depth = torch.full_like(grain, d)
+        recon = model.decode(model._tokens(grain, depth, idx_levels, x_pad.shape[-2:]))
+        sq = (recon.float() - x_pad.float()).square()
+        errors.append(F.avg_pool2d(sq, f_K) * f_K**2)
+    return torch.stack(errors, -1)
+
+
+def _hull(costs, errors_RO):
+    """Per region the upgrades along the lower convex hull of (cost, error).
+
+    Returns (region, from_option, to_option, slope) arrays over every upgrade,
+    and the (R,) index of each region's cheapest option (where it starts).
+    """
+    order = np.argsort(costs, kind="stable")
+    regions, src, dst, slopes = [], [], [], []
+    starts = np.empty(len(errors_RO), dtype=np.int64)
+    for r, e in enumerate(errors_RO):
+        hull = [order[0]]
+        for o in order[1:]:
+            if e[o] >= e[hull[-1]] or costs[o] == costs[hull[-1]]:
+                continue  # costs more for no less error
+            while len(hull) >= 2:
+                a, b = hull[-2], hull[-1]
+                # b lies on or above the chord from a to o: it is no corner of the hull
+                if (e[a] - e[b]) * (costs[o] - costs[a]) <= (e[a] - e[o]) * (costs[b] - costs[a]):
+                    hull.pop()
+                else:
+                    break
+            hull.append(o)
+        starts[r] = hull[0]
+        for a, b in zip(hull, hull[1:]):
+            regions.append(r), src.append(a), dst.append(b)
+            slopes.append((e[a] - e[b]) / (costs[b] - costs[a]))
+    return np.array(regions, np.int64), np.array(src, np.int64), np.array(dst, np.int64), np.array(slopes), starts
+
+
+def _greedy(costs, errors_RCO, weights_C, budget=None, target=None):
+    """(R,) chosen option per region: upgrades by falling slope until `budget` bits or error `target` (C,).
+
+    ``errors_RCO`` are per-channel errors; the slopes use their sum weighted by
+    ``weights_C``. With a target the upgrades stop as soon as ``done(err_C)``
+    holds for the field's per-channel total error.
+    """
+    weighted = (errors_RCO * weights_C[None, :, None]).sum(1)  # (R, O)
+    regions, src, dst, slopes, choice = _hull(costs, weighted)
+    spent = costs[choice].sum()
+    total_C = errors_RCO[np.arange(len(choice)), :, choice].sum(0)
+    if target is not None and target(total_C):
+        return choice
+    for i in np.argsort(-slopes, kind="stable"):
+        r = regions[i]
+        if choice[r] != src[i]:
+            continue  # an earlier step of this region's ladder was passed over
+        step = costs[dst[i]] - costs[src[i]]
+        if budget is not None and spent + step > budget + 1e-9:
+            continue
+        total_C += errors_RCO[r, :, dst[i]] - errors_RCO[r, :, src[i]]
+        choice[r], spent = dst[i], spent + step
+        if target is not None and target(total_C):
+            break
+    return choice
+
+
+def side_bits(model, grid):
+    """Bits of the grain and depth maps of a field with `grid` = (Hc, Wc) regions, at log2(K) + log2(S) a region."""
+    return grid[0] * grid[1] * (math.log2(model.num_levels) + math.log2(model.quantizer.num_stages))
+
+
+@torch.no_grad()
+def rd_allocate(model, x, bits_per_value=None, psnr=None):
+    """Tokens of fields x (B, C, H, W) with rate-distortion-optimal grains and depths.
+
+    Parameters
+    ----------
+    model : DQVAE (any number of levels and stages) in eval mode.
+    x : normalised fields.
+    bits_per_value : the bit budget of each field, per value (C H W values),
+        counting ``log2(codebook_size)`` per code and the grain and depth maps
+        (``side_bits``); the allocation spends as much of it as it can and never
+        more (at least one code per region is always spent).
+    psnr : instead, the fewest bits for which the field's PSNR (by each
+        channel's value range, averaged over channels) reaches `psnr` dB, or
+        every code if it never does.
+    """
+    if (bits_per_value is None) == (psnr is None):
+        raise ValueError("give exactly one of bits_per_value and psnr")
+    if bits_per_value is not None and bits_per_value <= 0:
+        raise ValueError(f"bits_per_value must be positive, got {bits_per_value}")
+    H, W = x.shape[-2:]
+    x_pad = model._pad(x)
+    feats = model.encoder(x_pad)
+    idx_levels = model.stage_indices(feats)
+    errors = option_errors(model, x_pad, feats, idx_levels).double().cpu().numpy()  # (B, C, Hc, Wc, O)
+    B, C, Hc, Wc, O = errors.shape
+    options, codes = _options(model)
+    costs = codes * math.log2(model.quantizer.codebook_size)
+    # crop the padding out of every error: only the field's own cells count
+    valid = F.avg_pool2d(F.pad(torch.ones(1, 1, H, W), (0, x_pad.shape[-1] - W, 0, x_pad.shape[-2] - H)),
+                         model.factors[-1]).numpy()[0, 0] > 0
+    levels = np.empty((B, Hc, Wc), np.int64)
+    depths = np.empty((B, Hc, Wc), np.int64)
+    x_np = x.double().cpu().numpy()
+    for b in range(B):
+        err_RCO = errors[b].transpose(1, 2, 0, 3).reshape(Hc * Wc, C, O)
+        err_RCO = np.where(valid.reshape(-1)[:, None, None], err_RCO, 0.0)
+        span = x_np[b].reshape(C, -1)
+        range_sq = np.maximum((span.max(1) - span.min(1)) ** 2, 1e-30)  # PSNR's peak per channel
+        weights = 1.0 / range_sq
+        if psnr is not None:
+            limit = range_sq * 10 ** (-psnr / 10) * H * W  # squared error that gives the PSNR on one channel
+
+            def target(total_C, limit=limit):
+                # a channel's PSNR is psnr - 10 log10(error / limit); their mean reaches psnr when
+                # the mean log ratio is at most 0
+                return np.log10(np.maximum(total_C, 1e-300) / limit).mean() <= 0
+
+            choice = _greedy(costs, err_RCO, weights, target=target)
+        else:
+            budget = bits_per_value * C * H * W - side_bits(model, (Hc, Wc))
+            choice = _greedy(costs, err_RCO, weights, budget=budget)
+        levels[b] = np.array([options[o][0] for o in choice]).reshape(Hc, Wc)
+        depths[b] = np.array([options[o][1] for o in choice]).reshape(Hc, Wc)
+    grain = torch.from_numpy(levels).to(x.device)
+    depth = torch.from_numpy(depths).to(x.device)
+    return model._tokens(grain, depth, idx_levels, (H, W))
+

@@ -1,0 +1,105 @@
+"""Rate-distortion allocation: budgets are met, not passed, and bits go where they remove the most error."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dynfield.evaluation import nominal_bits
+from dynfield.models import DQVAE
+from dynfield.models.allocation import _greedy, rd_allocate, side_bits
+
+COSTS = np.array([1.0, 2.0, 4.0, 8.0])  # one region's options, cheapest first
+
+
+def planted(rng, n_regions=40, busy_fraction=0.25):
+    """(R, 1, O) errors: busy regions lose most of their error with every doubling, quiet ones almost none."""
+    busy = rng.random(n_regions) < busy_fraction
+    base = np.where(busy, 100.0, 1.0) * rng.uniform(0.5, 1.5, n_regions)
+    fall = np.where(busy, 0.3, 0.95)  # error kept per upgrade
+    errors = base[:, None] * fall[:, None] ** np.arange(len(COSTS))[None]
+    return errors[:, None, :], busy
+
+
+def test_budget_is_spent_but_never_passed():
+    rng = np.random.default_rng(0)
+    errors, _ = planted(rng)
+    for budget in (40.0, 55.0, 90.0, 200.0):
+        choice = _greedy(COSTS, errors, np.ones(1), budget=budget)
+        spent = COSTS[choice].sum()
+        assert spent <= budget
+        # no region could still take its next step up within what is left
+        left = budget - spent
+        steps = [COSTS[c + 1] - COSTS[c] for c in choice if c + 1 < len(COSTS)]
+        assert not steps or min(steps) > left
+
+
+def test_beats_random_allocation_on_planted_structure():
+    rng = np.random.default_rng(1)
+    errors, busy = planted(rng)
+    budget = 80.0
+    choice = _greedy(COSTS, errors, np.ones(1), budget=budget)
+    rd_error = errors[np.arange(len(choice)), 0, choice].sum()
+    spent = COSTS[choice].sum()
+    # random allocations of the same bits: random regions get upgraded until the budget is spent
+    random_errors = []
+    for seed in range(50):
+        r = np.random.default_rng(seed)
+        pick = np.zeros(len(choice), np.int64)
+        while True:
+            open_ = [i for i in range(len(pick)) if pick[i] + 1 < len(COSTS)
+                     and COSTS[pick].sum() - COSTS[pick[i]] + COSTS[pick[i] + 1] <= spent]
+            if not open_:
+                break
+            pick[r.choice(open_)] += 1
+        random_errors.append(errors[np.arange(len(pick)), 0, pick].sum())
+    assert rd_error < 0.5 * np.mean(random_errors)
+    assert (choice[busy] > 0).all() and choice[busy].mean() > choice[~busy].mean()
+
+
+def test_greedy_matches_exhaustive_search_on_hull_budgets():
+    rng = np.random.default_rng(2)
+    errors = np.sort(rng.uniform(0, 10, (4, 1, 4)), axis=2)[:, :, ::-1] * rng.uniform(1, 5, (4, 1, 1))
+    # convex ladders: on them greedy is the exact Lagrangian solution at every budget it stops on
+    for budget in (6.0, 10.0, 16.0):
+        choice = _greedy(COSTS, errors, np.ones(1), budget=budget)
+        best = min(errors[np.arange(4), 0, list(c)].sum()
+                   for c in itertools.product(range(4), repeat=4) if COSTS[list(c)].sum() <= COSTS[choice].sum())
+        assert errors[np.arange(4), 0, choice].sum() <= best * 1.15
+
+
+def test_target_stops_at_the_first_allocation_that_reaches_it():
+    rng = np.random.default_rng(3)
+    errors, _ = planted(rng)
+    limit = 0.2 * errors[:, 0, 0].sum()
+    choice = _greedy(COSTS, errors, np.ones(1), target=lambda total: total[0] <= limit)
+    assert errors[np.arange(len(choice)), 0, choice].sum() <= limit
+    cheaper = _greedy(COSTS, errors, np.ones(1), budget=COSTS[choice].sum() - 1)
+    assert errors[np.arange(len(cheaper)), 0, cheaper].sum() > limit
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    model = DQVAE(in_channels=2, factors=(2, 4), hidden=8, code_dim=8, codebook_size=32, stages=3, periodic=True)
+    model.train()
+    for _ in range(3):
+        model(torch.randn(4, 2, 16, 16))  # codebooks initialised from data at every stage
+    return model.eval()
+
+
+def test_rd_tokens_meet_a_bit_budget(tiny_model):
+    x = torch.randn(3, 2, 20, 24)
+    values = 2 * 20 * 24
+    grid = (5, 6)
+    for bpv in (0.6, 1.2, 2.5):
+        tokens = rd_allocate(tiny_model, x, bits_per_value=bpv).validate()
+        bits = nominal_bits(tokens, tiny_model.quantizer.num_stages)
+        assert (bits <= bpv * values + 1e-6).all()
+        # the cheapest allocation: every region coarse at depth 1
+        floor = grid[0] * grid[1] * math.log2(32) + side_bits(tiny_model, grid)
+        assert (bits >= min(floor, bpv * values) - 1e-6).all()
+    with pytest.raises(ValueError, match="exactly one"):
+        rd_allocate(tiny_model, x)
