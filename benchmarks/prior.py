@@ -58,7 +58,7 @@ def random_tokens(n, tokenizer, shape, generator):
 @torch.no_grad()
 def encode(tokenizer, x_NCHW, fine_ratio, batch_size):
     """Tokens of normalised fields, one ``Tokens`` per batch."""
-    return [tokenizer.encode(x, fine_ratio=fine_ratio) for x in x_NCHW.split(batch_size)]
+    return [tokenizer.encode(x, fine_ratio=fine_ratio, depth=1) for x in x_NCHW.split(batch_size)]  # first stage
 
 
 def velocity(fields_NCHW, variables):

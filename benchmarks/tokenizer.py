@@ -1,38 +1,100 @@
-"""Tokenizer benchmark: does spending codes where the detail is beat spending them evenly?
+"""Tokenizer benchmark: the rate ladder of one checkpoint, and what its allocation buys.
 
-One trained dynamic-grain model is evaluated with the ``learned``, ``random``
-and ``enstrophy`` routers at several exact fine ratios, next to fixed-grain
-VQ-VAEs trained separately at the finest and the coarsest factor. Every model
+One dynamic-grain checkpoint is evaluated over bits per value with every
+router: ``rd`` (rate-distortion allocation of grains and depths at each
+budget), and ``learned``, ``enstrophy`` and ``random`` at every exact fine
+ratio and uniform depth (their upper envelope is their curve, so each gets
+its best mix of grain and depth at every rate). Fixed-grain checkpoints,
+trained with the same compute, are evaluated at every depth. Every model
 sees the same held-out fields (a solver seed used neither in training nor in
 validation). Writes ``tokenizer.json`` and ``tokenizer.png`` into ``--out``.
 
     python benchmarks/tokenizer.py --dq RUN/tokenizer.pt \\
         --fixed RUN_F4/tokenizer.pt RUN_F8/tokenizer.pt --out benchmarks/results
+
+Bits per value are nominal: log2(codebook size) per code of every stage
+plus log2(K) + log2(S) per region for the grain and depth maps; the codec's
+entropy coding only lowers them.
 """
 
 import argparse
 import json
-import math
+import time
 from pathlib import Path
 
-
+import numpy as np
+import torch
 from provenance import machine  # benchmarks/provenance.py
 
 from dynfield import checkpoint
 from dynfield.analysis import load_fields
 from dynfield.data.turbulence import HELD_OUT_SEED
 from dynfield.evaluation import evaluate_tokenizer
+from dynfield.models.allocation import rd_allocate
+
+RULE_ROUTERS = ("learned", "enstrophy", "random")
+FINE_RATIOS = (0.0, 0.25, 0.5, 0.75, 1.0)
+BUDGETS = (0.03, 0.05, 0.07, 0.1, 0.14, 0.2, 0.28, 0.4, 0.5)
 
 
 def evaluate(model, fields_NCHW, state, batch_size, **encode_kw):
-    """Tokenizer metrics on every (normalised) field, plus the rate in bits per value."""
+    """Tokenizer metrics on every (normalised) field, with the rate in bits per value."""
+    t0 = time.perf_counter()
     out = evaluate_tokenizer(model, fields_NCHW.split(batch_size), state["stats"], state["variables"], **encode_kw)
-    H, W = fields_NCHW.shape[-2:]
-    values = H * W * len(state["variables"])
-    out["bits_per_value"] = out["tokens_per_field"] * math.log2(model.config["codebook_size"]) / values
-    # The grain map costs log2(K) bits a region on top (not counted above).
-    regions = math.ceil(H / model.factors[-1]) * math.ceil(W / model.factors[-1])
-    out["grain_bits_per_value"] = regions * math.log2(len(model.factors)) / values
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def envelope(points):
+    """Upper envelope (bits, psnr, rel_l2) of (bits, psnr, rel_l2) points: each kept point beats every cheaper one."""
+    best, out = -np.inf, []
+    for p in sorted(points):
+        if p[1] > best:
+            out.append(p)
+            best = p[1]
+    return out
+
+
+def at_rate(curve, bits, key=1):
+    """A curve's value (psnr: key 1, rel_l2: key 2) at `bits` per value, log-linear between points; None outside."""
+    xs = np.log2([p[0] for p in curve])
+    if not len(xs) or not xs[0] - 1e-9 <= np.log2(bits) <= xs[-1] + 1e-9:
+        return None
+    return float(np.interp(np.log2(bits), xs, [p[key] for p in curve]))
+
+
+def curves(results):
+    """{name: envelope} of every router of the dq model and every fixed-grain model."""
+    out = {}
+    for r in results:
+        out.setdefault(r["name"], []).append((r["bits_per_value"], r["psnr"], r["rel_l2"]))
+    return {name: envelope(points) for name, points in out.items()}
+
+
+def targets(results):
+    """The issue's claims: no floor, grains pay, allocation matters."""
+    c = curves(results)
+    dq = {k: v for k, v in c.items() if k.startswith("dq ")}
+    fixed = {k: v for k, v in c.items() if k.startswith("fixed ")}
+    out = {}
+    for name, curve in dq.items():
+        lo, hi = at_rate(curve, 0.05), at_rate(curve, 0.4)
+        out[f"{name}: dB per doubling 0.05-0.4"] = None if lo is None or hi is None else (hi - lo) / 3
+    at_01 = {k: at_rate(v, 0.1) for k, v in {**dq, **fixed}.items()}
+    best_dq = max((v, k) for k, v in at_01.items() if k in dq and v is not None)
+    best_fixed = max(((v, k) for k, v in at_01.items() if k in fixed and v is not None), default=None)
+    out["psnr at 0.1"] = at_01
+    out["best router at 0.1"] = best_dq[1]
+    if best_fixed:
+        out["best router - best fixed at 0.1 (dB)"] = best_dq[0] - best_fixed[0]
+    reductions = {}
+    for bits in (0.05, 0.1, 0.2):
+        rand = at_rate(c.get("dq random", []), bits, key=2)
+        for name in ("dq rd", "dq learned"):
+            mine = at_rate(c.get(name, []), bits, key=2)
+            if rand and mine:
+                reductions[f"{name} vs random at {bits}"] = 1 - mine / rand
+    out["rel_l2 reduction"] = reductions
     return out
 
 
@@ -42,21 +104,14 @@ def plot(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for router in ("learned", "random", "enstrophy"):
-        pts = sorted((r["tokens_per_field"], r["rel_l2"]) for r in results if r["model"] == "dq" and r["router"] == router
-                     and r["fine_ratio_target"] is not None)
-        ax.plot(*zip(*pts), marker="o", label=f"dq, {router} router")
-    fixed = sorted((r["tokens_per_field"], r["rel_l2"], r["label"]) for r in results if r["model"] == "fixed")
-    for t, e, label in fixed:
-        ax.scatter([t], [e], marker="s", s=60, color="k", zorder=3)
-        ax.annotate(label, (t, e), textcoords="offset points", xytext=(6, 4))
-    if len(fixed) == 2:
-        ax.plot([fixed[0][0], fixed[1][0]], [fixed[0][1], fixed[1][1]], "k--", lw=1, label="fixed-grain chord")
-    ax.set_xlabel("tokens per field")
-    ax.set_ylabel("relative L2 error (mean over channels)")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    for name, curve in curves(results).items():
+        style = dict(marker="s", ls="--", color="k" if "4" in name else "0.5") if name.startswith("fixed") else dict(marker="o")
+        ax.plot([p[0] for p in curve], [p[1] for p in curve], label=name, **style)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("bits per value (nominal)")
+    ax.set_ylabel("PSNR dB (mean over channels)")
+    ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -65,62 +120,51 @@ def plot(results, path):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dq", required=True, help="dynamic-grain tokenizer checkpoint")
-    p.add_argument("--fixed", nargs="*", default=[], help="fixed-grain VQ-VAE checkpoints")
-    p.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75])
+    p.add_argument("--fixed", nargs="*", default=[], help="fixed-grain checkpoints trained with the same compute")
+    p.add_argument("--budgets", type=float, nargs="+", default=list(BUDGETS), help="bits per value of the rd router")
     p.add_argument("--n", type=int, default=64, help="held-out fields")
     p.add_argument("--resolution", type=int, default=128, help="grid of the held-out fields (as in training)")
+    p.add_argument("--source", default="builtin", help="'builtin' (held-out seed) or a file of the same variables")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    torch.set_grad_enabled(False)
 
     dq, dq_state = checkpoint.load_model(args.dq)
-    fields, _, _ = load_fields("builtin", dq_state, args.n, resolution=args.resolution, seed=HELD_OUT_SEED)
+    fields, _, _ = load_fields(args.source, dq_state, args.n, resolution=args.resolution, seed=HELD_OUT_SEED)
+    S = dq.quantizer.num_stages
     results = []
-    for router in ("learned", "random", "enstrophy"):
-        for ratio in args.ratios:
-            r = evaluate(dq, fields, dq_state, args.batch_size, router=router, fine_ratio=ratio)
-            results.append(dict(model="dq", router=router, fine_ratio_target=ratio, **r))
-            print(f"dq {router:9s} r={ratio:.2f}: tokens {r['tokens_per_field']:.0f}, rel_l2 {r['rel_l2']:.4f}, "
-                  f"psnr {r['psnr']:.2f}")
-    r = evaluate(dq, fields, dq_state, args.batch_size)  # the learned router's own argmax choice
-    results.append(dict(model="dq", router="learned", fine_ratio_target=None, **r))
+
+    def record(name, model, state, encode, **meta):
+        r = dict(name=name, **meta, **evaluate(model, fields, state, args.batch_size, **encode))
+        results.append(r)
+        print(f"{name:14s} {r['bits_per_value']:.4f} bits/value: psnr {r['psnr']:.2f}, rel_l2 {r['rel_l2']:.4f}")
+
+    for bits in args.budgets:
+        record("dq rd", dq, dq_state, dict(encode=rd_allocate, bits_per_value=bits), target_bits=bits)
+    for router in RULE_ROUTERS if dq.num_levels > 1 else ():
+        for ratio in FINE_RATIOS:
+            for depth in range(1, S + 1):
+                record(f"dq {router}", dq, dq_state, dict(router=router, fine_ratio=ratio, depth=depth),
+                       fine_ratio=ratio, depth=depth)
     for path in args.fixed:
         model, state = checkpoint.load_model(path)
         if state["variables"] != dq_state["variables"]:
             raise ValueError(f"{path} was trained on {state['variables']}, the dq model on {dq_state['variables']}")
-        r = evaluate(model, fields, state, args.batch_size)
-        results.append(dict(model="fixed", router="fixed", fine_ratio_target=None, label=f"f={model.factors[0]}", **r))
-        print(f"fixed f={model.factors[0]}: tokens {r['tokens_per_field']:.0f}, rel_l2 {r['rel_l2']:.4f}")
+        for depth in range(1, model.quantizer.num_stages + 1):
+            record(f"fixed f={model.factors[0]}", model, state, dict(depth=depth), depth=depth)
 
-    summary = {"machine": machine(), "held_out_seed": HELD_OUT_SEED, "n_fields": len(fields),
-               "checkpoints": {"dq": args.dq, "fixed": args.fixed}, "results": results}
-    summary["targets"] = targets(results)
-    (out / "tokenizer.json").write_text(json.dumps(summary, indent=2))
+    models = {"dq": args.dq, "fixed": args.fixed}
+    provenance = {k: checkpoint.read_checkpoint(v).get("metrics") for k, v in
+                  [("dq", args.dq)] + [(f"fixed {i}", f) for i, f in enumerate(args.fixed)]}
+    summary = {"machine": machine(), "source": args.source, "held_out_seed": HELD_OUT_SEED, "n_fields": len(fields),
+               "checkpoints": models, "training": provenance, "results": results, "targets": targets(results)}
+    (out / "tokenizer.json").write_text(json.dumps(summary, indent=2, default=str))
     plot(results, out / "tokenizer.png")
     print(json.dumps(summary["targets"], indent=2))
     print(f"wrote {out / 'tokenizer.json'} and {out / 'tokenizer.png'}")
-
-
-def targets(results):
-    """The issue's two claims, checked at each budget."""
-    dq = {(r["router"], r["fine_ratio_target"]): r for r in results if r["model"] == "dq"}
-    fixed = sorted((r["tokens_per_field"], r["rel_l2"]) for r in results if r["model"] == "fixed")
-    checks = {}
-    for (router, ratio), r in dq.items():
-        if router != "learned" or ratio is None:
-            continue
-        rand = dq[("random", ratio)]
-        entry = {"learned_rel_l2": r["rel_l2"], "random_rel_l2": rand["rel_l2"],
-                 "reduction_vs_random": 1 - r["rel_l2"] / rand["rel_l2"]}
-        if len(fixed) == 2:
-            (t0, e0), (t1, e1) = fixed
-            chord = e0 + (e1 - e0) * (r["tokens_per_field"] - t0) / (t1 - t0)
-            entry["fixed_chord_rel_l2"] = chord
-            entry["below_chord"] = r["rel_l2"] < chord
-        checks[f"fine_ratio={ratio}"] = entry
-    return checks
 
 
 if __name__ == "__main__":

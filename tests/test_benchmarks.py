@@ -11,7 +11,7 @@ from dynfield.checkpoint import save_checkpoint, tokenizer_entry
 from dynfield.data import open_fields
 from dynfield.data.dummy import write_dummy_netcdf
 from dynfield.models import DQVAE, ARPrior, vqvae
-from dynfield.train import data_entry
+from dynfield.train_prior import data_entry
 
 VARIABLES = ["u", "v", "vorticity", "scalar"]
 

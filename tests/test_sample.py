@@ -10,7 +10,7 @@ from dynfield import checkpoint, sample
 from dynfield.data import open_fields
 from dynfield.data.dummy import write_dummy_netcdf
 from dynfield.models import DQVAE, ARPrior, MaskedPrior
-from dynfield.train import data_entry
+from dynfield.train_prior import data_entry
 
 VARIABLES = ["u", "v", "vorticity", "scalar"]
 PRIORS = {"coarse_to_fine": ARPrior, "bidirectional": MaskedPrior}

@@ -293,3 +293,30 @@ def _default_physics():
     solver_names = inspect.signature(NavierStokes2D).parameters
     return {name: p.default for name, p in inspect.signature(generate).parameters.items()
             if name in solver_names and name not in ("resolution", "seed")}
+
+
+def vortex_count(u, v, min_cells=4):
+    """Connected Okubo-Weiss vortex regions (W < -0.2 sigma_W) of at least `min_cells` cells."""
+    from scipy import ndimage
+
+    from dynfield.physics import vortex_mask
+
+    labels, n = ndimage.label(vortex_mask(u, v))
+    sizes = np.bincount(labels.ravel())[1:]
+    return int((sizes >= min_cells).sum())
+
+
+@pytest.mark.slow
+def test_decaying_turbulence_loses_energy_and_its_vortices_merge():
+    ds = generate(16, resolution=64, trajectories=2, forcing="decaying", drag=0.0, forcing_wavenumber=12,
+                  spinup_time=1.0, snapshot_interval=1.5, progress=False)
+    assert ds.attrs["title"].startswith("Decaying")
+    u, v = ds.u.values.astype(np.float64), ds.v.values.astype(np.float64)
+    energy = 0.5 * (u**2 + v**2).mean((1, 2))
+    for t in range(2):
+        e = energy[ds.trajectory.values == t]
+        assert (np.diff(e) < 0).all(), e  # no force: energy only falls
+        assert e[-1] > 0.2 * e[0]  # but slowly: the inverse cascade keeps it in large vortices
+    counts = [[vortex_count(u[i], v[i]) for i in np.flatnonzero(ds.trajectory.values == t)] for t in range(2)]
+    for c in counts:
+        assert c[-1] < 0.6 * c[0], counts  # merging leaves fewer, larger vortices

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from dynfield.conventions import CF_CONVENTIONS, COORD_ATTRS, SAMPLE, VARIABLE_ATTRS, X, Y
 
-FORCINGS = ("kolmogorov", "stochastic")
+FORCINGS = ("kolmogorov", "stochastic", "decaying")
 # Solver seeds of the built-in splits: training uses 0 and validation 1
 # (conf/dataset/turbulence.yaml); benchmarks and analyses evaluate on this one.
 HELD_OUT_SEED = 2
@@ -56,12 +56,14 @@ class NavierStokes2D:
         nu, nu_h and p in -nu_h (-lap)^p; ``hyperviscosity=0`` turns it off.
     drag : float
         Linear (Rayleigh) drag alpha on the vorticity.
-    forcing : {"kolmogorov", "stochastic", "none"}
+    forcing : {"kolmogorov", "stochastic", "decaying", "none"}
         ``kolmogorov``: body force ``forcing_amplitude * sin(k_f y)`` along x.
         ``stochastic``: white-in-time forcing in the shell
         ``|k - k_f| <= forcing_bandwidth`` injecting energy at ``injection_rate``.
+        ``decaying`` (or ``none``): no force; with ``drag=0`` freely decaying
+        turbulence, whose vortices merge into fewer, larger coherent ones.
     forcing_wavenumber : int
-        k_f.
+        k_f; also the peak of ``generate``'s random initial spectrum.
     scalar_diffusivity : float
         kappa (the default equals the viscosity: Schmidt number 1).
     scalar_gradient : float
@@ -375,7 +377,8 @@ def generate(n_samples=256, *, resolution=128, seed=0, viscosity=1e-3, hypervisc
     )
     ds.attrs = {
         "Conventions": CF_CONVENTIONS,
-        "title": f"Forced 2D turbulence ({forcing} forcing) with a passive scalar",
+        "title": ("Decaying 2D turbulence" if forcing in ("decaying", "none") else
+                  f"Forced 2D turbulence ({forcing} forcing)") + " with a passive scalar",
         "source": ("dynfield pseudo-spectral 2D Navier-Stokes solver: vorticity form, 2/3-rule dealiasing, "
                    "integrating-factor RK4 with CFL time step; scalar is the periodic fluctuation about "
                    "a mean gradient scalar_gradient along y"),
