@@ -1,7 +1,11 @@
 """Compress field files to ``.dfz``.
 
     python -m dynfield.compress run.nc run.dfz [--checkpoint C] [--variables u,v]
-        [--fine-ratio R] [--max-abs-error E | --rel-error E] [--workers N]
+        [--fine-ratio R | --bits-per-value B | --psnr P] [--max-abs-error E | --rel-error E] [--workers N]
+
+``--bits-per-value`` and ``--psnr`` choose grains and depths per region by
+rate-distortion allocation: a token budget per value (before entropy coding)
+or the fewest tokens that reach the PSNR, field by field.
 
 An error bound is one number for every variable, or ``name=value`` pairs
 (``--max-abs-error u=0.01,v=0.02``); a relative bound is a fraction of each
@@ -32,7 +36,10 @@ def parser():
     p.add_argument("--checkpoint", help="tokenizer checkpoint (default: the bundled one)")
     p.add_argument("--variables", type=lambda s: [v.strip() for v in s.split(",") if v.strip()],
                    help="comma-separated variables (default: all)")
-    p.add_argument("--fine-ratio", type=float, help="exact fraction of fine regions per field")
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument("--fine-ratio", type=float, help="exact fraction of fine regions per field")
+    rate.add_argument("--bits-per-value", type=float, help="token budget per value, allocated for the least error")
+    rate.add_argument("--psnr", type=float, help="the fewest tokens that reach this PSNR (dB) in each field")
     bound = p.add_mutually_exclusive_group()
     bound.add_argument("--max-abs-error", type=error_bound, help="guaranteed maximum absolute error")
     bound.add_argument("--rel-error", type=error_bound, help="maximum error as a fraction of each variable's range")
@@ -47,7 +54,8 @@ def main(argv=None):
 
     def action():
         s = compress_file(args.input, args.output, checkpoint=args.checkpoint, variables=args.variables,
-                          fine_ratio=args.fine_ratio, max_abs_error=args.max_abs_error, rel_error=args.rel_error,
+                          fine_ratio=args.fine_ratio, bits_per_value=args.bits_per_value, psnr=args.psnr,
+                          max_abs_error=args.max_abs_error, rel_error=args.rel_error,
                           workers=args.workers, progress=not args.quiet, device=args.device)
         print(f"{args.output}: {s['bytes']} bytes, {s['bits_per_value']:.3f} bits per value, "
               f"ratio {s['compression_ratio']:.1f}, {s['seconds']:.1f} s ({s['input_mb_per_s']:.2f} MB/s)")

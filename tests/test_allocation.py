@@ -103,3 +103,28 @@ def test_rd_tokens_meet_a_bit_budget(tiny_model):
         assert (bits >= min(floor, bpv * values) - 1e-6).all()
     with pytest.raises(ValueError, match="exactly one"):
         rd_allocate(tiny_model, x)
+
+
+def psnr_of(x, y):
+    span = x.flatten(2).amax(2) - x.flatten(2).amin(2)
+    return (10 * torch.log10(span**2 / (x - y).square().mean((2, 3)))).mean(1)
+
+
+def test_rd_reaches_a_psnr_with_fewer_bits_than_every_code(tiny_model):
+    x = torch.randn(2, 2, 20, 24, generator=torch.Generator().manual_seed(5))
+    full = tiny_model.encode(x, fine_ratio=1.0)
+    best = psnr_of(x, tiny_model.decode(full)).min().item()
+    for ask in (best - 3.0, best - 1.0):
+        tokens = rd_allocate(tiny_model, x, psnr=ask)
+        assert (psnr_of(x, tiny_model.decode(tokens)) >= ask).all()
+        assert (tokens.count() < full.count()).all()
+
+
+def test_three_grain_levels():
+    torch.manual_seed(0)
+    model = DQVAE(in_channels=1, factors=(2, 4, 8), hidden=8, code_dim=8, codebook_size=16, stages=2,
+                  target_ratios=(0.2, 0.3, 0.5), periodic=True)
+    model.train()
+    model(torch.randn(4, 1, 32, 32))
+    tokens = rd_allocate(model.eval(), torch.randn(2, 1, 32, 32), bits_per_value=0.8).validate()
+    assert (nominal_bits(tokens) <= 0.8 * 32 * 32 + 1e-6).all()

@@ -95,6 +95,45 @@ def test_netcdf_round_trip_keeps_layout_and_non_finite_values(tmp_path, ckpt):
         assert out.attrs["dynfield_model_sha256"] == summary["model"]["sha256"]
 
 
+def test_rate_control_by_bits_and_by_psnr(tmp_path):
+    ckpt = tmp_path / "staged.pt"
+    torch.manual_seed(0)
+    model = DQVAE(in_channels=1, factors=(2, 4), hidden=8, code_dim=8, codebook_size=32, periodic=False, stages=3)
+    model.train()
+    for _ in range(3):
+        model(torch.randn(4, 1, 16, 16))
+    save_checkpoint(ckpt, model.eval(), kind="tokenizer", stats={"field": {"mean": 0.0, "std": 1.0}},
+                    variables=["field"], periodic=False)
+    ds = dummy_dataset(n_sample=2, n_time=2, ny=16, nx=24)[["u", "v"]]
+    ds.to_netcdf(tmp_path / "in.nc")
+    values = 2 * 2 * 2 * 16 * 24
+    sizes = {}
+    for bits in (0.6, 1.5):
+        s = compress_file(tmp_path / "in.nc", tmp_path / f"b{bits}.dfz", checkpoint=ckpt, bits_per_value=bits,
+                          progress=False)
+        assert s["settings"]["bits_per_value"] == bits
+        assert 5 * s["tokens"]["codes"] <= bits * values  # 5 bits a code before entropy coding
+        sizes[bits] = s["tokens"]["codes"]
+        decompress_file(tmp_path / f"b{bits}.dfz", tmp_path / "back.nc", checkpoint=ckpt, progress=False)
+    assert sizes[1.5] > sizes[0.6]
+
+    def psnr_per_field(path):
+        decompress_file(path, tmp_path / "back.nc", checkpoint=ckpt, progress=False)
+        with xr.open_dataset(tmp_path / "in.nc") as ref, xr.open_dataset(tmp_path / "back.nc") as out:
+            a, b = (np.stack([d[v].values.reshape(-1, 16, 24) for v in ("u", "v")]) for d in (ref, out))
+        span = a.max((2, 3)) - a.min((2, 3))
+        return 10 * np.log10(span**2 / ((a - b) ** 2).mean((2, 3)))  # (variable, field)
+
+    full = compress_file(tmp_path / "in.nc", tmp_path / "full.dfz", checkpoint=ckpt, fine_ratio=1.0, progress=False)
+    ask = float(psnr_per_field(tmp_path / "full.dfz").min()) - 1.0  # a PSNR every field can reach
+    s = compress_file(tmp_path / "in.nc", tmp_path / "p.dfz", checkpoint=ckpt, psnr=ask, progress=False)
+    assert (psnr_per_field(tmp_path / "p.dfz") >= ask).all()
+    assert s["tokens"]["codes"] < full["tokens"]["codes"]
+    with pytest.raises(CodecError, match="at most one"):
+        compress_file(tmp_path / "in.nc", tmp_path / "x.dfz", checkpoint=ckpt, psnr=20.0, fine_ratio=0.5,
+                      progress=False)
+
+
 @pytest.mark.parametrize("bound", [{"max_abs_error": 0.01}, {"rel_error": 1e-4}])
 def test_error_bound_holds_for_every_value(tmp_path, ckpt, bound):
     src = mixed_netcdf(tmp_path / "in.nc")

@@ -62,6 +62,7 @@ from dynfield import paths
 from dynfield.conventions import SAMPLE, TIME, X, Y, Z
 from dynfield.data import field_stats, open_fields
 from dynfield.models import Tokens
+from dynfield.models.allocation import rd_allocate
 
 from . import residual
 from .container import (
@@ -81,6 +82,7 @@ CALIBRATION_CHUNKS = 16
 CLIP = 1e4  # normalised values are clipped here before the tokenizer; the residual carries the rest
 PER_VARIABLE, JOINT = "per-variable", "joint"
 SNAPSHOT_CHUNKS = {SAMPLE: 1, TIME: 1, Z: 1}  # reading one 2D field reads nothing else
+RATE_SETTINGS = ("fine_ratio", "bits_per_value", "psnr")  # how the tokens of a field are chosen
 KEPT_ENCODING = ("_FillValue", "missing_value")  # masking survives; packing (scale_factor, ...) does not
 
 
@@ -121,12 +123,19 @@ def _grid(shape, factors):
 
 
 @torch.no_grad()
-def tokenize(model, x_BCHW, fine_ratio=None):
-    """Tokens of normalised fields (B, C, H, W); fields under two coarsest regions are padded by replication."""
+def tokenize(model, x_BCHW, fine_ratio=None, bits_per_value=None, psnr=None):
+    """Tokens of normalised fields (B, C, H, W); fields under two coarsest regions are padded by replication.
+
+    The router chooses the grains (at `fine_ratio` if given) and every region
+    gets the full depth, unless `bits_per_value` or `psnr` asks for the
+    rate-distortion allocation of grains and depths (``rd_allocate``).
+    """
     H, W = x_BCHW.shape[-2:]
     Ht, Wt = _token_shape((H, W), model.factors)
     if (Ht, Wt) != (H, W):
         x_BCHW = F.pad(x_BCHW, (0, Wt - W, 0, Ht - H), mode="replicate")
+    if bits_per_value is not None or psnr is not None:
+        return rd_allocate(model, x_BCHW, bits_per_value=bits_per_value, psnr=psnr)
     return model.encode(x_BCHW, fine_ratio=fine_ratio)
 
 
@@ -383,7 +392,7 @@ class _Coder(_Layout):
             raise CodecError("the model does not have the factors, codebook size and stages the file was made with")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.fine_ratio = header["settings"]["fine_ratio"]
+        self.rate = {k: header["settings"].get(k) for k in RATE_SETTINGS}
         self._reference = None
 
     def decoder(self, unit):
@@ -411,7 +420,7 @@ class _Coder(_Layout):
         norms = {v: self.normalisation(v, xs[v]) for v in names}
         # every unit of the snapshot in one batch (per-variable coding: the variables side by side)
         x_UCHW = torch.from_numpy(np.stack([np.stack([_normalise(xs[v], *norms[v]) for v in unit]) for unit in units]))
-        fields = _tokens_to_numpy(tokenize(self.model, x_UCHW.to(self.device), self.fine_ratio))
+        fields = _tokens_to_numpy(tokenize(self.model, x_UCHW.to(self.device), **self.rate))
         sections = []
         for unit, unit_tokens in zip(units, fields):
             if any(self.bound(v) is not None for v in unit):
@@ -516,7 +525,7 @@ def _load_tokenizer(checkpoint):
 
 
 def compress_file(in_path, out_path, checkpoint=None, variables=None, fine_ratio=None, max_abs_error=None,
-                  rel_error=None, workers=1, progress=True, dims=None, device="cpu"):
+                  rel_error=None, workers=1, progress=True, dims=None, device="cpu", bits_per_value=None, psnr=None):
     """Compress a field file (anything ``open_fields`` reads) to a ``.dfz`` file.
 
     Parameters
@@ -525,6 +534,11 @@ def compress_file(in_path, out_path, checkpoint=None, variables=None, fine_ratio
     variables : variables to compress (default: all; for a multi-channel
         tokenizer, exactly its own).
     fine_ratio : exact fraction of fine regions per field; None lets the router decide.
+    bits_per_value, psnr : instead, the rate-distortion allocation of grains and
+        depths: a token budget per field value (log2(codebook size) bits a code,
+        before entropy coding, which only lowers it) or the fewest tokens that
+        reach this PSNR (dB, by each field's range, averaged over a unit's
+        channels). At most one of fine_ratio, bits_per_value and psnr.
     max_abs_error, rel_error : optional error bound, a number for every variable
         or a {variable: number} mapping; relative to each variable's range of
         finite values in the file (which costs one extra pass over the data).
@@ -541,9 +555,9 @@ def compress_file(in_path, out_path, checkpoint=None, variables=None, fine_ratio
     """
     start = time.perf_counter()
     checkpoint, model, state = _load_tokenizer(checkpoint)
-    fine_ratio = _check_fine_ratio(fine_ratio, model)
+    rate = _check_rate(model, fine_ratio=fine_ratio, bits_per_value=bits_per_value, psnr=psnr)
     with open_fields(in_path, variables, dims, chunks=SNAPSHOT_CHUNKS) as ds:
-        header = _header(ds, model, state, fine_ratio, max_abs_error, rel_error)
+        header = _header(ds, model, state, rate, max_abs_error, rel_error)
         coder = _Coder(model, header, device)
         spec = {"checkpoint": str(checkpoint), "in_path": in_path, "variables": list(header["variables"]),
                 "dims": dims, "header": header, "device": device}
@@ -556,17 +570,24 @@ def compress_file(in_path, out_path, checkpoint=None, variables=None, fine_ratio
     return summary
 
 
-def _check_fine_ratio(fine_ratio, model):
-    if fine_ratio is None:
-        return None
-    if len(model.factors) == 1:
+def _check_rate(model, **rate):
+    """The rate settings {fine_ratio, bits_per_value, psnr} (floats or None), checked: at most one is set."""
+    given = [k for k, v in rate.items() if v is not None]
+    if len(given) > 1:
+        raise CodecError(f"give at most one of the fine ratio, bits per value and PSNR; got {', '.join(given)}")
+    fine_ratio, bits, psnr = rate["fine_ratio"], rate["bits_per_value"], rate["psnr"]
+    if fine_ratio is not None and len(model.factors) == 1:
         raise CodecError("this tokenizer has a single grain level: a fine ratio does not apply")
-    if not 0 <= fine_ratio <= 1:
+    if fine_ratio is not None and not 0 <= fine_ratio <= 1:
         raise CodecError(f"the fine ratio is a fraction of regions, in [0, 1]; got {fine_ratio}")
-    return float(fine_ratio)
+    if bits is not None and not bits > 0:
+        raise CodecError(f"bits per value must be positive; got {bits}")
+    if psnr is not None and not np.isfinite(psnr):
+        raise CodecError(f"the PSNR target must be a finite number of dB; got {psnr}")
+    return {k: None if v is None else float(v) for k, v in rate.items()}
 
 
-def _header(ds, model, state, fine_ratio, max_abs_error, rel_error):
+def _header(ds, model, state, rate, max_abs_error, rel_error):
     """The header of a file, all but its entropy models (which need the first chunks)."""
     mode, groups = _plan(ds, state)
     names = [v for grp in groups for v in grp["variables"]]
@@ -576,7 +597,7 @@ def _header(ds, model, state, fine_ratio, max_abs_error, rel_error):
         "model": {"sha256": weights_hash(model), "class": state["model_class"], "config": state["model_config"],
                   "variables": list(state["variables"])},
         "mode": mode,
-        "settings": {"fine_ratio": fine_ratio,
+        "settings": {**rate,
                      "max_abs_error": _bound_json(max_abs_error), "rel_error": _bound_json(rel_error),
                      "calibration_chunks": CALIBRATION_CHUNKS},
         "variables": {v: _variable_meta(ds, v, mode, state, bounds[v]) for v in names},

@@ -141,30 +141,55 @@ def rd_allocate(model, x, bits_per_value=None, psnr=None):
     # crop the padding out of every error: only the field's own cells count
     valid = F.avg_pool2d(F.pad(torch.ones(1, 1, H, W), (0, x_pad.shape[-1] - W, 0, x_pad.shape[-2] - H)),
                          model.factors[-1]).numpy()[0, 0] > 0
-    levels = np.empty((B, Hc, Wc), np.int64)
-    depths = np.empty((B, Hc, Wc), np.int64)
     x_np = x.double().cpu().numpy()
+    choices = []
     for b in range(B):
         err_RCO = errors[b].transpose(1, 2, 0, 3).reshape(Hc * Wc, C, O)
         err_RCO = np.where(valid.reshape(-1)[:, None, None], err_RCO, 0.0)
         span = x_np[b].reshape(C, -1)
         range_sq = np.maximum((span.max(1) - span.min(1)) ** 2, 1e-30)  # PSNR's peak per channel
-        weights = 1.0 / range_sq
-        if psnr is not None:
-            limit = range_sq * 10 ** (-psnr / 10) * H * W  # squared error that gives the PSNR on one channel
-
-            def target(total_C, limit=limit):
-                # a channel's PSNR is psnr - 10 log10(error / limit); their mean reaches psnr when
-                # the mean log ratio is at most 0
-                return np.log10(np.maximum(total_C, 1e-300) / limit).mean() <= 0
-
-            choice = _greedy(costs, err_RCO, weights, target=target)
-        else:
+        if psnr is None:
             budget = bits_per_value * C * H * W - side_bits(model, (Hc, Wc))
-            choice = _greedy(costs, err_RCO, weights, budget=budget)
-        levels[b] = np.array([options[o][0] for o in choice]).reshape(Hc, Wc)
-        depths[b] = np.array([options[o][1] for o in choice]).reshape(Hc, Wc)
-    grain = torch.from_numpy(levels).to(x.device)
-    depth = torch.from_numpy(depths).to(x.device)
-    return model._tokens(grain, depth, idx_levels, (H, W))
+            choices.append(_greedy(costs, err_RCO, 1.0 / range_sq, budget=budget))
+        else:
+            field_idx = [i[b : b + 1] for i in idx_levels]
+            choices.append(_reach_psnr(model, x[b : b + 1], field_idx, costs, err_RCO, range_sq, psnr, options))
+    return _choice_tokens(model, choices, options, idx_levels, (Hc, Wc), (H, W))
 
+
+def _choice_tokens(model, choices, options, idx_levels, grid, shape):
+    """Tokens of one option choice (R,) per field of ``idx_levels``."""
+    device = idx_levels[0].device
+    levels = torch.tensor(np.array([[options[o][0] for o in c] for c in choices]), device=device).view(-1, *grid)
+    depths = torch.tensor(np.array([[options[o][1] for o in c] for c in choices]), device=device).view(-1, *grid)
+    return model._tokens(levels, depths, idx_levels, shape)
+
+
+def _reach_psnr(model, x, idx_levels, costs, err_RCO, range_sq, psnr, options, tries=4):
+    """The cheapest choice for one field x (1, C, H, W) whose decoded PSNR reaches `psnr`.
+
+    The per-region errors ignore the neighbours' choices, so the PSNR they
+    predict can miss the decoded one by a little; each try asks for the
+    shortfall more and decodes again. A field that cannot reach `psnr` gets
+    every upgrade worth taking.
+    """
+    H, W = x.shape[-2:]
+    grid = tuple(idx_levels[-1].shape[1:3])
+    ask, choice = psnr, None
+    for _ in range(tries):
+        limit = range_sq * 10 ** (-ask / 10) * H * W  # squared error that gives PSNR `ask` on one channel
+
+        def target(total_C, limit=limit):
+            # a channel's PSNR is ask - 10 log10(error / limit); their mean reaches ask when the mean log ratio is <= 0
+            return np.log10(np.maximum(total_C, 1e-300) / limit).mean() <= 0
+
+        previous, choice = choice, _greedy(costs, err_RCO, 1.0 / range_sq, target=target)
+        if previous is not None and np.array_equal(previous, choice):
+            break  # asking for more buys nothing more
+        tokens = _choice_tokens(model, [choice], options, idx_levels, grid, (H, W))
+        err_C = (model.decode(tokens).double() - x.double()).square().sum((0, 2, 3)).cpu().numpy()
+        reached = np.mean(10 * np.log10(range_sq * H * W / np.maximum(err_C, 1e-300)))
+        if reached >= psnr:
+            break
+        ask += psnr - reached
+    return choice
