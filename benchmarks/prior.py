@@ -146,7 +146,7 @@ def plot(spectra, pdfs, kmax, path):
     plt.close(fig)
 
 
-def main(argv=None):
+def parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokenizer", required=True, help="the tokenizer every prior was trained on")
     p.add_argument("--priors", nargs="+", required=True, help="prior checkpoints (prior.pt), one per order")
@@ -155,7 +155,11 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--out", default="benchmarks/results")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 

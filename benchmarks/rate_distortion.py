@@ -227,7 +227,7 @@ def floats(text):
     return [float(t) for t in text.split(",") if t.strip()]
 
 
-def main(argv=None):
+def parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="a field file open_fields reads")
     p.add_argument("--variables", type=lambda s: s.split(","), help="comma-separated (default: all)")
@@ -239,7 +239,11 @@ def main(argv=None):
     p.add_argument("--rates", type=floats, default=[0.05, 0.1, 0.2, 0.5, 1, 2, 4, 8],
                    help="fixed rates (bits per value) of SPERR, and of ZFP where >= 1 (its smallest)")
     p.add_argument("--workers", type=int, default=1, help="dynfield compression processes")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
 

@@ -28,7 +28,7 @@ def best_seconds(run, repeat):
     return min(times)
 
 
-def main(argv=None):
+def parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="a field file open_fields reads")
     p.add_argument("--checkpoint", help="tokenizer checkpoint (default: the one bundled with dynfield)")
@@ -36,7 +36,11 @@ def main(argv=None):
     p.add_argument("--workers", default="1,2", help="comma-separated worker counts to time")
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     result = {"machine": machine(), "data": str(args.data), "checkpoint": args.checkpoint or "bundled",
               "fine_ratio": args.fine_ratio}
     with tempfile.TemporaryDirectory() as tmp:

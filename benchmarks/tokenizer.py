@@ -117,7 +117,7 @@ def plot(results, path):
     fig.savefig(path, dpi=120)
 
 
-def main(argv=None):
+def parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dq", required=True, help="dynamic-grain tokenizer checkpoint")
     p.add_argument("--fixed", nargs="*", default=[], help="fixed-grain checkpoints trained with the same compute")
@@ -127,7 +127,11 @@ def main(argv=None):
     p.add_argument("--source", default="builtin", help="'builtin' (held-out seed) or a file of the same variables")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out", default="benchmarks/results")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_grad_enabled(False)

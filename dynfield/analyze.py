@@ -46,7 +46,7 @@ def write_report(result, out, sample=0, inputs=None):
     return written
 
 
-def main(argv=None):
+def parser():
     p = argparse.ArgumentParser(prog="python -m dynfield.analyze", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="tokenizer checkpoint (tokenizer.pt)")
@@ -63,6 +63,11 @@ def main(argv=None):
     p.add_argument("--sample", type=int, default=0, help="field shown in the maps")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="cpu")
+    return p
+
+
+def main(argv=None):
+    p = parser()
     args = p.parse_args(argv)
     if args.n < 1:
         p.error(f"--n must be at least 1, got {args.n}")

@@ -14,6 +14,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 from . import checkpoint
+from .conventions import SAMPLE, TIME
 from .data import ensure_dataset, open_fields
 
 
@@ -29,15 +30,21 @@ def open_splits(cfg_data, data_dir):
         val_path = ensure_dataset(data_dir / cfg_data.name, **gen, **cfg_data.val)
         return open_fields(train_path, cfg_data.variables), open_fields(val_path, cfg_data.variables)
     variables = list(cfg_data.variables) if cfg_data.variables is not None else None
-    dims = OmegaConf.to_container(cfg_data.dims)
+    dims = OmegaConf.to_container(cfg_data.dims) if cfg_data.dims is not None else None
     ds = open_fields(cfg_data.paths, variables, dims)
     if cfg_data.val_paths is not None:
         return ds, open_fields(cfg_data.val_paths, list(ds.data_vars), dims)
-    n = ds.sizes["sample"]
+    # the last val_fraction of the samples, or of the time steps of a file without samples
+    lead = next((d for d in (SAMPLE, TIME) if d in ds.dims), None)
+    if lead is None:
+        raise ValueError(f"{cfg_data.paths} has no {SAMPLE!r} or {TIME!r} dimension to split into training and "
+                         f"validation fields (dims {dict(ds.sizes)}); name one with dataset.dims or give "
+                         f"dataset.val_paths")
+    n = ds.sizes[lead]
     n_val = max(1, int(round(cfg_data.val_fraction * n)))
     if n_val >= n:
-        raise ValueError(f"{n} samples are too few to hold out {n_val} for validation; give dataset.val_paths")
-    return ds.isel(sample=slice(0, n - n_val)), ds.isel(sample=slice(n - n_val, n))
+        raise ValueError(f"{n} {lead} steps are too few to hold out {n_val} for validation; give dataset.val_paths")
+    return ds.isel({lead: slice(0, n - n_val)}), ds.isel({lead: slice(n - n_val, n)})
 
 
 # ---------------------------------------------------------------------------
