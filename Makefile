@@ -50,18 +50,23 @@ test: install-dev
 test-fast: install-dev
 	$(PY) -m pytest -q
 
-# Tokenizer benchmark: the default dynamic-grain model and fixed-grain
-# VQ-VAEs at its finest and coarsest factor, each trained once (about 15
-# minutes each on 2 CPU cores), then evaluated on held-out fields.
+# Tokenizer benchmark: one dynamic-grain rate-ladder checkpoint (residual
+# stages, random depths and fine ratios in training) beside fixed-grain
+# ladders trained with the same compute (BENCH_MINUTES of training steps each,
+# at 8x8 by default: FIXED_FACTORS="4 8" adds 4x4), then evaluated on
+# held-out fields at every rate with every router.
 BENCH_DIR ?= benchmarks/results
+BENCH_MINUTES ?= 40
+FIXED_FACTORS ?= 8
+LADDER = model.stages=4 trainer.recon_loss=mse trainer.minutes=$(BENCH_MINUTES) trainer.epochs=1000
 $(BENCH_DIR)/runs/dq/tokenizer.pt: | install-dev
-	$(PY) -m dynfield.train hydra.run.dir=$(BENCH_DIR)/runs/dq
+	$(PY) -m dynfield.train $(LADDER) model.train_fine_ratio=[0,1] hydra.run.dir=$(BENCH_DIR)/runs/dq
 $(BENCH_DIR)/runs/vq%/tokenizer.pt: | install-dev
-	$(PY) -m dynfield.train model=vqvae model.factor=$* hydra.run.dir=$(BENCH_DIR)/runs/vq$*
+	$(PY) -m dynfield.train model=vqvae model.factor=$* $(LADDER) hydra.run.dir=$(BENCH_DIR)/runs/vq$*
 
-bench-tokenizer: $(BENCH_DIR)/runs/dq/tokenizer.pt $(BENCH_DIR)/runs/vq4/tokenizer.pt $(BENCH_DIR)/runs/vq8/tokenizer.pt
-	$(PY) benchmarks/tokenizer.py --dq $(BENCH_DIR)/runs/dq/tokenizer.pt \
-		--fixed $(BENCH_DIR)/runs/vq4/tokenizer.pt $(BENCH_DIR)/runs/vq8/tokenizer.pt --out $(BENCH_DIR)
+FIXED_RUNS = $(foreach f,$(FIXED_FACTORS),$(BENCH_DIR)/runs/vq$(f)/tokenizer.pt)
+bench-tokenizer: $(BENCH_DIR)/runs/dq/tokenizer.pt $(FIXED_RUNS)
+	$(PY) benchmarks/tokenizer.py --dq $(BENCH_DIR)/runs/dq/tokenizer.pt --fixed $(FIXED_RUNS) --out $(BENCH_DIR)
 
 # The channel-agnostic tokenizer shipped in the package (dynfield/pretrained/):
 # generates 256x256 built-in turbulence (train seed 0, validation seed 1),

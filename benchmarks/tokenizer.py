@@ -81,12 +81,13 @@ def targets(results):
         lo, hi = at_rate(curve, 0.05), at_rate(curve, 0.4)
         out[f"{name}: dB per doubling 0.05-0.4"] = None if lo is None or hi is None else (hi - lo) / 3
     at_01 = {k: at_rate(v, 0.1) for k, v in {**dq, **fixed}.items()}
-    best_dq = max((v, k) for k, v in at_01.items() if k in dq and v is not None)
-    best_fixed = max(((v, k) for k, v in at_01.items() if k in fixed and v is not None), default=None)
-    out["psnr at 0.1"] = at_01
+    best_dq = max(((v, k) for k, v in at_01.items() if k in dq and v is not None), default=(None, None))
+    best_fixed = max(((v, k) for k, v in at_01.items() if k in fixed and v is not None), default=(None, None))
+    out["psnr at 0.1"] = at_01  # None where a curve does not reach 0.1 bits per value
     out["best router at 0.1"] = best_dq[1]
-    if best_fixed:
-        out["best router - best fixed at 0.1 (dB)"] = best_dq[0] - best_fixed[0]
+    out["best fixed at 0.1"] = best_fixed[1]
+    both = best_dq[0] is not None and best_fixed[0] is not None
+    out["best router - best fixed at 0.1 (dB)"] = best_dq[0] - best_fixed[0] if both else None
     reductions = {}
     for bits in (0.05, 0.1, 0.2):
         rand = at_rate(c.get("dq random", []), bits, key=2)
@@ -152,7 +153,7 @@ def main(argv=None):
         for ratio in FINE_RATIOS:
             for depth in range(1, S + 1):
                 record(f"dq {router}", dq, dq_state, dict(router=router, fine_ratio=ratio, depth=depth),
-                       fine_ratio=ratio, depth=depth)
+                       target_fine_ratio=ratio, depth=depth)
     for path in args.fixed:
         model, state = checkpoint.load_model(path)
         if state["variables"] != dq_state["variables"]:

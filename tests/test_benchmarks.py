@@ -28,31 +28,43 @@ def tiny_checkpoint(path, model):
     return str(path)
 
 
-def test_tokenizer_benchmark_writes_every_router_and_budget(tmp_path, monkeypatch, tokenizer_benchmark):
+def test_tokenizer_benchmark_writes_every_router_rate_and_depth(tmp_path, monkeypatch, tokenizer_benchmark):
     monkeypatch.setenv("DYNFIELD_DATA_DIR", str(tmp_path / "data"))
-    small = dict(hidden=8, code_dim=8, codebook_size=16)
+    small = dict(hidden=8, code_dim=8, codebook_size=16, stages=2)
     dq = tiny_checkpoint(tmp_path / "dq.pt", DQVAE(in_channels=4, factors=(4, 8), vorticity_channel=2, **small))
-    f4 = tiny_checkpoint(tmp_path / "f4.pt", vqvae(4, in_channels=4, **small))
     f8 = tiny_checkpoint(tmp_path / "f8.pt", vqvae(8, in_channels=4, **small))
     out = tmp_path / "out"
-    tokenizer_benchmark.main(["--dq", dq, "--fixed", f4, f8, "--n", "4", "--resolution", "32",
-                              "--ratios", "0.25", "0.5", "--out", str(out)])
+    tokenizer_benchmark.main(["--dq", dq, "--fixed", f8, "--n", "4", "--resolution", "32",
+                              "--budgets", "0.05", "0.2", "--out", str(out)])
     summary = json.loads((out / "tokenizer.json").read_text())
     assert (out / "tokenizer.png").stat().st_size > 0
     assert summary["n_fields"] == 4 and summary["machine"]["cores"] >= 1
     results = summary["results"]
-    budgets = {(r["router"], r["fine_ratio_target"]): r for r in results if r["model"] == "dq"}
-    assert set(budgets) == {(r, b) for r in ("learned", "random", "enstrophy") for b in (0.25, 0.5)} | {("learned", None)}
-    # 32 x 32 fields: 16 regions of 8 x 8; a fine region costs 4 codes instead of 1
-    for (router, ratio), r in budgets.items():
-        if ratio is not None:
-            assert r["fine_ratio"] == ratio and r["tokens_per_field"] == 16 + 3 * 16 * ratio
-            assert r["bits_per_value"] == pytest.approx(r["tokens_per_field"] * 4 / (32 * 32 * 4))
-    fixed = sorted(r["tokens_per_field"] for r in results if r["model"] == "fixed")
-    assert fixed == [16, 64]
-    assert set(summary["targets"]) == {"fine_ratio=0.25", "fine_ratio=0.5"}
-    for check in summary["targets"].values():
-        assert check["below_chord"] == (check["learned_rel_l2"] < check["fixed_chord_rel_l2"])
+    rd = [r for r in results if r["name"] == "dq rd"]
+    assert [r["target_bits"] for r in rd] == [0.05, 0.2]
+    assert all(r["bits_per_value"] <= r["target_bits"] + 1e-9 for r in rd)
+    rules = {(r["name"], r["target_fine_ratio"], r["depth"]) for r in results if r["name"] in
+             ("dq learned", "dq enstrophy", "dq random")}
+    assert len(rules) == 3 * len(tokenizer_benchmark.FINE_RATIOS) * 2
+    # 32 x 32 fields: 16 regions of 8 x 8; 4 bits a code, 1 + 1 bits a region for the grain and depth maps
+    for r in results:
+        if r["name"] == "dq random" and r["target_fine_ratio"] == 0.5:
+            codes = (8 * 1 + 8 * 4) * r["depth"]
+            assert r["tokens_per_field"] == codes
+            assert r["bits_per_value"] == pytest.approx((codes * 4 + 16 * 2) / (32 * 32 * 4))
+    fixed = sorted(r["tokens_per_field"] for r in results if r["name"] == "fixed f=8")
+    assert fixed == [16, 32]
+    targets = summary["targets"]
+    assert set(targets["psnr at 0.1"]) >= {"dq rd", "fixed f=8"}
+    assert "best router - best fixed at 0.1 (dB)" in targets
+
+
+def test_rate_curves_keep_the_upper_envelope_and_interpolate_in_log_rate(tokenizer_benchmark):
+    points = [(0.1, 30.0, 0.3), (0.05, 25.0, 0.5), (0.2, 29.0, 0.4), (0.4, 36.0, 0.2)]
+    curve = tokenizer_benchmark.envelope(points)
+    assert curve == [(0.05, 25.0, 0.5), (0.1, 30.0, 0.3), (0.4, 36.0, 0.2)]  # 0.2 buys less than 0.1
+    assert tokenizer_benchmark.at_rate(curve, 0.2) == pytest.approx(33.0)  # halfway between 0.1 and 0.4 in log2
+    assert tokenizer_benchmark.at_rate(curve, 0.8) is None
 
 
 def test_prior_benchmark_reports_likelihood_speed_and_physics(tmp_path):
