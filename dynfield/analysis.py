@@ -16,7 +16,9 @@ then measures how well each router's ranking follows each indicator:
 - the fine/coarse ratio: the indicator's mean over the fine regions divided
   by its mean over the coarse ones;
 
-for the learned router and, as references, the random and enstrophy routers;
+for the learned router, the rate-distortion router (rd: the regions where finer
+codes measurably remove the most error) and, as references, the random and
+enstrophy routers;
 and it splits the reconstruction error between vortex-dominated,
 strain-dominated and background points.
 
@@ -50,7 +52,7 @@ from dynfield.data.turbulence import HELD_OUT_SEED
 from dynfield.paths import BUNDLED_TOKENIZER, default_data_dir
 
 REGION_TYPES = ("vortex", "strain", "background")
-ROUTERS = ("learned", "random", "enstrophy")
+ROUTERS = ("learned", "rd", "random", "enstrophy")
 BUDGETS = (0.25, 0.5, 0.75)
 QUANTILES = (0.1, 0.2, 0.5)
 OW_THRESHOLD = 0.2  # vortex-dominated where W < -0.2 std(W), strain-dominated where W > 0.2 std(W)

@@ -128,3 +128,15 @@ def test_three_grain_levels():
     model(torch.randn(4, 1, 32, 32))
     tokens = rd_allocate(model.eval(), torch.randn(2, 1, 32, 32), bits_per_value=0.8).validate()
     assert (nominal_bits(tokens) <= 0.8 * 32 * 32 + 1e-6).all()
+
+
+def test_rd_router_gives_the_fine_grain_where_it_measurably_pays(tiny_model):
+    x = torch.randn(2, 2, 16, 16, generator=torch.Generator().manual_seed(6))
+    scores = tiny_model.region_scores(x, router="rd")
+    tokens = tiny_model.encode(x, fine_ratio=0.5, router="rd").validate()
+    assert (tokens.count() == 8 * 4 * 3 + 8 * 3).all()  # 16 regions: 8 fine (4 cells), 8 coarse, 3 stages each
+    for b in range(2):
+        fine = tokens.grain[b] == 0
+        assert scores[b][fine].min() >= scores[b][~fine].max()
+    with pytest.raises(ValueError, match="encode time only"):
+        DQVAE(in_channels=1, factors=(2, 4), router="rd")

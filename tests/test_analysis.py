@@ -223,7 +223,7 @@ def test_enstrophy_router_finds_the_planted_vortices_and_random_scores_half():
                               quantiles=(0.25, 0.5), batch_size=64)
     s = result.summary
     assert s["indicators"] == ["enstrophy", "palinstrophy", "vortex_fraction", "kinetic_energy"]
-    assert s["routers"].keys() == {"learned", "random", "enstrophy"}
+    assert s["routers"].keys() == {"learned", "rd", "random", "enstrophy"}
     ens = s["routers"]["enstrophy"]
     assert ens["auc"]["enstrophy"]["0.25"] == 1.0 and ens["auc"]["vortex_fraction"]["0.25"] == 1.0
     at = ens["budgets"]["0.25"]

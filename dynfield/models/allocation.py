@@ -105,6 +105,24 @@ def _greedy(costs, errors_RCO, weights_C, budget=None, target=None):
     return choice
 
 
+@torch.no_grad()
+def rd_region_scores(model, x_pad):
+    """(B, Hc, Wc): how much each region's error falls from the coarsest grain to the finest, at full depth.
+
+    The score by which the ``rd`` router ranks regions for an exact fine
+    ratio: the measured gain of going finer, each channel's squared error
+    weighted by its field's squared value range (as PSNR weighs it).
+    """
+    feats = model.encoder(x_pad)
+    errors = option_errors(model, x_pad, feats, model.stage_indices(feats))  # (B, C, Hc, Wc, O)
+    options, _ = _options(model)
+    S = model.quantizer.num_stages
+    span = x_pad.flatten(2).amax(2) - x_pad.flatten(2).amin(2)  # (B, C)
+    weighted = (errors / span.square().clamp(min=1e-30)[:, :, None, None, None]).sum(1)
+    coarse, fine = options.index((model.num_levels - 1, S)), options.index((0, S))
+    return weighted[..., coarse] - weighted[..., fine]
+
+
 def side_bits(model, grid):
     """Bits of the grain and depth maps of a field with `grid` = (Hc, Wc) regions, at log2(K) + log2(S) a region."""
     return grid[0] * grid[1] * (math.log2(model.num_levels) + math.log2(model.quantizer.num_stages))

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from .decoder import Decoder
 from .encoder import Encoder
+from .allocation import rd_region_scores
 from .residual_vq import ResidualVQ
 from .router import (
     ROUTERS,
@@ -110,8 +111,8 @@ class DQVAE(nn.Module):
         super().__init__()
         factors = check_factors(factors)
         K = len(factors)
-        if router not in ROUTERS:
-            raise ValueError(f"router must be one of {ROUTERS}, got {router!r}")
+        if router not in ROUTERS or router == "rd":
+            raise ValueError(f"router must be one of {ROUTERS[:-1]} (rd chooses at encode time only), got {router!r}")
         if budget_mode not in ("batch", "sample"):
             raise ValueError(f"budget_mode must be 'batch' or 'sample', got {budget_mode!r}")
         if not 0 <= fixed_level < K:
@@ -217,8 +218,10 @@ class DQVAE(nn.Module):
         return self.router(feats)
 
     def _rule_scores(self, x_pad, mode, generator=None):
-        """(B, Hc, Wc) region scores of the rule-based routers ("random", "enstrophy")."""
+        """(B, Hc, Wc) region scores of the rule-based routers ("random", "enstrophy", "rd")."""
         f_K = self.factors[-1]
+        if mode == "rd":
+            return rd_region_scores(self, x_pad)
         if mode == "random":
             shape = (x_pad.shape[0], x_pad.shape[-2] // f_K, x_pad.shape[-1] // f_K)
             return random_score(shape, generator or torch.Generator().manual_seed(self.seed), x_pad.device)
@@ -231,10 +234,11 @@ class DQVAE(nn.Module):
         The top-scoring regions get the finer grains. learned: the router's
         ``fineness_log_odds``; random: the seeded draws of ``encode`` (the same
         for the same batch shape); enstrophy: each region's mean gradient energy
-        (or squared vorticity).
+        (or squared vorticity); rd: the measured fall of the region's error
+        from the coarsest grain to the finest (``rd_region_scores``).
         """
         mode = router or self.router_mode
-        if self.num_levels < 2 or mode not in ("learned", "random", "enstrophy"):
+        if self.num_levels < 2 or mode not in ("learned", "random", "enstrophy", "rd"):
             raise ValueError(f"no region scores for router {mode!r} on a model with factors {self.factors}")
         x_pad = self._pad(x)
         if mode == "learned":

@@ -8,6 +8,9 @@ Routers, by name:
 - ``enstrophy``: a physics prior without parameters, regions ranked by the
   gradient energy of the input field (or its squared vorticity).
 - ``fixed``: every region at one given level.
+- ``rd``: at encode time only, regions ranked by how much their error
+  measurably falls with the finer grain (``allocation.rd_region_scores``);
+  ``allocation.rd_allocate`` also chooses depths, for a bit budget or a PSNR.
 
 Exact budget (every router but ``fixed``): the R regions of a sample are
 ranked by a score, the top round(r_0 * R) get level 0 (the finest), the
@@ -29,7 +32,7 @@ import torch.nn.functional as F
 
 from .losses import forward_differences
 
-ROUTERS = ("learned", "random", "enstrophy", "fixed")
+ROUTERS = ("learned", "random", "enstrophy", "fixed", "rd")
 
 
 class Router(nn.Module):
