@@ -77,9 +77,16 @@ def targets(results):
     dq = {k: v for k, v in c.items() if k.startswith("dq ")}
     fixed = {k: v for k, v in c.items() if k.startswith("fixed ")}
     out = {}
-    for name, curve in dq.items():
-        lo, hi = at_rate(curve, 0.05), at_rate(curve, 0.4)
-        out[f"{name}: dB per doubling 0.05-0.4"] = None if lo is None or hi is None else (hi - lo) / 3
+    for name, curve in {**dq, **fixed}.items():
+        # from 0.05 bits per value, or from the curve's cheapest point if that lies just above (the
+        # floor of one code per region), to 0.4 or the curve's dearest point
+        lo = max(0.05, curve[0][0]) if curve and curve[0][0] <= 0.06 else None
+        hi = min(0.4, curve[-1][0]) if curve else None
+        if lo is None or hi <= lo:
+            out[f"{name}: dB per doubling"] = None
+            continue
+        slope = (at_rate(curve, hi) - at_rate(curve, lo)) / np.log2(hi / lo)
+        out[f"{name}: dB per doubling"] = {"from": lo, "to": hi, "slope": slope}
     at_01 = {k: at_rate(v, 0.1) for k, v in {**dq, **fixed}.items()}
     best_dq = max(((v, k) for k, v in at_01.items() if k in dq and v is not None), default=(None, None))
     best_fixed = max(((v, k) for k, v in at_01.items() if k in fixed and v is not None), default=(None, None))
