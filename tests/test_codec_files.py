@@ -370,3 +370,12 @@ def test_throughput_benchmark_runs(tmp_path, ckpt):
     assert json.loads((tmp_path / "t" / "throughput.json").read_text()) == result
     assert result["compress_mb_per_s_workers_1"] > 0 and result["decompress_mb_per_s"] > 0
     assert result["input_mb"] == pytest.approx(2 * 4 * 16 * 16 * 4 / 1e6)
+
+
+def test_the_bundled_model_keeps_the_hash_its_files_were_made_with():
+    # files record the SHA-256 of the model's weights; a change to how the model names or holds
+    # its tensors must not change it, or every file made with the bundled model would be refused
+    from dynfield.checkpoint import load_model
+
+    model, _ = load_model(default_checkpoint())
+    assert codec_module.weights_hash(model) == "bb1417bd5c76c5c0ac1acce34e88d39c63b7ee2d93078702113ea71cb1e23a8e"

@@ -87,9 +87,17 @@ KEPT_ENCODING = ("_FillValue", "missing_value")  # masking survives; packing (sc
 
 
 def weights_hash(model):
-    """SHA-256 (hex) of a model's state dict: names, dtypes, shapes and bytes of every tensor."""
+    """SHA-256 (hex) of a model's state dict: names, dtypes, shapes and bytes of every tensor.
+
+    A single-stage quantizer's buffers are named as before residual stages
+    existed (``quantizer.embed``, not ``quantizer.stages.0.embed``), so files
+    made with such a model still find it.
+    """
+    state = model.state_dict()
+    if len(getattr(model.quantizer, "stages", ())) == 1:
+        state = {k.replace("quantizer.stages.0.", "quantizer.", 1): v for k, v in state.items()}
     h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
+    for name, t in sorted(state.items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
