@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from provenance import machine  # benchmarks/provenance.py
 
 from dynfield import checkpoint
@@ -142,7 +141,6 @@ def main(argv=None):
     args = parser().parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_grad_enabled(False)
 
     dq, dq_state = checkpoint.load_model(args.dq)
     fields, _, _ = load_fields(args.source, dq_state, args.n, resolution=args.resolution, seed=HELD_OUT_SEED)
