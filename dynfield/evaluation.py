@@ -46,7 +46,7 @@ def reconstruction_metrics(ref_BCHW, est_BCHW, variables):
 
 
 @torch.no_grad()
-def evaluate_tokenizer(model, batches, stats, variables, device="cpu", **encode_kw):
+def evaluate_tokenizer(model, batches, stats, variables, device="cpu", encode=None, **encode_kw):
     """Encode and decode normalised batches (B, C, H, W); metrics in physical units.
 
     ``encode_kw`` go to ``model.encode`` (``fine_ratio``, ``router``,
@@ -57,7 +57,6 @@ def evaluate_tokenizer(model, batches, stats, variables, device="cpu", **encode_
     ``nominal_bits``), ``codebook_usage`` (fraction of first-stage codes used)
     and ``perplexity`` of the first-stage codes used.
     """
-    encode = encode_kw.pop("encode", None)
     results, sizes, fine, codes, count, bits = [], [], [], [], 0, 0.0
     for x in batches:
         x = x.to(device)

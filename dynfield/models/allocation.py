@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 
 
-
 def _options(model):
     """[(level, depth)] of every choice, and the (O,) code count each costs per region."""
     f_K, S = model.factors[-1], model.quantizer.num_stages
@@ -52,12 +51,11 @@ def option_errors(model, x_pad, feats, idx_levels):
 def _hull(costs, errors_RO):
     """Per region the upgrades along the lower convex hull of (cost, error).
 
-    Returns (region, from_option, to_option, slope) arrays over every upgrade,
-    and the (R,) index of each region's cheapest option (where it starts).
+    Returns (region, from_option, to_option, slope) arrays over every upgrade.
+    Every region's ladder starts at the cheapest option.
     """
     order = np.argsort(costs, kind="stable")
     regions, src, dst, slopes = [], [], [], []
-    starts = np.empty(len(errors_RO), dtype=np.int64)
     for r, e in enumerate(errors_RO):
         hull = [order[0]]
         for o in order[1:]:
@@ -71,11 +69,10 @@ def _hull(costs, errors_RO):
                 else:
                     break
             hull.append(o)
-        starts[r] = hull[0]
         for a, b in zip(hull, hull[1:]):
             regions.append(r), src.append(a), dst.append(b)
             slopes.append((e[a] - e[b]) / (costs[b] - costs[a]))
-    return np.array(regions, np.int64), np.array(src, np.int64), np.array(dst, np.int64), np.array(slopes), starts
+    return np.array(regions, np.int64), np.array(src, np.int64), np.array(dst, np.int64), np.array(slopes)
 
 
 def _greedy(costs, errors_RCO, weights_C, budget=None, target=None):
@@ -86,7 +83,8 @@ def _greedy(costs, errors_RCO, weights_C, budget=None, target=None):
     holds for the field's per-channel total error.
     """
     weighted = (errors_RCO * weights_C[None, :, None]).sum(1)  # (R, O)
-    regions, src, dst, slopes, choice = _hull(costs, weighted)
+    regions, src, dst, slopes = _hull(costs, weighted)
+    choice = np.full(len(weighted), np.argmin(costs), dtype=np.int64)
     spent = costs[choice].sum()
     total_C = errors_RCO[np.arange(len(choice)), :, choice].sum(0)
     if target is not None and target(total_C):
@@ -106,14 +104,15 @@ def _greedy(costs, errors_RCO, weights_C, budget=None, target=None):
 
 
 @torch.no_grad()
-def rd_region_scores(model, x_pad):
+def rd_region_scores(model, x_pad, feats=None):
     """(B, Hc, Wc): how much each region's error falls from the coarsest grain to the finest, at full depth.
 
     The score by which the ``rd`` router ranks regions for an exact fine
     ratio: the measured gain of going finer, each channel's squared error
     weighted by its field's squared value range (as PSNR weighs it).
+    `feats` are the encoder's features of x_pad when the caller has them.
     """
-    feats = model.encoder(x_pad)
+    feats = model.encoder(x_pad) if feats is None else feats
     errors = option_errors(model, x_pad, feats, model.stage_indices(feats))  # (B, C, Hc, Wc, O)
     options, _ = _options(model)
     S = model.quantizer.num_stages

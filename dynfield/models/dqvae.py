@@ -29,7 +29,7 @@ from .router import (
     random_score,
     rank_assign,
 )
-from .tokens import Tokens, check_factors, repeat_cells
+from .tokens import Tokens, check_factors, repeat_cells, stage_masks
 
 
 @dataclass
@@ -208,7 +208,7 @@ class DQVAE(nn.Module):
         else:
             # the random router draws fresh regions each training step, repeatable ones at inference
             generator = self._train_generator if temperature is not None else None
-            grain = rank_assign(self._rule_scores(x_pad, mode, generator), ratios)
+            grain = rank_assign(self._rule_scores(x_pad, mode, generator, feats), ratios)
         gate = F.one_hot(grain, K).permute(0, 3, 1, 2).to(coarse.dtype)
         return grain, gate, logits
 
@@ -217,11 +217,11 @@ class DQVAE(nn.Module):
             raise ValueError(f"this model has no learned router (it was built with router={self.router_mode!r})")
         return self.router(feats)
 
-    def _rule_scores(self, x_pad, mode, generator=None):
+    def _rule_scores(self, x_pad, mode, generator=None, feats=None):
         """(B, Hc, Wc) region scores of the rule-based routers ("random", "enstrophy", "rd")."""
         f_K = self.factors[-1]
         if mode == "rd":
-            return rd_region_scores(self, x_pad)
+            return rd_region_scores(self, x_pad, feats)
         if mode == "random":
             shape = (x_pad.shape[0], x_pad.shape[-2] // f_K, x_pad.shape[-1] // f_K)
             return random_score(shape, generator or torch.Generator().manual_seed(self.seed), x_pad.device)
@@ -259,12 +259,10 @@ class DQVAE(nn.Module):
 
     def _tokens(self, grain, depth, idx_levels, shape):
         """Tokens from per-level (B, Hk, Wk, stages) indices, masked by the grain and depth maps."""
-        f_K, S = self.factors[-1], self.quantizer.num_stages
+        S = self.quantizer.num_stages
         codes, residual = [], []
-        stage = torch.arange(S, device=grain.device)
-        for mask, idx, f in zip(self._level_masks(grain), idx_levels, self.factors):
-            used = mask[..., None] & (stage < repeat_cells(depth, f_K // f)[..., None])  # (B, Hk, Wk, S)
-            idx = torch.where(used, idx, -1).permute(0, 3, 1, 2)  # (B, S, Hk, Wk)
+        for used, idx in zip(stage_masks(grain, depth, self.factors, S), idx_levels):
+            idx = torch.where(used, idx.permute(0, 3, 1, 2), -1)  # (B, S, Hk, Wk)
             codes.append(idx[:, 0])
             residual.append(idx[:, 1:])
         return Tokens(grain, codes, self.factors, tuple(shape), self.quantizer.codebook_size,

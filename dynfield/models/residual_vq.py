@@ -98,14 +98,6 @@ class ResidualVQ(nn.Module):
             total = total + vq.lookup(idx.clamp(min=0)) * (idx >= 0)[..., None]
         return total
 
-    def cumulative(self, indices_NS):
-        """(stages, ..., dim): the depth-1, depth-2, ... sums of an index tensor (..., stages)."""
-        out, total = [], 0
-        for s, vq in enumerate(self.stages):
-            total = total + vq.lookup(indices_NS[..., s])
-            out.append(total)
-        return torch.stack(out)
-
     def codebook_stats(self):
         """The first stage's usage and perplexity, and the mean perplexity over stages."""
         per_stage = [vq.codebook_stats() for vq in self.stages]

@@ -21,6 +21,18 @@ def repeat_cells(x, scale):
     return x.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
 
 
+def stage_masks(grain, depth, factors, stages):
+    """Per level k, the (B, S, Hp / f_k, Wp / f_k) bool mask of the codes tokens carry.
+
+    A cell of level k holds a code at stage s where its region is at level k
+    and its depth exceeds s.
+    """
+    f_K = factors[-1]
+    stage = torch.arange(stages, device=grain.device)[None, :, None, None]
+    return [repeat_cells(grain == k, f_K // f)[:, None] & (stage < repeat_cells(depth, f_K // f)[:, None])
+            for k, f in enumerate(factors)]
+
+
 def check_factors(factors):
     """Return `factors` as a tuple after checking they are ascending powers of two >= 2."""
     factors = tuple(int(f) for f in factors)
@@ -162,16 +174,13 @@ class Tokens:
             raise ValueError(f"depths must lie in [1, {S}] for {S}-stage tokens, got [{self.depth.min()}, {self.depth.max()}]")
         if self.residual and len(self.residual) != self.num_levels:
             raise ValueError(f"expected residual codes for each of the {self.num_levels} levels, got {len(self.residual)}")
-        f_K = self.factors[-1]
+        used = stage_masks(self.grain, self.depth, self.factors, S)
         for k, (codes, residual) in enumerate(zip(self.codes, self.residual)):
             expected = (codes.shape[0], S - 1, *codes.shape[1:])
             if tuple(residual.shape) != expected or residual.dtype != torch.long:
                 raise ValueError(f"level {k} residual codes must be a {expected} long tensor, got {tuple(residual.shape)}")
             if residual.numel() and (residual.min() < -1 or residual.max() >= self.codebook_size):
                 raise ValueError(f"level {k} residual codes must lie in [-1, {self.codebook_size})")
-            depth = repeat_cells(self.depth, f_K // self.factors[k])
-            stage = torch.arange(1, S, device=depth.device)[None, :, None, None]
-            used = self.level_mask(k)[:, None] & (stage < depth[:, None])
-            if not torch.equal(residual >= 0, used):
+            if not torch.equal(residual >= 0, used[k][:, 1:]):
                 raise ValueError(f"level {k} residual codes disagree with the depth map: set past a region's depth "
                                  f"or where the level is unused, or missing within it")
