@@ -14,7 +14,7 @@ from dynfield import compress, decompress, paths
 from dynfield import inspect as inspect_cli
 from dynfield.checkpoint import save_checkpoint
 from dynfield.codec import CodecError, compress_file, decompress_file, default_checkpoint, inspect_file
-from dynfield.codec import codec as codec_module
+from dynfield.codec import chunks, field, netcdf
 from dynfield.data import open_fields
 from dynfield.data.dummy import dummy_dataset, write_dummy_netcdf, write_dummy_well_hdf5
 from dynfield.models import DQVAE
@@ -262,7 +262,7 @@ def test_other_model_is_refused(compressed, other_ckpt, capsys):
 
 def test_interrupted_compression_leaves_no_output(tmp_path, ckpt, monkeypatch, capsys):
     src = write_dummy_netcdf(tmp_path / "in.nc", n_sample=4, n_time=5, ny=8, nx=8)
-    encode, calls = codec_module._Coder.encode_snapshot, []
+    encode, calls = chunks.Coder.encode_snapshot, []
 
     def interrupted(self, *args):
         calls.append(args)
@@ -270,7 +270,7 @@ def test_interrupted_compression_leaves_no_output(tmp_path, ckpt, monkeypatch, c
             raise KeyboardInterrupt
         return encode(self, *args)
 
-    monkeypatch.setattr(codec_module._Coder, "encode_snapshot", interrupted)
+    monkeypatch.setattr(chunks.Coder, "encode_snapshot", interrupted)
     assert compress.main([str(src), str(tmp_path / "out.dfz"), "--checkpoint", str(ckpt), "--quiet"]) == 130
     assert "interrupted" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nc"]
@@ -280,7 +280,7 @@ def test_interrupted_decompression_leaves_no_output(compressed, ckpt, monkeypatc
     def failing(*args):
         raise OSError("disk full")
 
-    monkeypatch.setattr(codec_module._NetCDFWriter, "write", failing)
+    monkeypatch.setattr(netcdf.NetCDFWriter, "write", failing)
     assert decompress.main([str(compressed), str(compressed.with_suffix(".nc")), "--checkpoint", str(ckpt)]) == 1
     assert sorted(p.name for p in compressed.parent.iterdir()) == ["in.nc", "out.dfz"]
 
@@ -378,4 +378,4 @@ def test_the_bundled_model_keeps_the_hash_its_files_were_made_with():
     from dynfield.checkpoint import load_model
 
     model, _ = load_model(default_checkpoint())
-    assert codec_module.weights_hash(model) == "bb1417bd5c76c5c0ac1acce34e88d39c63b7ee2d93078702113ea71cb1e23a8e"
+    assert field.weights_hash(model) == "bb1417bd5c76c5c0ac1acce34e88d39c63b7ee2d93078702113ea71cb1e23a8e"

@@ -12,7 +12,7 @@ from conftest import compose_config, read_steps, train
 
 from dynfield import checkpoint, sample
 from dynfield.codec import CodecError, compress_file, inspect_file, prior_code_length, tokenize, weights_hash
-from dynfield.codec.codec import _normalise
+from dynfield.codec.field import normalise as normalise_field
 from dynfield.data.dummy import write_dummy_netcdf
 from dynfield.data import denormalise, normalise
 
@@ -116,7 +116,7 @@ def test_code_length_of_a_compressed_file_under_the_prior(prior_run, tokenizer, 
     # the same tokens, made here from the fields, cost the same under the prior
     prior, tok, state = checkpoint.load_prior(run_dir / "prior.pt")
     with xr.open_dataset(src) as ds:
-        x = np.stack([_normalise(ds[v].values, s["mean"], s["std"])
+        x = np.stack([normalise_field(ds[v].values, s["mean"], s["std"])
                       for v, s in ((v, state["stats"][v]) for v in state["variables"])], 1)
     expected = prior.bits(tokenize(tok, torch.from_numpy(x))).sum().item()
     assert result["prior_bits"] == pytest.approx(expected, rel=1e-9)

@@ -1,0 +1,166 @@
+"""Chunks of a ``.dfz`` file: one snapshot of one group of variables.
+
+A chunk holds the group and snapshot index, one token stream per unit (a
+variable, or the variables coded jointly) and one value section per
+variable (see ``residual``). ``Layout`` reads what a header says about the
+chunks; ``Coder`` encodes and decodes them with the tokenizer and, for
+bounded fields, its float64 copy.
+"""
+
+import copy
+
+import numpy as np
+import torch
+
+from dynfield.data import field_stats
+
+from . import residual
+from .container import ByteReader, ByteWriter, CodecError
+from .entropy import TokenCounts, TokenModel, decode_tokens, encode_tokens
+from .field import normalise, prediction, reconstruct, token_grid, tokenize, tokens_to_numpy
+from .header import PER_VARIABLE, RATE_SETTINGS, snapshots
+
+
+def unit_key(unit):
+    return "+".join(unit)
+
+
+class Layout:
+    """What a header says about the chunks: groups, units (what one token stream codes), entropy models."""
+
+    def __init__(self, header):
+        self.header, self.meta = header, header["variables"]
+        config = header["model"]["config"]
+        self.factors, self.codebook_size = tuple(config["factors"]), int(config["codebook_size"])
+        self.stages = int(config.get("stages", 1))
+        self.entropy = {k: TokenModel.from_json(m) for k, m in header.get("entropy", {}).items()}
+
+    def units(self, g):
+        """The variables of each token stream of group g: one each, or all jointly."""
+        names = self.header["groups"][g]["variables"]
+        return [[v] for v in names] if self.header["mode"] == PER_VARIABLE else [names]
+
+    def bound(self, v):
+        return self.meta[v]["max_abs_error"]
+
+    def index(self, g, i):
+        """{leading dim: index} of snapshot i of group g."""
+        group = self.header["groups"][g]
+        return {d: int(j) for d, j in zip(group["dims"][:-2], np.unravel_index(i, group["shape"][:-2]))}
+
+    def parse(self, payload):
+        """(group, snapshot, token streams per unit, value sections per variable) of a chunk."""
+        r = ByteReader(payload)
+        g, i = r.uvarint(), r.uvarint()
+        groups = self.header["groups"]
+        if g >= len(groups) or i >= snapshots(groups[g]):
+            raise CodecError(f"a chunk names snapshot {i} of group {g}, which does not exist (corrupt file)")
+        streams = [r.blob() for _ in self.units(g)]
+        sections = [r.blob() for _ in groups[g]["variables"]]
+        r.done()
+        return g, i, streams, sections
+
+    def section(self, v, data):
+        """Reader over a variable's section, and its (mean, std)."""
+        r = ByteReader(data, f"the section of {v!r}")
+        if self.header["mode"] == PER_VARIABLE:
+            return r, (r.f64(), r.f64())
+        n = self.meta[v]["normalisation"]
+        return r, (n["mean"], n["std"])
+
+    def tokens(self, g, unit, stream):
+        shape = self.header["groups"][g]["shape"][-2:]
+        return decode_tokens(stream, token_grid(shape, self.factors), self.factors, self.entropy[unit_key(unit)])
+
+
+class Coder(Layout):
+    """Encodes and decodes the chunks of one file with the tokenizer and its float64 copy."""
+
+    def __init__(self, model, header, device="cpu"):
+        super().__init__(header)
+        if (tuple(model.factors) != self.factors or model.quantizer.codebook_size != self.codebook_size
+                or model.quantizer.num_stages != self.stages):
+            raise CodecError("the model does not have the factors, codebook size and stages the file was made with")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.rate = {k: header["settings"].get(k) for k in RATE_SETTINGS}
+        self._reference = None
+
+    def decoder(self, unit):
+        """The model that reconstructs `unit`: its float64 copy when any of its variables has a bound."""
+        if all(self.bound(v) is None for v in unit):
+            return self.model
+        if self._reference is None:
+            self._reference = copy.deepcopy(self.model).to(torch.float64)
+        return self._reference
+
+    def normalisation(self, v, x):
+        if self.header["mode"] == PER_VARIABLE:
+            return field_stats(x)
+        n = self.meta[v]["normalisation"]
+        return n["mean"], n["std"]
+
+    def encode_snapshot(self, ds, g, i):
+        """Tokens per unit and value sections per variable of snapshot i of group g (before entropy coding)."""
+        units = self.units(g)
+        names = [v for unit in units for v in unit]
+        # One synchronous read of the whole snapshot: starting dask's thread pool
+        # costs more than reading a 2D field.
+        planes = ds[names].isel(self.index(g, i)).compute(scheduler="synchronous")
+        xs = {v: np.asarray(planes[v].values) for v in names}  # (H, W) each
+        norms = {v: self.normalisation(v, xs[v]) for v in names}
+        # every unit of the snapshot in one batch (per-variable coding: the variables side by side)
+        x_UCHW = torch.from_numpy(np.stack([np.stack([normalise(xs[v], *norms[v]) for v in unit]) for unit in units]))
+        fields = tokens_to_numpy(tokenize(self.model, x_UCHW.to(self.device), **self.rate))
+        sections = []
+        for unit, unit_tokens in zip(units, fields):
+            if any(self.bound(v) is not None for v in unit):
+                recon = reconstruct(self.decoder(unit), [unit_tokens], xs[unit[0]].shape)[0].cpu().numpy()
+                preds = [prediction(r, *norms[v]) for r, v in zip(recon, unit)]
+            else:
+                preds = [None] * len(unit)  # no residual: the decoder's reconstruction is not needed here
+            for v, pred in zip(unit, preds):
+                w = ByteWriter()
+                if self.header["mode"] == PER_VARIABLE:
+                    w.f64(norms[v][0])
+                    w.f64(norms[v][1])
+                residual.encode_values(w, xs[v], pred, self.bound(v))
+                sections.append(w.bytes())
+        return g, i, fields, sections
+
+    def calibrate(self, results):
+        """Set the token models from the tokens of `results` (plus one count per symbol); return them as JSON."""
+        hists = {unit_key(u): TokenCounts(len(self.factors), self.codebook_size, self.stages)
+                 for g in range(len(self.header["groups"])) for u in self.units(g)}
+        for g, _, tokens, _ in results:
+            for unit, field_tokens in zip(self.units(g), tokens):
+                hists[unit_key(unit)].add(field_tokens, self.factors)
+        self.entropy = {k: TokenModel.from_histograms(h.grain, h.codes, h.depth) for k, h in hists.items()}
+        return {k: m.to_json() for k, m in self.entropy.items()}
+
+    def chunk(self, g, i, tokens, sections):
+        """Chunk payload of an encoded snapshot."""
+        w = ByteWriter()
+        w.uvarint(g)
+        w.uvarint(i)
+        for unit, field_tokens in zip(self.units(g), tokens):
+            w.blob(encode_tokens(field_tokens, self.factors, self.entropy[unit_key(unit)]))
+        for s in sections:
+            w.blob(s)
+        return w.bytes()
+
+    def decode_chunk(self, payload):
+        """(group, snapshot, {variable: (H, W) array}) of a chunk."""
+        g, i, streams, sections = self.parse(payload)
+        shape = tuple(self.header["groups"][g]["shape"][-2:])
+        sections, out = iter(sections), {}
+        for unit, stream in zip(self.units(g), streams):
+            recon = reconstruct(self.decoder(unit), [self.tokens(g, unit, stream)], shape)[0].cpu().numpy()
+            for v, rec in zip(unit, recon):
+                r, norm = self.section(v, next(sections))
+                dtype = np.dtype(self.meta[v]["dtype"])
+                out[v] = residual.decode_values(r, prediction(rec, *norm), self.bound(v), dtype)
+                r.done()
+        return g, i, out
+
+
