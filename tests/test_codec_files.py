@@ -14,7 +14,7 @@ from dynfield import compress, decompress, paths
 from dynfield import inspect as inspect_cli
 from dynfield.checkpoint import save_checkpoint
 from dynfield.codec import CodecError, compress_file, decompress_file, default_checkpoint, inspect_file
-from dynfield.codec import chunks, field, netcdf
+from dynfield.codec import chunks, field, netcdf, residual
 from dynfield.data import open_fields
 from dynfield.data.dummy import dummy_dataset, write_dummy_netcdf, write_dummy_well_hdf5
 from dynfield.models import DQVAE
@@ -199,10 +199,11 @@ def test_joint_tokenizer(tmp_path):
         assert all(err <= 0.05 for err in max_errors(ref[["u", "v"]], out).values())
 
 
-def test_inspect_reports_bits_consistent_with_file_size(tmp_path, ckpt, capsys):
+@pytest.mark.parametrize("bound", [None, 0.01])
+def test_inspect_reports_bits_consistent_with_file_size(tmp_path, ckpt, capsys, bound):
     src = write_dummy_netcdf(tmp_path / "in.nc", n_sample=3, n_time=2, ny=16, nx=24)
     out = tmp_path / "out.dfz"
-    compress_file(src, out, checkpoint=ckpt, max_abs_error=0.01, progress=False)
+    compress_file(src, out, checkpoint=ckpt, max_abs_error=bound, progress=False)
     info = inspect_file(out)
     size = out.stat().st_size
     assert info["bytes"] == size and info["values"] == 4 * 3 * 2 * 16 * 24
@@ -212,7 +213,12 @@ def test_inspect_reports_bits_consistent_with_file_size(tmp_path, ckpt, capsys):
     assert 0 < framing < 40 * info["chunks"]
     tokens = info["tokens"]
     assert tokens["entropy_bits"] <= tokens["ideal_bits"] <= tokens["bits"] <= tokens["ideal_bits"] + 64 * 24
-    assert 0 < info["fine_fraction"] < 1
+    if bound is None:  # every field needs its tokens
+        assert tokens["units_without"] == 0 and 0 < info["fine_fraction"] < 1
+    else:  # this untrained model's tokens do not pay for themselves: the residuals are coded against the means
+        assert tokens["units_without"] == info["chunks"] * 4 and tokens["bits"] == 0
+        coders = [c for v in info["variables"].values() for c in v["residual_coders"]]
+        assert set(coders) <= set(residual.CODER_NAMES.values())
     assert inspect_cli.main([str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["bytes"] == size
     assert inspect_cli.main([str(out)]) == 0

@@ -6,8 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from dynfield.codec.container import ByteReader, ByteWriter
-from dynfield.codec.residual import MARGIN, decode_values, encode_values, section_stats
+from dynfield.codec import filters
+from dynfield.codec.container import ByteReader, ByteWriter, CodecError
+from dynfield.codec.residual import FILTER_KINDS, MARGIN, decode_values, encode_values, section_stats
 
 
 def roundtrip(x, pred, bound, decode_pred=None):
@@ -139,3 +140,49 @@ def test_a_smooth_residual_is_coded_as_differences():
     assert skim["transform"] == stats["transform"] and skim["escapes"] == 1
     plain_bits = np.log2(2 * 0.3 / (2 * bound))  # about what coding q itself would need per value
     assert 8 * len(data) / x.size < plain_bits / 2
+
+
+def turbulent_field(n=96, seed=0, slope=-3.0):
+    """A periodic random field with a power-law spectrum, like a vorticity snapshot."""
+    rng = np.random.default_rng(seed)
+    k = np.hypot(*np.meshgrid(np.fft.fftfreq(n, 1 / n), np.fft.fftfreq(n, 1 / n)))
+    amplitude = np.where(k > 0, np.maximum(k, 1) ** (slope / 2), 0.0)
+    return np.fft.ifft2(amplitude * np.exp(2j * np.pi * rng.uniform(size=(n, n)))).real * n
+
+
+@pytest.mark.parametrize("rel", [1e-2, 1e-3, 1e-4])
+def test_a_field_costs_no_more_than_sperr_or_sz3_alone(rel):
+    """The value layer keeps the shortest coder: never more than SPERR or SZ3 on the same residual, plus framing."""
+    x = turbulent_field().astype(np.float32)
+    x[10:14, 20:30] = np.nan  # land
+    bound = rel * float(np.nanmax(x) - np.nanmin(x))
+    pred = np.full(x.shape, float(np.nanmean(x)))
+    out, stats, data = roundtrip(x, pred, bound)
+    check_bound(x, out, bound)
+    r = np.where(np.isfinite(x), x - pred, 0.0)
+    tolerance = bound * (1 - MARGIN) * (1 - 2.0**-8)
+    alone = min(len(filters.encode(r, name, tolerance)) for name in filters.FILTERS)
+    assert len(data) <= alone + 40  # the kind, blob lengths, the NaN mask and the escape mask
+    skim = section_stats(ByteReader(data), bound)
+    assert skim["transform"] == stats["transform"] and skim["escapes"] == stats["escapes"] == 0
+
+
+def test_a_filter_coded_residual_keeps_the_bound_under_a_shifted_prediction():
+    x = turbulent_field(seed=1)
+    pred = x + 0.1 * turbulent_field(seed=2)
+    bound = 1e-2 * float(x.max() - x.min())
+    shifted = pred + np.random.default_rng(3).uniform(-1, 1, size=x.shape) * bound * MARGIN * 0.9
+    out, stats, _ = roundtrip(x, pred, bound, decode_pred=shifted)
+    assert stats["transform"] in FILTER_KINDS
+    check_bound(x, out, bound)
+
+
+def test_a_damaged_filter_section_is_refused():
+    x = turbulent_field()
+    bound = 1e-2 * float(x.max() - x.min())
+    w = ByteWriter()
+    encode_values(w, x, np.zeros(x.shape), bound)
+    data = bytearray(w.bytes())
+    data[8:40] = bytes(32)  # inside the filter's bytes
+    with pytest.raises(CodecError):
+        decode_values(ByteReader(bytes(data)), np.zeros(x.shape), bound, x.dtype)

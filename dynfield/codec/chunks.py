@@ -1,8 +1,9 @@
 """Chunks of a ``.dfz`` file: one snapshot of one group of variables.
 
 A chunk holds the group and snapshot index, one token stream per unit (a
-variable, or the variables coded jointly) and one value section per
-variable (see ``residual``). ``Layout`` reads what a header says about the
+variable, or the variables coded jointly; empty where the unit's bounded
+residual is cheaper against the mean than against the tokens) and one
+value section per variable (see ``residual``). ``Layout`` reads what a header says about the
 chunks; ``Coder`` encodes and decodes them with the tokenizer and, for
 bounded fields, its float64 copy.
 """
@@ -69,6 +70,9 @@ class Layout:
         return r, (n["mean"], n["std"])
 
     def tokens(self, g, unit, stream):
+        """The ``FieldTokens`` of a unit's stream; None for a unit coded without tokens (an empty stream)."""
+        if not stream:
+            return None
         shape = self.header["groups"][g]["shape"][-2:]
         return decode_tokens(stream, token_grid(shape, self.factors), self.factors, self.entropy[unit_key(unit)])
 
@@ -84,7 +88,7 @@ class Coder(Layout):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.rate = {k: header["settings"].get(k) for k in RATE_SETTINGS}
-        self._reference = None
+        self._reference = self._usage = None
 
     def decoder(self, unit):
         """The model that reconstructs `unit`: its float64 copy when any of its variables has a bound."""
@@ -101,7 +105,13 @@ class Coder(Layout):
         return n["mean"], n["std"]
 
     def encode_snapshot(self, ds, g, i):
-        """Tokens per unit and value sections per variable of snapshot i of group g (before entropy coding)."""
+        """Tokens per unit and value sections per variable of snapshot i of group g (before entropy coding).
+
+        A unit whose variables all have a bound may go without tokens: its
+        residual is then taken against the field's mean, and whichever way
+        costs fewer bytes (tokens priced under the codebook's usage) is kept,
+        so the tokens never cost more than they save.
+        """
         units = self.units(g)
         names = [v for unit in units for v in unit]
         # One synchronous read of the whole snapshot: starting dask's thread pool
@@ -112,21 +122,43 @@ class Coder(Layout):
         # every unit of the snapshot in one batch (per-variable coding: the variables side by side)
         x_UCHW = torch.from_numpy(np.stack([np.stack([normalise(xs[v], *norms[v]) for v in unit]) for unit in units]))
         fields = tokens_to_numpy(tokenize(self.model, x_UCHW.to(self.device), **self.rate))
-        sections = []
+        kept, sections = [], []
         for unit, unit_tokens in zip(units, fields):
-            if any(self.bound(v) is not None for v in unit):
-                recon = reconstruct(self.decoder(unit), [unit_tokens], xs[unit[0]].shape)[0].cpu().numpy()
-                preds = [prediction(r, *norms[v]) for r, v in zip(recon, unit)]
-            else:
-                preds = [None] * len(unit)  # no residual: the decoder's reconstruction is not needed here
-            for v, pred in zip(unit, preds):
-                w = ByteWriter()
-                if self.header["mode"] == PER_VARIABLE:
-                    w.f64(norms[v][0])
-                    w.f64(norms[v][1])
-                residual.encode_values(w, xs[v], pred, self.bound(v))
-                sections.append(w.bytes())
-        return g, i, fields, sections
+            coded = self._sections(unit, xs, norms, unit_tokens)
+            if all(self.bound(v) is not None for v in unit):
+                alone = self._sections(unit, xs, norms, None)
+                token_bytes = len(encode_tokens(unit_tokens, self.factors, self._usage_model()))
+                if sum(map(len, alone)) <= sum(map(len, coded)) + token_bytes:
+                    unit_tokens, coded = None, alone
+            kept.append(unit_tokens)
+            sections += coded
+        return g, i, kept, sections
+
+    def _usage_model(self):
+        """Token model from the codebook's usage: the price of tokens before the file's own models exist."""
+        if self._usage is None:
+            self._usage = TokenModel.from_quantizer(self.model)
+        return self._usage
+
+    def _sections(self, unit, xs, norms, unit_tokens):
+        """Value sections of a unit's variables against its tokens' reconstruction, or against the mean (None)."""
+        shape = xs[unit[0]].shape
+        if unit_tokens is None:
+            preds = [np.full(shape, norms[v][0]) for v in unit]
+        elif any(self.bound(v) is not None for v in unit):
+            recon = reconstruct(self.decoder(unit), [unit_tokens], shape)[0].cpu().numpy()
+            preds = [prediction(r, *norms[v]) for r, v in zip(recon, unit)]
+        else:
+            preds = [None] * len(unit)  # no residual: the decoder's reconstruction is not needed here
+        out = []
+        for v, pred in zip(unit, preds):
+            w = ByteWriter()
+            if self.header["mode"] == PER_VARIABLE:
+                w.f64(norms[v][0])
+                w.f64(norms[v][1])
+            residual.encode_values(w, xs[v], pred, self.bound(v))
+            out.append(w.bytes())
+        return out
 
     def calibrate(self, results):
         """Set the token models from the tokens of `results` (plus one count per symbol); return them as JSON."""
@@ -134,7 +166,8 @@ class Coder(Layout):
                  for g in range(len(self.header["groups"])) for u in self.units(g)}
         for g, _, tokens, _ in results:
             for unit, field_tokens in zip(self.units(g), tokens):
-                hists[unit_key(unit)].add(field_tokens, self.factors)
+                if field_tokens is not None:
+                    hists[unit_key(unit)].add(field_tokens, self.factors)
         self.entropy = {k: TokenModel.from_histograms(h.grain, h.codes, h.depth) for k, h in hists.items()}
         return {k: m.to_json() for k, m in self.entropy.items()}
 
@@ -144,7 +177,11 @@ class Coder(Layout):
         w.uvarint(g)
         w.uvarint(i)
         for unit, field_tokens in zip(self.units(g), tokens):
-            w.blob(encode_tokens(field_tokens, self.factors, self.entropy[unit_key(unit)]))
+            stream = b"" if field_tokens is None else encode_tokens(field_tokens, self.factors,
+                                                                      self.entropy[unit_key(unit)])
+            if field_tokens is not None and not stream:
+                raise CodecError("a token stream came out empty, which marks a unit without tokens")
+            w.blob(stream)
         for s in sections:
             w.blob(s)
         return w.bytes()
@@ -155,11 +192,15 @@ class Coder(Layout):
         shape = tuple(self.header["groups"][g]["shape"][-2:])
         sections, out = iter(sections), {}
         for unit, stream in zip(self.units(g), streams):
-            recon = reconstruct(self.decoder(unit), [self.tokens(g, unit, stream)], shape)[0].cpu().numpy()
-            for v, rec in zip(unit, recon):
-                r, norm = self.section(v, next(sections))
-                dtype = np.dtype(self.meta[v]["dtype"])
-                out[v] = residual.decode_values(r, prediction(rec, *norm), self.bound(v), dtype)
+            field_tokens = self.tokens(g, unit, stream)
+            if field_tokens is None and any(self.bound(v) is None for v in unit):
+                raise CodecError(f"a chunk has no tokens for {unit}, which has no error bound (corrupt file)")
+            recon = (None if field_tokens is None
+                     else reconstruct(self.decoder(unit), [field_tokens], shape)[0].cpu().numpy())
+            for c, v in enumerate(unit):
+                r, (mean, std) = self.section(v, next(sections))
+                pred = np.full(shape, mean) if recon is None else prediction(recon[c], mean, std)
+                out[v] = residual.decode_values(r, pred, self.bound(v), np.dtype(self.meta[v]["dtype"]))
                 r.done()
         return g, i, out
 

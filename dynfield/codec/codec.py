@@ -230,13 +230,17 @@ def inspect_file(path):
         header = check_header(reader.header, path)
         layout = Layout(header)
         K = len(layout.factors)
-        per_var = {v: {"bytes": 0.0, "nonfinite": 0, "escapes": 0, "residual_bytes": 0} for v in header["variables"]}
-        tokens = {"codes": 0, "bits": 0.0, "ideal_bits": 0.0, "entropy_bits": 0.0}
+        per_var = {v: {"bytes": 0.0, "nonfinite": 0, "escapes": 0, "residual_bytes": 0, "residual_coders": {}}
+                   for v in header["variables"]}
+        tokens = {"codes": 0, "bits": 0.0, "ideal_bits": 0.0, "entropy_bits": 0.0, "units_without": 0}
         hists = {}
         for payload in reader.chunks():
             g, _, streams, sections = layout.parse(payload)
             for unit, stream in zip(layout.units(g), streams):
                 field_tokens = layout.tokens(g, unit, stream)
+                if field_tokens is None:
+                    tokens["units_without"] += 1
+                    continue
                 key = unit_key(unit)
                 tokens["bits"] += 8 * len(stream)
                 tokens["ideal_bits"] += token_information_bits(field_tokens, layout.factors, layout.entropy[key])
@@ -250,6 +254,9 @@ def inspect_file(path):
                 per_var[v]["bytes"] += len(data)
                 for k in ("nonfinite", "escapes", "residual_bytes"):
                     per_var[v][k] += stats[k]
+                if "transform" in stats:
+                    coder = residual.CODER_NAMES[stats["transform"]]
+                    per_var[v]["residual_coders"][coder] = per_var[v]["residual_coders"].get(coder, 0) + 1
         tokens["entropy_bits"] = sum(h.entropy_bits() for h in hists.values())
         levels = sum((h.grain for h in hists.values()), np.zeros(K, np.int64))
         size, version, header_bytes = reader.size, reader.version, reader.chunks_start
@@ -307,6 +314,8 @@ def prior_code_length(path, prior_checkpoint, device="cpu"):
             if field_shape != shape:
                 raise CodecError(f"the prior models {shape[0]}x{shape[1]} fields; {path} holds {field_shape}")
             for unit, stream in zip(layout.units(g), streams):
+                if not stream:
+                    continue  # a unit coded without tokens
                 tokens = tokens_from_numpy([layout.tokens(g, unit, stream)], layout.factors, shape,
                                             layout.codebook_size)
                 prior_bits += float(prior.bits(tokens.to(device)).sum())

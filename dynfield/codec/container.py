@@ -27,7 +27,8 @@ import numpy as np
 
 MAGIC = b"\x89DFZ\r\n\x1a\n"  # like PNG's: a text-mode transfer or a 7-bit channel breaks it visibly
 END_MAGIC = b"DFZ-END\n"
-VERSION = 2  # 2: residual sections name their integer transform
+VERSION = 3  # 2: residual sections name their integer transform; 3: SPERR/SZ3 residuals, units without tokens
+READABLE = (2, 3)  # version 3 only adds to what version 2 may hold
 
 _CHUNK, _END = b"C", b"E"
 _TRAILER = struct.Struct("<cQI8s")
@@ -79,6 +80,10 @@ class ByteWriter:
 
     def blob(self, data):
         self.uvarint(len(data))
+        self.buf += data
+
+    def extend(self, data):
+        """Append bytes as they are (what another writer wrote)."""
         self.buf += data
 
     def bytes(self):
@@ -228,9 +233,9 @@ class ContainerReader:
         (self.version,) = struct.unpack("<H", self._read(2, "the format version"))
         if self.version < 1:
             raise CodecError(f"{self.path} has an invalid .dfz format version {self.version} (corrupt file)")
-        if self.version != VERSION:
-            raise CodecError(f"{self.path} has .dfz format version {self.version}; this dynfield reads version "
-                             f"{VERSION}: decode it with the dynfield release that wrote it")
+        if self.version not in READABLE:
+            raise CodecError(f"{self.path} has .dfz format version {self.version}; this dynfield reads versions "
+                             f"{', '.join(map(str, READABLE))}: decode it with the dynfield release that wrote it")
         (length,) = struct.unpack("<I", self._read(4, "the header length"))
         if length > self.size:
             raise CodecError(f"{self.path}: header length {length} exceeds the file size {self.size} "

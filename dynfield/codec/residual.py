@@ -31,17 +31,28 @@ integer transforms its histograms price lowest: q itself, the difference
 along x, or the 2D (Lorenzo) difference q[i, j] - q[i-1, j] - q[i, j-1] +
 q[i-1, j-1]. Differences of integers are exact, and cumulative sums undo
 them, so the choice costs no accuracy; escapes are then sent as a bitmask.
+
+Where the residual is better described by a wavelet or a prediction than by
+its values (smooth fields, loose bounds), SPERR or SZ3 code the float64
+residual x - p instead, asked for E' (1 - 2^-8) (see ``filters``); the
+decoded x_hat = p + r_hat is checked against E' exactly as above, the misses
+escaped. Every section is coded each way and the shortest is kept, so a
+field costs at most what the best of these coders takes on its residual.
 """
 
 import zlib
 
 import numpy as np
 
-from .container import CodecError
+from . import filters
+from .container import ByteWriter, CodecError
 from .entropy import SymbolReader, SymbolWriter
 
 MARGIN = 2.0**-10
 PLAIN, DIFF_X, DIFF_XY = 0, 1, 2  # the transforms of q (see the module docstring)
+SPERR, SZ3 = 3, 4  # the residual coded by an HDF5 filter instead
+FILTER_KINDS = {SPERR: "sperr", SZ3: "sz3"}
+CODER_NAMES = {PLAIN: "integer", DIFF_X: "integer-diff-x", DIFF_XY: "integer-lorenzo", **FILTER_KINDS}
 MAX_BITS = 52  # |q| < 2**52: exact in float64
 ESCAPE = 2 * MAX_BITS + 1  # symbols: 0, then 2c - 1 (q > 0) and 2c (q < 0) for c = 1..MAX_BITS, then escape
 
@@ -67,8 +78,15 @@ def cast(values, dtype):
     return np.clip(np.rint(values), float(info.min), hi).astype(dtype)
 
 
+def _inflate(data, what):
+    try:
+        return zlib.decompress(data)
+    except zlib.error:
+        raise CodecError(f"the {what} do not decompress (corrupt file)") from None
+
+
 def _unpack_mask(data, n, what):
-    mask = np.unpackbits(np.frombuffer(zlib.decompress(data), dtype=np.uint8))
+    mask = np.unpackbits(np.frombuffer(_inflate(data, f"{what} mask bits"), dtype=np.uint8))
     if len(mask) != -(-n // 8) * 8 or mask[n:].any():
         raise CodecError(f"{what} mask does not match the field (corrupt file)")
     return mask[:n].astype(bool)
@@ -79,7 +97,7 @@ def _raw(values, dtype):
 
 
 def _unraw(data, dtype, n, what):
-    arr = np.frombuffer(zlib.decompress(data), dtype=dtype.newbyteorder("<"))
+    arr = np.frombuffer(_inflate(data, what), dtype=dtype.newbyteorder("<"))
     if len(arr) != n:
         raise CodecError(f"expected {n} raw {what}, found {len(arr)} (corrupt file)")
     return arr.astype(dtype)
@@ -182,7 +200,7 @@ def encode_values(writer, x, pred, bound=None):
 
     Returns
     -------
-    dict : counts of non-finite values and escapes.
+    dict : counts of non-finite values and escapes, the residual coder chosen.
     """
     dtype = check_dtype(x.dtype)
     finite = np.isfinite(x) if dtype.kind == "f" else np.ones(x.shape, dtype=bool)
@@ -193,8 +211,19 @@ def encode_values(writer, x, pred, bound=None):
         writer.blob(_raw(x[~finite], dtype))
     if bound is None:
         return {"nonfinite": n_nonfinite, "escapes": 0}
+    inner = bound * (1 - MARGIN)
+    options = [_integer_residual(x, pred, finite, inner, dtype)]
+    if inner > 0:
+        options += [_filter_residual(x, pred, finite, inner, dtype, kind) for kind in FILTER_KINDS]
+    kind, data, escapes = min((o for o in options if o is not None), key=lambda o: len(o[1]))
+    writer.extend(data)
+    return {"nonfinite": n_nonfinite, "escapes": escapes, "transform": kind}
+
+
+def _integer_residual(x, pred, finite, inner, dtype):
+    """(kind, bytes, escapes) of the quantised residual, under its cheapest integer transform."""
     xf = x[finite].astype(np.float64)
-    q, escape = _quantise(xf, pred[finite], bound * (1 - MARGIN), dtype)
+    q, escape = _quantise(xf, pred[finite], inner, dtype)
     kind, (symbols, nbits, low) = PLAIN, _symbols(q, escape)
     # differences at most quadruple |q|: only where that still fits the symbol alphabet
     if q.size and np.abs(q).max() < 2.0 ** (MAX_BITS - 2):
@@ -206,19 +235,53 @@ def encode_values(writer, x, pred, bound=None):
             cost = _cost_bits(coded[0], coded[1]) + 8 * len(zlib.compress(np.packbits(escape).tobytes()))
             if cost < best:
                 kind, best, (symbols, nbits, low) = candidate, cost, coded
-    writer.uvarint(kind)
+    w = ByteWriter()
+    w.uvarint(kind)
     if kind != PLAIN:
-        writer.blob(zlib.compress(np.packbits(escape).tobytes()))
+        w.blob(zlib.compress(np.packbits(escape).tobytes()))
     counts = np.bincount(symbols, minlength=1)
-    writer.uvarint(len(counts))
+    w.uvarint(len(counts))
     for c in counts:
-        writer.uvarint(c)
+        w.uvarint(c)
     stream = SymbolWriter()
     stream.add(symbols, counts)
-    writer.blob(stream.bytes())
-    writer.blob(_pack_planes(low, nbits))
-    writer.blob(_raw(x[finite][escape], dtype))
-    return {"nonfinite": n_nonfinite, "escapes": int(escape.sum()), "transform": kind}
+    w.blob(stream.bytes())
+    w.blob(_pack_planes(low, nbits))
+    w.blob(_raw(x[finite][escape], dtype))
+    return kind, w.bytes(), int(escape.sum())
+
+
+def _filter_tolerance(inner):
+    """The bound a filter is asked for: inside E', so that the cast to the field's dtype rarely escapes."""
+    return inner * (1 - 2.0**-8)
+
+
+def _filter_values(pred, r_hat, finite, dtype):
+    """The decoded finite values p + r_hat in `dtype` (the same function on both sides)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return cast(pred[finite] + r_hat[finite], dtype)
+
+
+def _filter_residual(x, pred, finite, inner, dtype, kind):
+    """(kind, bytes, escapes) of the residual coded by an HDF5 filter; None where the filter cannot code it."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        r = np.where(finite, x.astype(np.float64) - pred, 0.0)
+    name, tolerance = FILTER_KINDS[kind], _filter_tolerance(inner)
+    if not (np.isfinite(r).all() and filters.fits(r, tolerance)):
+        return None  # huge residuals, tiny fields: the integer coder takes them
+    data = filters.encode(r, name, tolerance)
+    xf = x[finite].astype(np.float64)
+    values = _filter_values(pred, filters.decode(data, name, r.shape, tolerance), finite, dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        escape = ~(np.abs(xf - values.astype(np.float64)) <= inner)
+    if dtype.kind in "iu":
+        escape |= np.abs(xf) > 2.0**53
+    w = ByteWriter()
+    w.uvarint(kind)
+    w.blob(data)
+    w.blob(zlib.compress(np.packbits(escape).tobytes()))
+    w.blob(_raw(x[finite][escape], dtype))
+    return kind, w.bytes(), int(escape.sum())
 
 
 def decode_values(reader, pred, bound, dtype):
@@ -228,7 +291,8 @@ def decode_values(reader, pred, bound, dtype):
     out = np.empty(pred.shape, dtype=dtype)
     n_nonfinite = reader.uvarint()
     if n_nonfinite:
-        mask = np.unpackbits(np.frombuffer(zlib.decompress(reader.blob()), dtype=np.uint8), count=pred.size)
+        mask = np.unpackbits(np.frombuffer(_inflate(reader.blob(), "non-finite mask bits"), dtype=np.uint8),
+                             count=pred.size)
         if mask.size != pred.size or int(mask.sum()) != n_nonfinite:
             raise CodecError("non-finite mask does not match its count (corrupt file)")
         finite = ~mask.reshape(pred.shape).astype(bool)
@@ -238,6 +302,15 @@ def decode_values(reader, pred, bound, dtype):
         out[finite] = cast(p, dtype)
         return out
     kind = reader.uvarint()
+    if kind in FILTER_KINDS:
+        inner = bound * (1 - MARGIN)
+        tolerance = _filter_tolerance(inner)
+        r_hat = filters.decode(reader.blob(), FILTER_KINDS[kind], pred.shape, tolerance)
+        escape = _unpack_mask(reader.blob(), len(p), "escape")
+        values = _filter_values(pred, r_hat, finite, dtype)
+        values[escape] = _unraw(reader.blob(), dtype, int(escape.sum()), "escaped values")
+        out[finite] = values
+        return out
     if kind not in (PLAIN, DIFF_X, DIFF_XY):
         raise CodecError(f"unknown residual transform {kind} (corrupt file)")
     n = len(p) if kind == PLAIN else pred.size  # differences are coded on the whole grid
@@ -272,14 +345,20 @@ def section_stats(reader, bound):
     if bound is not None:
         residual_start = reader.pos
         kind = reader.uvarint()
-        escape_mask = reader.blob() if kind != PLAIN else None
-        counts = [reader.uvarint() for _ in range(reader.uvarint())]
+        if kind in FILTER_KINDS:
+            reader.blob()  # the filter's bytes
+            escape_mask = reader.blob()
+            counts = []
+        else:
+            escape_mask = reader.blob() if kind != PLAIN else None
+            counts = [reader.uvarint() for _ in range(reader.uvarint())]
         if escape_mask is None:
             stats["escapes"] = counts[ESCAPE] if len(counts) > ESCAPE else 0
         else:
-            stats["escapes"] = int(np.unpackbits(np.frombuffer(zlib.decompress(escape_mask), dtype=np.uint8)).sum())
+            bits = np.frombuffer(_inflate(escape_mask, "escape mask bits"), dtype=np.uint8)
+            stats["escapes"] = int(np.unpackbits(bits).sum())
         stats["transform"] = kind
-        for _ in range(3):
+        for _ in range(1 if kind in FILTER_KINDS else 3):
             reader.blob()
         stats["residual_bytes"] = reader.pos - residual_start
     stats["bytes"] = reader.pos - start
