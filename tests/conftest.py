@@ -1,5 +1,5 @@
-"""Shared test helpers: valid random tokens; for the training tests the config composer, the training
-subprocess and one smoke tokenizer run."""
+"""Shared test helpers: valid random tokens, a tiny tokenizer checkpoint; for the training tests the
+config composer, the training subprocess and one smoke tokenizer run."""
 
 import csv
 import importlib
@@ -13,6 +13,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from dynfield import paths
+from dynfield.checkpoint import save_checkpoint
+from dynfield.models import DQVAE
 from dynfield.models.tokens import Tokens, repeat_cells
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,3 +84,15 @@ def smoke_run(tmp_path_factory, env):
     run_dir = tmp_path_factory.mktemp("runs") / "smoke"
     proc = train(run_dir, env, cwd=cwd)
     return run_dir, proc, cwd
+
+
+def tiny_tokenizer(path, in_channels=1, variables=("field",), seed=0):
+    """A randomly initialised tokenizer whose codebook is initialised from data, so codes get used."""
+    torch.manual_seed(seed)
+    model = DQVAE(in_channels=in_channels, factors=(2, 4), hidden=8, code_dim=8, codebook_size=32, periodic=False)
+    model.train()
+    model(torch.randn(4, in_channels, 16, 16))
+    model.eval()
+    stats = {v: {"mean": 0.5, "std": 2.0, "min": -5.0, "max": 5.0} for v in variables}
+    save_checkpoint(path, model, kind="tokenizer", stats=stats, variables=list(variables), periodic=False)
+    return path

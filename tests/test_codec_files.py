@@ -8,7 +8,7 @@ import torch
 import xarray as xr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from conftest import benchmark_module
+from conftest import benchmark_module, tiny_tokenizer
 
 from dynfield import compress, decompress, paths
 from dynfield import inspect as inspect_cli
@@ -19,18 +19,6 @@ from dynfield.data import open_fields
 from dynfield.data.dummy import dummy_dataset, write_dummy_netcdf, write_dummy_well_hdf5
 from dynfield.models import DQVAE
 
-
-
-def tiny_tokenizer(path, in_channels=1, variables=("field",), seed=0):
-    """A randomly initialised tokenizer whose codebook is initialised from data, so codes get used."""
-    torch.manual_seed(seed)
-    model = DQVAE(in_channels=in_channels, factors=(2, 4), hidden=8, code_dim=8, codebook_size=32, periodic=False)
-    model.train()
-    model(torch.randn(4, in_channels, 16, 16))
-    model.eval()
-    stats = {v: {"mean": 0.5, "std": 2.0, "min": -5.0, "max": 5.0} for v in variables}
-    save_checkpoint(path, model, kind="tokenizer", stats=stats, variables=list(variables), periodic=False)
-    return path
 
 
 @pytest.fixture(scope="module")

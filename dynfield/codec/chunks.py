@@ -127,14 +127,14 @@ class Coder(Layout):
             coded = self._sections(unit, xs, norms, unit_tokens)
             if all(self.bound(v) is not None for v in unit):
                 alone = self._sections(unit, xs, norms, None)
-                token_bytes = len(encode_tokens(unit_tokens, self.factors, self._usage_model()))
+                token_bytes = len(encode_tokens(unit_tokens, self.factors, self.usage_model()))
                 if sum(map(len, alone)) <= sum(map(len, coded)) + token_bytes:
                     unit_tokens, coded = None, alone
             kept.append(unit_tokens)
             sections += coded
         return g, i, kept, sections
 
-    def _usage_model(self):
+    def usage_model(self):
         """Token model from the codebook's usage: the price of tokens before the file's own models exist."""
         if self._usage is None:
             self._usage = TokenModel.from_quantizer(self.model)

@@ -117,6 +117,10 @@ class ByteReader:
     def f64(self):
         return struct.unpack("<d", self._take(8))[0]
 
+    def raw(self, n):
+        """The next n bytes as they are."""
+        return bytes(self._take(n))
+
     def blob(self):
         return bytes(self._take(self.uvarint()))
 

@@ -160,14 +160,17 @@ def check_rate(model, **rate):
     return {k: None if v is None else float(v) for k, v in rate.items()}
 
 
-def make_header(ds, model, state, rate, max_abs_error, rel_error):
-    """The header of a file, all but its entropy models (which need the first chunks)."""
+def make_header(ds, model, state, rate, max_abs_error, rel_error, sha256=None):
+    """The header of a file, all but its entropy models (which need the first chunks).
+
+    `sha256` is the model's ``weights_hash`` where the caller has it already.
+    """
     mode, groups = plan(ds, state)
     names = [v for grp in groups for v in grp["variables"]]
     per_variable = bounds(ds, names, max_abs_error, rel_error)
     return {
         "format": FORMAT,
-        "model": {"sha256": weights_hash(model), "class": state["model_class"], "config": state["model_config"],
+        "model": {"sha256": sha256 or weights_hash(model), "class": state["model_class"], "config": state["model_config"],
                   "variables": list(state["variables"])},
         "mode": mode,
         "settings": {**rate,

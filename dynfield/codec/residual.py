@@ -279,8 +279,10 @@ def _filter_residual(x, pred, finite, inner, dtype, kind):
     w = ByteWriter()
     w.uvarint(kind)
     w.blob(data)
-    w.blob(zlib.compress(np.packbits(escape).tobytes()))
-    w.blob(_raw(x[finite][escape], dtype))
+    w.uvarint(int(escape.sum()))
+    if escape.any():
+        w.blob(zlib.compress(np.packbits(escape).tobytes()))
+        w.blob(_raw(x[finite][escape], dtype))
     return kind, w.bytes(), int(escape.sum())
 
 
@@ -306,9 +308,13 @@ def decode_values(reader, pred, bound, dtype):
         inner = bound * (1 - MARGIN)
         tolerance = _filter_tolerance(inner)
         r_hat = filters.decode(reader.blob(), FILTER_KINDS[kind], pred.shape, tolerance)
-        escape = _unpack_mask(reader.blob(), len(p), "escape")
         values = _filter_values(pred, r_hat, finite, dtype)
-        values[escape] = _unraw(reader.blob(), dtype, int(escape.sum()), "escaped values")
+        n_escapes = reader.uvarint()
+        if n_escapes:
+            escape = _unpack_mask(reader.blob(), len(p), "escape")
+            if int(escape.sum()) != n_escapes:
+                raise CodecError("escape mask does not match its count (corrupt file)")
+            values[escape] = _unraw(reader.blob(), dtype, n_escapes, "escaped values")
         out[finite] = values
         return out
     if kind not in (PLAIN, DIFF_X, DIFF_XY):
@@ -347,19 +353,20 @@ def section_stats(reader, bound):
         kind = reader.uvarint()
         if kind in FILTER_KINDS:
             reader.blob()  # the filter's bytes
-            escape_mask = reader.blob()
-            counts = []
+            stats["escapes"] = reader.uvarint()
+            for _ in range(2 if stats["escapes"] else 0):
+                reader.blob()  # mask and raw values
         else:
             escape_mask = reader.blob() if kind != PLAIN else None
             counts = [reader.uvarint() for _ in range(reader.uvarint())]
-        if escape_mask is None:
-            stats["escapes"] = counts[ESCAPE] if len(counts) > ESCAPE else 0
-        else:
-            bits = np.frombuffer(_inflate(escape_mask, "escape mask bits"), dtype=np.uint8)
-            stats["escapes"] = int(np.unpackbits(bits).sum())
+            if escape_mask is None:
+                stats["escapes"] = counts[ESCAPE] if len(counts) > ESCAPE else 0
+            else:
+                bits = np.frombuffer(_inflate(escape_mask, "escape mask bits"), dtype=np.uint8)
+                stats["escapes"] = int(np.unpackbits(bits).sum())
+            for _ in range(3):
+                reader.blob()  # symbols, bit planes, raw escapes
         stats["transform"] = kind
-        for _ in range(1 if kind in FILTER_KINDS else 3):
-            reader.blob()
         stats["residual_bytes"] = reader.pos - residual_start
     stats["bytes"] = reader.pos - start
     return stats

@@ -1,0 +1,106 @@
+"""The numcodecs codec: found by its id, within its bound through zarr and xarray, refusing what it cannot decode."""
+
+import numcodecs
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import tiny_tokenizer
+
+from dynfield.codec import CodecError
+from dynfield.codec.numcodecs_codec import Dynfield
+from dynfield.data.dummy import dummy_dataset
+
+zarr = pytest.importorskip("zarr")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return tiny_tokenizer(tmp_path_factory.mktemp("ckpt") / "tokenizer.pt")
+
+
+def field(shape=(3, 24, 32), seed=0):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0 : shape[-2], 0 : shape[-1]] / 8.0
+    base = np.sin(x) * np.cos(y)
+    return (base + 0.1 * rng.normal(size=shape)).astype(np.float32)
+
+
+def test_get_codec_finds_it_by_its_id_and_its_config_round_trips(ckpt):
+    codec = numcodecs.get_codec({"id": "dynfield", "max_abs_error": 0.01, "model": str(ckpt)})
+    assert isinstance(codec, Dynfield)
+    config = codec.get_config()
+    assert config["max_abs_error"] == 0.01 and len(config["model_sha256"]) == 64
+    again = numcodecs.get_codec(config)
+    assert again.get_config() == config
+    data = codec.encode(field())
+    assert np.array_equal(again.decode(data), codec.decode(data))
+
+
+@pytest.mark.parametrize("shape", [(24, 32), (3, 24, 32), (2, 2, 9, 13)])
+def test_every_value_within_the_bound_and_nan_exact(ckpt, shape):
+    x = field(shape)
+    x[..., 2:5, 3:9] = np.nan
+    codec = Dynfield(max_abs_error=0.02, model=ckpt)
+    y = codec.decode(codec.encode(x))
+    assert y.shape == x.shape and y.dtype == x.dtype
+    assert np.array_equal(np.isnan(y), np.isnan(x))
+    assert np.nanmax(np.abs(y.astype(np.float64) - x)) <= 0.02
+
+
+def test_rel_error_is_relative_to_the_chunk_range(ckpt):
+    x = field()
+    y = Dynfield(rel_error=1e-3, model=ckpt).decode(Dynfield(rel_error=1e-3, model=ckpt).encode(x))
+    assert np.abs(y - x).max() <= 1e-3 * float(x.max() - x.min())
+
+
+def test_integer_chunks_within_the_bound(ckpt):
+    x = (field() * 1000).astype(np.int32)
+    y = Dynfield(max_abs_error=3, model=ckpt).decode(Dynfield(max_abs_error=3, model=ckpt).encode(x))
+    assert y.dtype == np.int32 and np.abs(y.astype(np.int64) - x).max() <= 3
+
+
+def test_xarray_to_zarr_round_trip_keeps_the_bound_names_and_attributes(ckpt, tmp_path):
+    ds = dummy_dataset(n_sample=2, n_time=2, ny=16, nx=24)[["u", "v"]]
+    ds["u"][0, 0, 3:6, 4:8] = np.nan
+    ds["u"].attrs["units"] = "m s-1"
+    codec = Dynfield(max_abs_error=0.01, model=ckpt)
+    encoding = {v: {"compressors": [codec], "chunks": (1, 1, 16, 24)} for v in ("u", "v")}
+    ds.to_zarr(tmp_path / "out.zarr", zarr_format=2, encoding=encoding, mode="w")
+    with xr.open_zarr(tmp_path / "out.zarr") as back:
+        assert list(back.data_vars) == ["u", "v"] and back["u"].dims == ds["u"].dims
+        assert back["u"].attrs["units"] == "m s-1"
+        for v in ("u", "v"):
+            a, b = ds[v].values, back[v].values
+            assert np.array_equal(np.isnan(a), np.isnan(b))
+            assert np.nanmax(np.abs(a.astype(np.float64) - b)) <= 0.01
+
+
+def test_a_chunk_from_another_model_is_refused(ckpt, tmp_path):
+    other = tiny_tokenizer(tmp_path / "other.pt", seed=1)
+    data = Dynfield(max_abs_error=0.01, model=ckpt).encode(field())
+    with pytest.raises(CodecError, match="coded by the model of SHA-256"):
+        Dynfield(max_abs_error=0.01, model=other).decode(data)
+    config = Dynfield(model=ckpt).get_config()
+    with pytest.raises(CodecError, match="names the model"):
+        Dynfield(model=other, model_sha256=config["model_sha256"])
+
+
+def test_a_damaged_chunk_is_refused(ckpt):
+    data = bytearray(Dynfield(max_abs_error=0.01, model=ckpt).encode(field()))
+    data[len(data) // 2] ^= 0x40
+    with pytest.raises(CodecError, match="checksum"):
+        Dynfield(max_abs_error=0.01, model=ckpt).decode(bytes(data))
+    with pytest.raises(CodecError, match="magic"):
+        Dynfield(model=ckpt).decode(b"not a chunk at all, just bytes")
+
+
+def test_bad_settings_and_chunks_are_refused(ckpt, tmp_path):
+    with pytest.raises(CodecError, match="not both"):
+        Dynfield(max_abs_error=0.1, rel_error=0.1, model=ckpt)
+    with pytest.raises(CodecError, match="positive"):
+        Dynfield(max_abs_error=-1.0, model=ckpt)
+    with pytest.raises(CodecError, match="at least two dimensions"):
+        Dynfield(model=ckpt).encode(np.zeros(10, np.float32))
+    joint = tiny_tokenizer(tmp_path / "joint.pt", in_channels=2, variables=("u", "v"))
+    with pytest.raises(CodecError, match="one-channel"):
+        Dynfield(model=joint)
