@@ -104,3 +104,19 @@ def test_bad_settings_and_chunks_are_refused(ckpt, tmp_path):
     joint = tiny_tokenizer(tmp_path / "joint.pt", in_channels=2, variables=("u", "v"))
     with pytest.raises(CodecError, match="one-channel"):
         Dynfield(model=joint)
+
+
+def test_zarr_format_3_takes_it_as_the_serializer(ckpt, tmp_path):
+    from dynfield.codec.zarr3 import DynfieldSerializer
+
+    ds = dummy_dataset(n_sample=2, n_time=1, ny=16, nx=24)[["u"]]
+    ds["u"][1, 0, 0:3, 0:3] = np.nan
+    encoding = {"u": {"serializer": DynfieldSerializer(max_abs_error=0.01, model=str(ckpt)), "compressors": None,
+                      "chunks": (1, 1, 16, 24)}}
+    ds.to_zarr(tmp_path / "out.zarr", zarr_format=3, encoding=encoding, mode="w", consolidated=False)
+    array = zarr.open_array(tmp_path / "out.zarr" / "u")  # rebuilt from the stored metadata by its name
+    assert isinstance(array.metadata.codecs[0], DynfieldSerializer)
+    with xr.open_zarr(tmp_path / "out.zarr", consolidated=False) as back:
+        a, b = ds["u"].values, back["u"].values
+        assert np.array_equal(np.isnan(a), np.isnan(b))
+        assert np.nanmax(np.abs(a.astype(np.float64) - b)) <= 0.01
