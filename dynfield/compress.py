@@ -1,7 +1,14 @@
-"""Compress field files to ``.dfz``.
+"""Compress field files to ``.dfz``, or to a zarr store with the dynfield codec.
 
     python -m dynfield.compress run.nc run.dfz [--checkpoint C] [--variables u,v]
         [--fine-ratio R | --bits-per-value B | --psnr P] [--max-abs-error E | --rel-error E] [--workers N]
+    python -m dynfield.compress big.nc big.zarr --rel-error 0.01 [--dask-workers N | --scheduler ADDRESS]
+
+An output ending in ``.zarr`` is a zarr store (format 2) whose variables are
+compressed chunk by chunk by the ``dynfield`` numcodecs codec, on a
+dask.distributed cluster: a local one of ``--dask-workers`` processes, or
+the scheduler at ``--scheduler`` (``pip install dynfield[distributed]``);
+without either, in this process.
 
 ``--bits-per-value`` and ``--psnr`` choose grains and depths per region by
 rate-distortion allocation: a token budget per value (before entropy coding)
@@ -17,6 +24,7 @@ import sys
 
 from dynfield.codec import compress_file
 from dynfield.cli import run_command
+from dynfield.codec.to_zarr import compress_to_zarr
 
 
 def error_bound(text):
@@ -32,7 +40,7 @@ def error_bound(text):
 def parser():
     p = argparse.ArgumentParser(prog="python -m dynfield.compress", description="Compress a field file to .dfz.")
     p.add_argument("input", help="netCDF, HDF5 (generic, The Well, PDEBench) or zarr")
-    p.add_argument("output", help="the .dfz file to write")
+    p.add_argument("output", help="the .dfz file or the .zarr store to write")
     p.add_argument("--checkpoint", help="tokenizer checkpoint (default: the bundled one)")
     p.add_argument("--variables", type=lambda s: [v.strip() for v in s.split(",") if v.strip()],
                    help="comma-separated variables (default: all)")
@@ -43,20 +51,56 @@ def parser():
     bound = p.add_mutually_exclusive_group()
     bound.add_argument("--max-abs-error", type=error_bound, help="guaranteed maximum absolute error")
     bound.add_argument("--rel-error", type=error_bound, help="maximum error as a fraction of each variable's range")
-    p.add_argument("--workers", type=int, default=1, help="processes encoding in parallel")
+    p.add_argument("--workers", type=int, default=1, help="processes encoding a .dfz file in parallel")
+    cluster = p.add_mutually_exclusive_group()
+    cluster.add_argument("--dask-workers", type=int, help="a .zarr output on a local dask cluster of N processes")
+    cluster.add_argument("--scheduler", help="a .zarr output on the dask.distributed scheduler at this address")
     p.add_argument("--device", default="cpu", help="torch device of the tokenizer")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
+def _client(args):
+    """A dask.distributed client for --dask-workers or --scheduler, else None."""
+    if args.dask_workers is None and args.scheduler is None:
+        return None
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise ValueError("--dask-workers and --scheduler need dask.distributed: pip install dynfield[distributed]")
+    if args.scheduler is not None:
+        return Client(args.scheduler)
+    if args.dask_workers < 1:
+        raise ValueError(f"--dask-workers must be at least 1, got {args.dask_workers}")
+    # one thread a worker: torch and the compressors use the cores the workers do not
+    return Client(LocalCluster(n_workers=args.dask_workers, threads_per_worker=1, processes=True))
+
+
 def main(argv=None):
     args = parser().parse_args(argv)
+    rate = {"fine_ratio": args.fine_ratio, "bits_per_value": args.bits_per_value, "psnr": args.psnr}
+    bound = {"max_abs_error": args.max_abs_error, "rel_error": args.rel_error}
+
+    def to_zarr():
+        client = _client(args)
+        try:
+            return compress_to_zarr(args.input, args.output, checkpoint=args.checkpoint, variables=args.variables,
+                                    client=client, progress=not args.quiet, **bound, **rate)
+        finally:
+            if client is not None:
+                client.close()
+                if args.scheduler is None:
+                    client.cluster.close()
 
     def action():
-        s = compress_file(args.input, args.output, checkpoint=args.checkpoint, variables=args.variables,
-                          fine_ratio=args.fine_ratio, bits_per_value=args.bits_per_value, psnr=args.psnr,
-                          max_abs_error=args.max_abs_error, rel_error=args.rel_error,
-                          workers=args.workers, progress=not args.quiet, device=args.device)
+        zarr_out = args.output.rstrip("/").endswith(".zarr")
+        if not zarr_out and (args.dask_workers is not None or args.scheduler is not None):
+            raise ValueError("--dask-workers and --scheduler write a .zarr store; for .dfz use --workers")
+        if zarr_out:
+            s = to_zarr()
+        else:
+            s = compress_file(args.input, args.output, checkpoint=args.checkpoint, variables=args.variables,
+                              workers=args.workers, progress=not args.quiet, device=args.device, **bound, **rate)
         print(f"{args.output}: {s['bytes']} bytes, {s['bits_per_value']:.3f} bits per value, "
               f"ratio {s['compression_ratio']:.1f}, {s['seconds']:.1f} s ({s['input_mb_per_s']:.2f} MB/s)")
 

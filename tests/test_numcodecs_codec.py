@@ -6,6 +6,7 @@ import pytest
 import xarray as xr
 from conftest import tiny_tokenizer
 
+from dynfield import compress
 from dynfield.codec import CodecError
 from dynfield.codec.numcodecs_codec import Dynfield
 from dynfield.data.dummy import dummy_dataset
@@ -120,3 +121,40 @@ def test_zarr_format_3_takes_it_as_the_serializer(ckpt, tmp_path):
         a, b = ds["u"].values, back["u"].values
         assert np.array_equal(np.isnan(a), np.isnan(b))
         assert np.nanmax(np.abs(a.astype(np.float64) - b)) <= 0.01
+
+
+def stored_chunks(store):
+    return {p.relative_to(store).as_posix(): p.read_bytes() for p in sorted(store.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}
+
+
+def test_compress_to_zarr_keeps_names_order_and_attributes(ckpt, tmp_path):
+    src = tmp_path / "in.nc"
+    ds = dummy_dataset(n_sample=1, n_time=3, ny=16, nx=24)[["v", "u"]].isel(sample=0).rename(y="lat", x="lon")
+    ds["u"][1, 2:4, 5:9] = np.nan
+    ds["u"].attrs["long_name"] = "eastward wind"
+    ds.attrs["title"] = "a run"
+    ds.to_netcdf(src)
+    out = tmp_path / "out.zarr"
+    assert compress.main([str(src), str(out), "--checkpoint", str(ckpt), "--rel-error", "0.01", "--quiet"]) == 0
+    with xr.open_dataset(src) as ref, xr.open_zarr(out) as back:
+        assert set(back.data_vars) == {"u", "v"} and back["u"].dims == ("time", "lat", "lon")  # zarr lists by name
+        assert back["u"].attrs["long_name"] == "eastward wind" and back.attrs["title"] == "a run"
+        for v in ("u", "v"):
+            a, b = ref[v].values, back[v].values
+            assert np.array_equal(np.isnan(a), np.isnan(b))
+            assert np.nanmax(np.abs(a - b)) <= 0.01 * (np.nanmax(a) - np.nanmin(a))
+    assert compress.main([str(src), str(out), "--checkpoint", str(ckpt), "--quiet"]) == 1  # exists: refused
+    assert compress.main([str(src), str(tmp_path / "x.dfz"), "--dask-workers", "2"]) == 1  # .dfz: --workers
+
+
+@pytest.mark.slow
+def test_two_dask_workers_write_the_bytes_one_process_does(ckpt, tmp_path):
+    pytest.importorskip("distributed")
+    src = tmp_path / "in.nc"
+    dummy_dataset(n_sample=4, n_time=2, ny=16, nx=24)[["u", "v"]].to_netcdf(src)
+    args = [str(src), "--checkpoint", str(ckpt), "--max-abs-error", "0.01", "--quiet"]
+    assert compress.main([args[0], str(tmp_path / "one.zarr"), *args[1:]]) == 0
+    assert compress.main([args[0], str(tmp_path / "two.zarr"), *args[1:], "--dask-workers", "2"]) == 0
+    one, two = stored_chunks(tmp_path / "one.zarr"), stored_chunks(tmp_path / "two.zarr")
+    assert len(one) == 2 * 4 * 2 + 4 and one == two  # every chunk of u and v, and the coordinates

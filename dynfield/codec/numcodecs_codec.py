@@ -13,10 +13,10 @@ integer, SPERR and SZ3 coders. Non-finite values (NaN land, fill values read
 as NaN) come back bit for bit. Token streams are range coded under the
 codebook's usage (there is no file to calibrate on).
 
-Chunk layout: magic ``DFZC``, format version, the model's SHA-256, dtype,
-shape, the absolute bound used (NaN: none), one ``.dfz`` chunk payload per
-2D field, CRC-32 of all that. A chunk made by another model is refused, as
-is a damaged one.
+Chunk layout: magic ``DFZC``, format version, the first 8 bytes of the
+model's SHA-256, dtype, shape, the absolute bound used (NaN: none), one
+``.dfz`` chunk payload per 2D field, CRC-32 of all that. A chunk made by
+another model is refused, as is a damaged one.
 
 Bounds: ``max_abs_error`` holds everywhere. ``rel_error`` is relative to each
 chunk's own range of finite values (a chunk sees nothing else); chunks of
@@ -43,6 +43,7 @@ from .header import check_rate, make_header
 
 MAGIC = b"DFZC"
 VERSION = 1
+HASH_BYTES = 8  # of the model's SHA-256 in every chunk: enough to tell models apart, the config has it whole
 BUNDLED = "bundled"
 VARIABLE = "field"
 _MODELS = {}  # resolved checkpoint path -> (model, state, sha256): loaded once per process
@@ -125,7 +126,7 @@ class Dynfield(Codec):
         w = ByteWriter()
         w.extend(MAGIC)
         w.uvarint(VERSION)
-        w.extend(bytes.fromhex(self.model_sha256))
+        w.extend(bytes.fromhex(self.model_sha256)[:HASH_BYTES])
         w.blob(np.dtype(x.dtype).newbyteorder("<").str.encode())
         w.uvarint(x.ndim)
         for s in x.shape:
@@ -138,7 +139,7 @@ class Dynfield(Codec):
 
     def decode(self, buf, out=None):
         data = bytes(memoryview(ensure_ndarray_like(buf)).cast("B"))
-        if len(data) < 4 + 32 + 4 or data[:4] != MAGIC:
+        if len(data) < len(MAGIC) + HASH_BYTES + 4 or data[:4] != MAGIC:
             raise CodecError("not a dynfield chunk (bad magic bytes)")
         if struct.unpack("<I", data[-4:])[0] != zlib.crc32(data[:-4]):
             raise CodecError("a dynfield chunk fails its checksum (damaged data)")
@@ -146,8 +147,8 @@ class Dynfield(Codec):
         version = r.uvarint()
         if version != VERSION:
             raise CodecError(f"dynfield chunk format {version}; this dynfield reads {VERSION}")
-        sha = r.raw(32).hex()
-        if sha != self.model_sha256:
+        sha = r.raw(HASH_BYTES).hex()
+        if not self.model_sha256.startswith(sha):
             raise CodecError(f"this chunk was coded by the model of SHA-256 {sha[:16]}..., but the codec holds "
                              f"{self.model_sha256[:16]}... ({self.model}); decode with the checkpoint it was made with")
         dtype = np.dtype(r.blob().decode())
