@@ -10,14 +10,16 @@ field's section holds:
 - with an error bound E, the residual of the finite values quantised on a
   grid of step 2E', E' = E (1 - MARGIN): q = rint((x - p) / 2E'), decoded as
   x_hat = p + 2E' q cast to the field's dtype. The encoder computes x_hat
-  exactly as the decoder will and checks |x - x_hat| <= E' for every value;
-  a value that misses (float rounding in the cast, overflow, a residual too
+  exactly as the decoder will and checks |x - x_hat| <= E' for every value,
+  with one ulp of the output dtype to spare (see below); a value that misses (float rounding in the cast, overflow, a residual too
   large to code) is an *escape*, stored raw. So every decoded value is within
   E' of the original, given the decoder's prediction is the encoder's.
 
 The margin E - E' absorbs a prediction that differs by less than E / 1024
 between the encoding and the decoding machine (float64 rounding on another
-device), at a cost of 0.0014 bits per value.
+device), at a cost of 0.0014 bits per value. Such a prediction can still
+round to the neighbouring value of a float32 output, so the check asks
+|x - x_hat| + ulp(x_hat) <= E'.
 
 q is coded as a symbol (0; or the bit length c of |q| and its sign; or escape)
 under a histogram stored with the section, followed by the c - 1 bits of |q|
@@ -173,12 +175,26 @@ def _quantise(x, pred, inner, dtype):
         q = np.where(escape, 0, qf).astype(np.int64)
     else:  # E = 0: the prediction itself, and every value it misses stored raw
         escape, q = np.zeros(len(x), dtype=bool), np.zeros(len(x), dtype=np.int64)
-    with np.errstate(over="ignore", invalid="ignore"):
-        escape |= ~(np.abs(x - reconstruct(pred, q, step, dtype).astype(np.float64)) <= inner)
-    if dtype.kind in "iu":
-        escape |= np.abs(x) > 2.0**53  # beyond this float64 no longer holds every integer
+    escape |= _misses(x, reconstruct(pred, q, step, dtype), inner, dtype)
     q[escape] = 0
     return q, escape
+
+
+def _misses(x, values, inner, dtype):
+    """Where the decoded `values` (in `dtype`) of the finite float64 `x` may miss E'.
+
+    A float value must stay within E' even one ulp away: a decoder whose
+    prediction differs by rounding (within the margin) can land on the
+    neighbouring float after the cast.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        err = np.abs(x - values.astype(np.float64))
+        if dtype.kind == "f":
+            err = err + np.abs(np.spacing(values)).astype(np.float64)
+    miss = ~(err <= inner)
+    if dtype.kind in "iu":
+        miss |= np.abs(x) > 2.0**53  # beyond this float64 no longer holds every integer
+    return miss
 
 
 def reconstruct(pred, q, step, dtype):
@@ -272,10 +288,7 @@ def _filter_residual(x, pred, finite, inner, dtype, kind):
     data = filters.encode(r, name, tolerance)
     xf = x[finite].astype(np.float64)
     values = _filter_values(pred, filters.decode(data, name, r.shape, tolerance), finite, dtype)
-    with np.errstate(over="ignore", invalid="ignore"):
-        escape = ~(np.abs(xf - values.astype(np.float64)) <= inner)
-    if dtype.kind in "iu":
-        escape |= np.abs(xf) > 2.0**53
+    escape = _misses(xf, values, inner, dtype)
     w = ByteWriter()
     w.uvarint(kind)
     w.blob(data)
