@@ -373,3 +373,31 @@ def test_the_bundled_model_keeps_the_hash_its_files_were_made_with():
 
     model, _ = load_model(default_checkpoint())
     assert field.weights_hash(model) == "bb1417bd5c76c5c0ac1acce34e88d39c63b7ee2d93078702113ea71cb1e23a8e"
+
+
+def test_a_users_file_comes_back_with_its_own_names_order_and_attributes(tmp_path, ckpt):
+    """(time, lat, lon) with NaN land and a fill value, and a variable stored (lat, lon, time): nothing renamed."""
+    rng = np.random.default_rng(0)
+    times = np.array(["2020-01-01", "2020-01-02", "2020-01-03"], dtype="datetime64[ns]")
+    lat, lon = np.linspace(-30, 30, 16), np.linspace(0, 345, 24)
+    t2m = (280 + rng.normal(size=(3, 16, 24))).astype(np.float32)
+    t2m[:, 4:8, 10:15] = np.nan  # land
+    ds = xr.Dataset({"t2m": (("time", "lat", "lon"), t2m, {"units": "K", "long_name": "2 m temperature"}),
+                     "sst": (("lat", "lon", "time"), np.moveaxis(t2m, 0, -1) - 273.15, {"units": "degC"})},
+                    coords={"time": times, "lat": ("lat", lat, {"units": "degrees_north"}),
+                            "lon": ("lon", lon, {"units": "degrees_east"})}, attrs={"title": "a reanalysis"})
+    src, out = tmp_path / "in.nc", tmp_path / "back.nc"
+    ds.to_netcdf(src, encoding={"t2m": {"_FillValue": -9999.0}})
+    compress_file(src, tmp_path / "out.dfz", checkpoint=ckpt, rel_error=0.01, progress=False)
+    decompress_file(tmp_path / "out.dfz", out, checkpoint=ckpt, progress=False)
+    with xr.open_dataset(src) as ref, xr.open_dataset(out) as back:
+        assert list(back.data_vars) == ["t2m", "sst"] and list(back.coords) == list(ref.coords)
+        for v in ("t2m", "sst"):
+            assert back[v].dims == ref[v].dims and back[v].attrs["units"] == ref[v].attrs["units"]
+            assert np.array_equal(np.isnan(back[v].values), np.isnan(ref[v].values))
+            bound = 0.01 * float(ref[v].max() - ref[v].min())
+            assert float(np.abs(back[v] - ref[v]).max()) <= bound
+        for c in ("lat", "lon"):
+            assert back[c].attrs == ref[c].attrs and np.array_equal(back[c], ref[c])
+        assert np.array_equal(back["time"].values, times) and back.attrs["title"] == "a reanalysis"
+        assert back["t2m"].encoding["_FillValue"] == -9999.0

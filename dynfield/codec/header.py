@@ -104,6 +104,7 @@ def _variable_meta(ds, v, mode, state, bound):
     if len(encoding) == 2 and not np.array_equal(*encoding.values(), equal_nan=True):
         del encoding["missing_value"]  # both were read as NaN; CF writers refuse two different markers
     meta = {"dims": list(da.dims), "shape": list(da.shape), "dtype": np.dtype(da.dtype).newbyteorder("<").str,
+            **_source_names(da),
             "attrs": to_json(dict(da.attrs)), "encoding": to_json(encoding), "max_abs_error": bound}
     if mode == JOINT:
         stats = state["stats"].get(v) or {}
@@ -114,13 +115,22 @@ def _variable_meta(ds, v, mode, state, bound):
     return meta
 
 
+def _source_names(var):
+    """The file's names of a variable (or coordinate) and its dims, and its dims' order in the file."""
+    dims = list(var.encoding.get("source_dims", var.dims))
+    order = list(var.encoding.get("source_order", dims))
+    if sorted(order) != sorted(dims):  # not a reordering of these dims: keep ours
+        order = dims
+    return {"source_name": var.encoding.get("source_name"), "source_dims": dims, "source_order": order}
+
+
 def _coords_meta(ds):
     """Coordinates in their CF-encoded form (datetimes as numbers with units), stored exactly."""
     out = {}
     for name, coord in ds.coords.items():
         enc = xr.conventions.encode_cf_variable(coord.variable, name=name)
         out[name] = {"dims": list(enc.dims), "shape": list(enc.shape), "data": to_json(np.asarray(enc.values)),
-                     "attrs": to_json(dict(enc.attrs))}
+                     "attrs": to_json(dict(enc.attrs)), **_source_names(coord.variable)}
     return out
 
 

@@ -216,8 +216,24 @@ def _open_xarray(path, layout, variables, dims, engine, chunks, group):
     out = ds[keep].rename(renames)
     out = out.chunk({d: _chunk_sizes((d,), (n,), chunks)[0] for d, n in out.sizes.items()})
     out = _canonical(out)
+    _remember_source_names(out, ds, renames)
     out.set_close(ds.close)
     return out
+
+
+def _remember_source_names(out, source, renames):
+    """Record the file's own names in each variable's encoding, so a writer can give them back.
+
+    ``source_dims``: the file's name of each of the variable's dims (in our
+    order); ``source_order``: the file's dims in the file's order;
+    ``source_name`` (coordinates): the coordinate's name in the file.
+    """
+    theirs = {ours: file_dim for file_dim, ours in renames.items()}
+    for name, var in out.variables.items():
+        var.encoding["source_dims"] = tuple(theirs.get(d, d) for d in var.dims)
+        var.encoding["source_name"] = theirs.get(name, name)
+        original = source.variables.get(var.encoding["source_name"])
+        var.encoding["source_order"] = tuple(original.dims) if original is not None else var.encoding["source_dims"]
 
 
 # --------------------------------------------------------------------------- HDF5 through h5py
