@@ -1,0 +1,76 @@
+"""A .dfz file made by an earlier build still decodes to what it decoded to then; damaged copies are refused."""
+
+import functools
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from dynfield.codec import CodecError, codec, decompress_file, inspect_file
+
+DATA = Path(__file__).parent / "data"
+GOLDEN = DATA / "golden.dfz"  # made by tests/data/make_golden.py with the bundled tokenizer
+BOUNDS = {"u": 0.01, "v": 0.01}
+
+
+def test_the_golden_file_decodes_as_it_did(tmp_path):
+    out = decompress_file(GOLDEN, tmp_path / "back.nc", progress=False)
+    with xr.open_dataset(out) as back, xr.open_dataset(DATA / "golden_decoded.nc") as then, \
+            xr.open_dataset(DATA / "golden_source.nc") as source:
+        assert list(back.data_vars) == ["u", "v", "scalar"]
+        for v in back.data_vars:
+            a, b = back[v].values, then[v].values
+            assert np.array_equal(np.isnan(a), np.isnan(source[v].values)) and np.array_equal(np.isnan(a), np.isnan(b))
+            if v in BOUNDS:  # float64 reconstruction: at most the last bit of a float32 may differ on another CPU
+                assert np.nanmax(np.abs(a - b) - np.spacing(np.abs(b))) <= 0
+                assert np.nanmax(np.abs(a - source[v].values)) <= BOUNDS[v]
+            else:  # token-only, decoded in float32
+                assert np.nanmax(np.abs(a - b)) <= 1e-4 * float(np.nanmax(b) - np.nanmin(b))
+    assert inspect_file(GOLDEN)["format_version"] == 3
+
+
+def damaged_copies(n, seed):
+    """(kind, bytes) of n damaged versions of the golden file: byte flips, truncations, header edits."""
+    data = GOLDEN.read_bytes()
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        kind = ("flip", "truncate", "header")[i % 3]
+        b = bytearray(data)
+        if kind == "flip":
+            for pos in rng.integers(0, len(b), size=rng.integers(1, 4)):
+                b[pos] ^= 1 << int(rng.integers(8))
+        elif kind == "truncate":
+            b = b[: int(rng.integers(0, len(b)))]
+        else:  # the magic, version and header length and the header itself sit in the first bytes
+            pos = int(rng.integers(0, 200))
+            b[pos] = (b[pos] + int(rng.integers(1, 256))) % 256
+        yield kind, bytes(b)
+
+
+@pytest.fixture
+def one_model_load(monkeypatch):
+    """The bundled model loaded once for all cases (decoding does not change it)."""
+    monkeypatch.setattr(codec, "_load_tokenizer", functools.lru_cache(codec._load_tokenizer))
+
+
+def fuzz(tmp_path, n, seed):
+    for k, (kind, data) in enumerate(damaged_copies(n, seed)):
+        path, out = tmp_path / "damaged.dfz", tmp_path / "out.nc"
+        path.write_bytes(data)
+        with pytest.raises(CodecError) as err:
+            decompress_file(path, out, progress=False)
+        message = str(err.value)
+        assert message and "\n" not in message, f"case {k} ({kind}): {message!r}"
+        assert not out.exists(), f"case {k} ({kind}) left an output"
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_damaged_files_are_refused_in_one_line(tmp_path, one_model_load):
+    fuzz(tmp_path, 60, seed=0)
+
+
+@pytest.mark.slow
+def test_a_thousand_damaged_files_are_refused_in_one_line(tmp_path, one_model_load):
+    fuzz(tmp_path, 1000, seed=1)
