@@ -31,14 +31,16 @@ def report(info):
         f"fine ratio setting: {settings['fine_ratio']}; fraction of fine regions: {info['fine_fraction']:.3f}",
         f"error bound: {bound}",
         f"tokens: {tokens['codes']} codes in {tokens['bits']:.0f} bits (ideal under the stored model "
-        f"{tokens['ideal_bits']:.0f}, empirical entropy {tokens['entropy_bits']:.0f})",
+        f"{tokens['ideal_bits']:.0f}, empirical entropy {tokens['entropy_bits']:.0f}); "
+        f"{tokens['units_without']} field(s) coded without tokens",
         f"{'variable':<16} {'dims':<28} {'shape':<22} {'dtype':<8} {'bits/value':>10} {'max_abs_error':>13} "
-        f"{'nonfinite':>9} {'escapes':>8}",
+        f"{'nonfinite':>9} {'escapes':>8}  residual coders (fields)",
     ]
     for name, v in info["variables"].items():
         error = "-" if v["max_abs_error"] is None else f"{v['max_abs_error']:.4g}"
+        coders = ", ".join(f"{k} {n}" for k, n in sorted(v["residual_coders"].items())) or "-"
         lines.append(f"{name:<16} {','.join(v['dims']):<28} {'x'.join(map(str, v['shape'])):<22} {v['dtype']:<8} "
-                     f"{v['bits_per_value']:>10.4f} {error:>13} {v['nonfinite']:>9} {v['escapes']:>8}")
+                     f"{v['bits_per_value']:>10.4f} {error:>13} {v['nonfinite']:>9} {v['escapes']:>8}  {coders}")
     if "prior" in info:
         p = info["prior"]
         lines.append(f"under the prior {p['checkpoint']}: tokens would take {p['prior_bits']:.0f} bits "

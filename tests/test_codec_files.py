@@ -210,7 +210,8 @@ def test_inspect_reports_bits_consistent_with_file_size(tmp_path, ckpt, capsys, 
     assert inspect_cli.main([str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["bytes"] == size
     assert inspect_cli.main([str(out)]) == 0
-    assert "bits per value" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "bits per value" in text and f"{tokens['units_without']} field(s) coded without tokens" in text
 
 
 @pytest.fixture

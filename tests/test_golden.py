@@ -28,7 +28,9 @@ def test_the_golden_file_decodes_as_it_did(tmp_path):
                 assert np.nanmax(np.abs(a - source[v].values)) <= BOUNDS[v]
             else:  # token-only, decoded in float32
                 assert np.nanmax(np.abs(a - b)) <= 1e-4 * float(np.nanmax(b) - np.nanmin(b))
-    assert inspect_file(GOLDEN)["format_version"] == 3
+    info = inspect_file(GOLDEN)
+    assert info["format_version"] == 3 and info["tokens"]["units_without"] == 4  # u and v went without tokens
+    assert info["variables"]["v"]["residual_coders"] == {"integer-lorenzo": 1, "sz3": 1}
 
 
 def damaged_copies(n, seed):
