@@ -48,9 +48,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import xarray as xr
 from tqdm.auto import tqdm
 
 from dynfield import checkpoint as ckpt
+from dynfield import paths
 from dynfield.data import open_fields
 
 from . import residual
@@ -112,9 +114,27 @@ def _load_tokenizer(checkpoint):
 
 
 
+def model_for(header, checkpoint, path):
+    """The tokenizer a file was made with: `checkpoint`; by default the bundled one, or the one at the path
+    the file remembers (where it still holds the same weights)."""
+    expected = header["model"]["sha256"]
+    hint = header["model"].get("path_hint")
+    if checkpoint is not None:
+        candidates = [checkpoint]
+    else:
+        candidates = [c for c in (paths.BUNDLED_TOKENIZER, hint) if c is not None and Path(c).is_file()]
+    for candidate in candidates:
+        candidate, model, _ = _load_tokenizer(candidate)
+        if weights_hash(model) == expected:
+            return model
+    tried = ", ".join(map(str, candidates)) or "no checkpoint (the bundled one is not installed)"
+    raise CodecError(f"{path} was compressed with the model of SHA-256 {expected[:16]}... (made from {hint}); "
+                     f"{tried} holds other weights: pass the checkpoint it was made with")
+
+
 def compress_file(in_path, out_path, checkpoint=None, variables=None, fine_ratio=None, max_abs_error=None,
                   rel_error=None, workers=1, progress=True, dims=None, device="cpu", bits_per_value=None, psnr=None):
-    """Compress a field file (anything ``open_fields`` reads) to a ``.dfz`` file.
+    """Compress a field file or data set (anything ``open_fields`` reads) to a ``.dfz`` file.
 
     Parameters
     ----------
@@ -142,10 +162,13 @@ def compress_file(in_path, out_path, checkpoint=None, variables=None, fine_ratio
     or an interruption leaves no output file.
     """
     start = time.perf_counter()
+    if workers > 1 and isinstance(in_path, xr.Dataset):
+        raise CodecError("parallel workers each open the input: give a file path, or workers=1 for a data set")
     checkpoint, model, state = _load_tokenizer(checkpoint)
     rate = check_rate(model, fine_ratio=fine_ratio, bits_per_value=bits_per_value, psnr=psnr)
     with open_fields(in_path, variables, dims, chunks=SNAPSHOT_CHUNKS) as ds:
         header = make_header(ds, model, state, rate, max_abs_error, rel_error)
+        header["model"]["path_hint"] = str(Path(checkpoint).resolve())  # where decompress may find it again
         coder = Coder(model, header, device)
         spec = {"checkpoint": str(checkpoint), "in_path": in_path, "variables": list(header["variables"]),
                 "dims": dims, "header": header, "device": device}
@@ -186,17 +209,15 @@ def decompress_file(in_path, out_path, checkpoint=None, progress=True, device="c
     The netCDF file has the compressed variables with their dims, coordinates,
     attributes and dtype, plus attributes naming the codec, the model's
     SHA-256 and the error bound. `checkpoint` must hold the very model the
-    file was made with (default: the bundled tokenizer); `device` is the
-    torch device that decodes (in float64 for bounded fields).
+    file was made with; by default the bundled tokenizer, or the checkpoint
+    at the path the file was compressed from, is used where its weights
+    match. `device` is the torch device that decodes (in float64 for
+    bounded fields).
     Written atomically, like ``compress_file``. Returns the output path.
     """
     with ContainerReader(in_path) as reader:
         header = check_header(reader.header, in_path)
-        checkpoint, model, _ = _load_tokenizer(checkpoint)
-        expected, found = header["model"]["sha256"], weights_hash(model)
-        if found != expected:
-            raise CodecError(f"{in_path} was compressed with the model of SHA-256 {expected[:16]}..., but {checkpoint} "
-                             f"holds {found[:16]}...; decode with the checkpoint it was made with")
+        model = model_for(header, checkpoint, in_path)
         coder = Coder(model, header, device)
         seen = set()
         with atomic_output(out_path) as tmp:

@@ -264,22 +264,33 @@ class ContainerReader:
                              f"{self.header['n_chunks']} (corrupt file)")
         self.f.seek(self.chunks_start)
 
+    def _read_chunk(self, what):
+        """The payload of the chunk at the current position, checksum verified."""
+        tag = self._read(1, what)
+        if tag != _CHUNK:
+            raise CodecError(f"{self.path}: {what} has a bad tag {tag!r} (corrupt file)")
+        length_bytes = self._read(8, what)
+        (length,) = struct.unpack("<Q", length_bytes)
+        if length > self.size - self.f.tell():
+            raise CodecError(f"{self.path}: {what} claims {length} bytes, more than the rest of "
+                             f"the file (corrupt or truncated)")
+        payload = self._read(length, what)
+        (crc,) = struct.unpack("<I", self._read(4, what))
+        if zlib.crc32(payload, zlib.crc32(length_bytes)) != crc:
+            raise CodecError(f"{self.path}: {what} checksum mismatch (corrupt file)")
+        return payload
+
     def chunks(self):
         """Yield each chunk's payload, checksum verified, in file order."""
         self.f.seek(self.chunks_start)
         for i in range(self.header["n_chunks"]):
-            tag = self._read(1, f"chunk {i}")
-            if tag != _CHUNK:
-                raise CodecError(f"{self.path}: chunk {i} has a bad tag {tag!r} (corrupt file)")
-            length_bytes = self._read(8, f"chunk {i}")
-            (length,) = struct.unpack("<Q", length_bytes)
-            if length > self.size - self.f.tell():
-                raise CodecError(f"{self.path}: chunk {i} claims {length} bytes, more than the rest of "
-                                 f"the file (corrupt or truncated)")
-            payload = self._read(length, f"chunk {i}")
-            (crc,) = struct.unpack("<I", self._read(4, f"chunk {i}"))
-            if zlib.crc32(payload, zlib.crc32(length_bytes)) != crc:
-                raise CodecError(f"{self.path}: chunk {i} checksum mismatch (corrupt file)")
-            yield payload
+            yield self._read_chunk(f"chunk {i}")
         if self.f.tell() != self.size - _TRAILER.size or self._read(1, "the end marker") != _END:
             raise CodecError(f"{self.path}: unexpected data between the last chunk and the end marker (corrupt file)")
+
+    def chunk_at(self, offset):
+        """The payload of the chunk that starts at byte `offset`, checksum verified."""
+        if not self.chunks_start <= offset < self.size - _TRAILER.size:
+            raise CodecError(f"{self.path}: no chunk at byte {offset}")
+        self.f.seek(offset)
+        return self._read_chunk(f"the chunk at byte {offset}")

@@ -53,8 +53,9 @@ def open_fields(paths, variables=None, dims=None, *, layout=None, engine=None, c
 
     Parameters
     ----------
-    paths : str, Path or list of them
-        A file, a glob pattern, or a list. Several files are concatenated along
+    paths : str, Path or list of them, or an xarray.Dataset
+        A file, a glob pattern, or a list (or a data set already open, whose
+        field variables are taken as a file's would be). Several files are concatenated along
         ``sample`` when they have it, else along ``time``, else along a new
         ``sample`` dimension (files in sorted order for a pattern).
     variables : str or list of str, optional
@@ -85,8 +86,10 @@ def open_fields(paths, variables=None, dims=None, *, layout=None, engine=None, c
     xarray.Dataset
         Dask-backed variables with dims in ``sample, time, z, y, x`` order.
     """
-    files = _expand_paths(paths)
     variables = [variables] if isinstance(variables, str) else variables
+    if isinstance(paths, xr.Dataset):
+        return _fields_view(paths, variables, dims or {}, chunks, "the dataset")
+    files = _expand_paths(paths)
     parts = [_open_one(f, variables, dims or {}, layout, engine, chunks, group) for f in files]
     if len(parts) == 1:
         return parts[0]
@@ -207,17 +210,23 @@ def _open_xarray(path, layout, variables, dims, engine, chunks, group):
         require_zarr()
         engine = "zarr"
     ds = xr.open_dataset(path, engine=engine or "netcdf4", chunks=None, decode_coords="all", group=group)
+    out = _fields_view(ds, variables, dims, chunks, path)
+    out.set_close(ds.close)
+    return out
+
+
+def _fields_view(ds, variables, dims, chunks, where):
+    """The field variables of an xarray.Dataset under our dim names, in our order, chunked lazily."""
     fields = [v for v, arr in ds.data_vars.items() if arr.ndim >= 2]
-    keep = _select(fields, variables, path)
+    keep = _select(fields, variables, where)
     renames = {}
     for v in keep:
-        renames.update(zip(ds[v].dims, _map_dims(ds[v].dims, dims, f"variable {v!r} in {path}")))
+        renames.update(zip(ds[v].dims, _map_dims(ds[v].dims, dims, f"variable {v!r} in {where}")))
     # selecting the variables keeps only the coordinates on their dimensions
     out = ds[keep].rename(renames)
     out = out.chunk({d: _chunk_sizes((d,), (n,), chunks)[0] for d, n in out.sizes.items()})
     out = _canonical(out)
     _remember_source_names(out, ds, renames)
-    out.set_close(ds.close)
     return out
 
 
