@@ -15,8 +15,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import REPO, benchmark_module, compose_config
+
+from dynfield.data.dummy import dummy_dataset
 
 README = REPO / "README.md"
 
@@ -110,3 +113,21 @@ def test_own_data_training_runs_as_the_readme_shows(tmp_path, env, dims):
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert (tmp_path / "run" / "tokenizer.pt").is_file()
+
+
+def python_block(heading):
+    """The first ```python block after `heading` in the README."""
+    text = README.read_text()
+    after = text[text.index(heading):]
+    return after.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_zarr_and_xarray_example_runs_as_written(tmp_path, monkeypatch):
+    dummy_dataset(n_sample=2, ny=32, nx=48)[["u", "v"]].to_netcdf(tmp_path / "run.nc")
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(python_block("### zarr, xarray and dask"), "README.md", "exec"), namespace)
+    ds, back, lazy = namespace["ds"], namespace["back"], namespace["lazy"]
+    for v in ("u", "v"):
+        assert float(np.abs(back[v] - ds[v]).max()) <= 1e-2
+        assert float(np.abs(lazy[v] - ds[v]).max()) <= 1e-2 * float(ds[v].max() - ds[v].min())
