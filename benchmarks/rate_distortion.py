@@ -41,6 +41,7 @@ from provenance import machine  # benchmarks/provenance.py
 
 from dynfield import physics
 from dynfield.analysis import channel_roles
+from dynfield.cli import variable_list
 from dynfield.codec import compress_file, decompress_file
 from dynfield.data import open_fields
 
@@ -230,7 +231,7 @@ def floats(text):
 def parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="a field file open_fields reads")
-    p.add_argument("--variables", type=lambda s: s.split(","), help="comma-separated (default: all)")
+    p.add_argument("--variables", type=variable_list, help="comma-separated (default: all)")
     p.add_argument("--checkpoint", help="tokenizer checkpoint (default: the one bundled with dynfield)")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--fine-ratios", type=floats, default=[0.25, 0.5, 0.75], help="dynfield token-only points")

@@ -7,18 +7,21 @@ the learned, random and enstrophy routers at several budgets, and writes
 ``okubo_weiss.png``, ``scores.png``, ``roc.png`` and ``errors.png`` into
 ``--out``.
 
-    python -m dynfield.analyze RUN/tokenizer.pt builtin --out reports/grain
-    python -m dynfield.analyze RUN/tokenizer.pt run.nc --variables Vx Vy density pressure --out DIR
+    python -m dynfield.analyze builtin --out reports/grain [--checkpoint RUN/tokenizer.pt]
+    python -m dynfield.analyze run.nc --variables Vx,Vy,density,pressure --checkpoint RUN/tokenizer.pt --out DIR
 
 DATA is any file (or glob) that ``open_fields`` reads, or ``builtin``: held-out
-built-in turbulence (solver seed 2, ``--resolution`` points a side).
+built-in turbulence (solver seed 2, ``--resolution`` points a side). Without
+``--checkpoint`` the tokenizer bundled with the package is analysed.
 """
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from dynfield import analysis, checkpoint
+from dynfield.cli import run_command, variable_list
 
 FIGURES = {
     "grain_maps": analysis.figure_grain_maps,
@@ -49,11 +52,11 @@ def write_report(result, out, sample=0, inputs=None):
 def parser():
     p = argparse.ArgumentParser(prog="python -m dynfield.analyze", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="tokenizer checkpoint (tokenizer.pt)")
     p.add_argument("data", help="field file(s) that open_fields reads, or 'builtin'")
     p.add_argument("--out", required=True, help="directory for alignment.json, alignment.txt and the PNGs")
-    p.add_argument("--variables", nargs="+", help="names in DATA of the checkpoint's channels, in its order "
-                   "(default: the checkpoint's own names)")
+    p.add_argument("--checkpoint", help="tokenizer checkpoint (default: the bundled one)")
+    p.add_argument("--variables", type=variable_list, help="comma-separated names in DATA of the checkpoint's "
+                   "channels, in its order (default: the checkpoint's own names)")
     p.add_argument("--n", type=int, default=16, help="fields analysed (the first n)")
     p.add_argument("--budgets", type=float, nargs="+", default=list(analysis.BUDGETS),
                    help="fractions of regions finer than the coarsest grain")
@@ -72,23 +75,26 @@ def main(argv=None):
     if args.n < 1:
         p.error(f"--n must be at least 1, got {args.n}")
 
-    model, state = checkpoint.load_model(args.checkpoint, map_location=args.device)
-    x, names, stats = analysis.load_fields(args.data, state, args.n, variables=args.variables,
-                                           resolution=args.resolution)
-    if not 0 <= args.sample < len(x):
-        p.error(f"--sample {args.sample} is not one of the {len(x)} fields read")
-    result = analysis.analyse(model, x, names, stats, state["periodic"], budgets=args.budgets,
-                              quantiles=args.quantiles, batch_size=args.batch_size, progress=True)
-    inputs = {"checkpoint": str(args.checkpoint), "data": str(args.data), "variables": names}
-    if args.data == "builtin":
-        inputs.update(held_out_seed=analysis.HELD_OUT_SEED, resolution=args.resolution)
-    written = write_report(result, args.out, args.sample, inputs)
-    print(result.summary["note"])
-    print(analysis.alignment_table(result.summary))
-    print(analysis.error_table(result.summary))
-    print("wrote " + ", ".join(str(w) for w in written))
-    return result
+    def action():
+        path = analysis.resolve_checkpoint(args.checkpoint)
+        model, state = checkpoint.load_model(path, map_location=args.device)
+        x, names, stats = analysis.load_fields(args.data, state, args.n, variables=args.variables,
+                                               resolution=args.resolution)
+        if not 0 <= args.sample < len(x):
+            raise ValueError(f"--sample {args.sample} is not one of the {len(x)} fields read")
+        result = analysis.analyse(model, x, names, stats, state["periodic"], budgets=args.budgets,
+                                  quantiles=args.quantiles, batch_size=args.batch_size, progress=True)
+        inputs = {"checkpoint": str(path), "data": str(args.data), "variables": names}
+        if args.data == "builtin":
+            inputs.update(held_out_seed=analysis.HELD_OUT_SEED, resolution=args.resolution)
+        written = write_report(result, args.out, args.sample, inputs)
+        print(result.summary["note"])
+        print(analysis.alignment_table(result.summary))
+        print(analysis.error_table(result.summary))
+        print("wrote " + ", ".join(str(w) for w in written))
+
+    return run_command(action)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

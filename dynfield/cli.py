@@ -1,5 +1,6 @@
 """What the command-line entry points share."""
 
+import argparse
 import sys
 
 
@@ -18,3 +19,11 @@ def run_command(action):
         print(f"error: {message}", file=sys.stderr)
         return 1
     return 0
+
+
+def variable_list(text):
+    """The --variables of every command: comma-separated names, 'u,v' -> ['u', 'v']."""
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated variable names, got {text!r}")
+    return names

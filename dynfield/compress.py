@@ -23,7 +23,7 @@ import argparse
 import sys
 
 from dynfield.codec import compress_file
-from dynfield.cli import run_command
+from dynfield.cli import run_command, variable_list
 from dynfield.codec.to_zarr import compress_to_zarr
 
 
@@ -42,8 +42,7 @@ def parser():
     p.add_argument("input", help="netCDF, HDF5 (generic, The Well, PDEBench) or zarr")
     p.add_argument("output", help="the .dfz file or the .zarr store to write")
     p.add_argument("--checkpoint", help="tokenizer checkpoint (default: the bundled one)")
-    p.add_argument("--variables", type=lambda s: [v.strip() for v in s.split(",") if v.strip()],
-                   help="comma-separated variables (default: all)")
+    p.add_argument("--variables", type=variable_list, help="comma-separated variables (default: all)")
     rate = p.add_mutually_exclusive_group()
     rate.add_argument("--fine-ratio", type=float, help="exact fraction of fine regions per field")
     rate.add_argument("--bits-per-value", type=float, help="token budget per value, allocated for the least error")

@@ -26,6 +26,10 @@ PRIOR_SETTINGS = ("fine_ratio", "augment_passes", "train")
 
 def build_prior(cfg_prior, tokenizer, shape):
     """The prior of a `prior` config, for the tokens `tokenizer` makes of (H, W) = `shape` fields."""
+    masked = cfg_prior["_target_"].endswith("MaskedPrior")
+    if (cfg_prior.get("order") == "bidirectional") != masked:
+        raise ValueError(f"prior.order={cfg_prior.get('order')} does not go with {cfg_prior['_target_']}: choose the "
+                         f"order with the config group, prior=coarse_to_fine, prior=raster or prior=bidirectional")
     args = OmegaConf.masked_copy(cfg_prior, [k for k in cfg_prior if k not in PRIOR_SETTINGS])
     # _convert_="all": the prior's config must hold plain lists, never OmegaConf containers
     return instantiate(args, _convert_="all", factors=list(tokenizer.factors), shape=list(shape),

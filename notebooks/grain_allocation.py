@@ -27,7 +27,7 @@
 # which knows nothing (the floor), and the **enstrophy** router, which ranks regions by the squared
 # vorticity (or gradient energy) of the input: a physics prior without any training.
 #
-# Everything here comes from `dynfield.analysis`; `python -m dynfield.analyze CHECKPOINT DATA --out DIR`
+# Everything here comes from `dynfield.analysis`; `python -m dynfield.analyze DATA --out DIR [--checkpoint C]`
 # writes the same tables and figures without Jupyter.
 
 # %% tags=["parameters"]

@@ -307,7 +307,7 @@ def test_cli_writes_the_alignment_json_and_figures(tmp_path):
     from dynfield.analyze import main
 
     out = tmp_path / "report"
-    main([str(ckpt), str(data), "--out", str(out), "--n", "2", "--budgets", "0.25", "0.5"])
+    assert main([str(data), "--checkpoint", str(ckpt), "--out", str(out), "--n", "2", "--budgets", "0.25", "0.5"]) == 0
     report = json.loads((out / "alignment.json").read_text())
     assert {"checkpoint", "data", "basis", "note", "indicators", "area_fraction", "routers", "budgets"} <= report.keys()
     assert report["n_fields"] == 2 and report["field_shape"] == [32, 32] and report["basis"] == "velocity"

@@ -132,3 +132,15 @@ def test_code_length_of_a_compressed_file_under_the_prior(prior_run, tokenizer, 
     compress_file(src, tmp_path / "other.dfz", checkpoint=tmp_path / "other.pt", progress=False)
     with pytest.raises(CodecError, match="another tokenizer"):
         prior_code_length(tmp_path / "other.dfz", run_dir / "prior.pt")
+
+
+def test_an_order_that_does_not_fit_the_prior_class_says_which_config_to_use():
+    from dynfield.models import DQVAE
+    from dynfield.train_prior import build_prior
+
+    tokenizer = DQVAE(in_channels=1, factors=(2, 4), hidden=8, code_dim=8, codebook_size=16)
+    with pytest.raises(ValueError, match="prior=bidirectional"):
+        build_prior(compose_config(["stage=prior", "prior.order=bidirectional"]).prior, tokenizer, (16, 16))
+    for order in ORDERS:
+        cfg = compose_config(["stage=prior", f"prior={order}", "prior.dim=16", "prior.depth=2", "prior.heads=1"])
+        assert build_prior(cfg.prior, tokenizer, (16, 16)).config["order"] == order
