@@ -11,6 +11,7 @@ checkpoint's content, its path and the SHA-256 of its weights, so a prior
 checkpoint alone is enough to sample fields.
 """
 
+import hashlib
 import importlib
 import os
 import tempfile
@@ -117,11 +118,29 @@ def load_model(path, map_location="cpu"):
     return build_model(state, map_location, path), state
 
 
+def weights_hash(model):
+    """SHA-256 (hex) of a model's state dict: names, dtypes, shapes and bytes of every tensor.
+
+    A single-stage quantizer's buffers are named as before residual stages
+    existed (``quantizer.embed``, not ``quantizer.stages.0.embed``), so files
+    made with such a model still find it.
+    """
+    state = model.state_dict()
+    if len(getattr(model.quantizer, "stages", ())) == 1:
+        state = {k.replace("quantizer.stages.0.", "quantizer.", 1): v for k, v in state.items()}
+    h = hashlib.sha256()
+    for name, t in sorted(state.items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def tokenizer_entry(path, fine_ratio=None):
     """The ``tokenizer`` entry of a prior checkpoint, from a tokenizer checkpoint file.
 
     Holds the file's absolute ``path``, the ``sha256`` of its weights
-    (``dynfield.codec.weights_hash``), the ``fine_ratio`` its tokens were
+    (``weights_hash``), the ``fine_ratio`` its tokens were
     encoded with (None: the router's own choice) and the ``checkpoint``
     content itself, less any training state.
 
@@ -129,8 +148,6 @@ def tokenizer_entry(path, fine_ratio=None):
     -------
     entry, model : the dictionary and the tokenizer, in eval mode on the CPU.
     """
-    from .codec import weights_hash  # the codec imports this module
-
     state = read_checkpoint(path)
     if state["kind"] != "tokenizer":
         raise ValueError(f"{path} is a {state['kind']!r} checkpoint; expected a stage-1 tokenizer")
@@ -150,8 +167,6 @@ def load_prior(path, map_location="cpu"):
     -------
     prior, tokenizer, state : the two modules and the prior's checkpoint dictionary.
     """
-    from .codec import weights_hash
-
     state = read_checkpoint(path, map_location)
     if state["kind"] != "prior":
         raise ValueError(f"{path} is a {state['kind']!r} checkpoint, not a prior; "

@@ -22,9 +22,7 @@ variable's range in the file.
 import argparse
 import sys
 
-from dynfield.codec import compress_file
 from dynfield.cli import run_command, variable_list
-from dynfield.codec.to_zarr import compress_to_zarr
 
 
 def error_bound(text):
@@ -81,6 +79,8 @@ def main(argv=None):
     bound = {"max_abs_error": args.max_abs_error, "rel_error": args.rel_error}
 
     def to_zarr():
+        from dynfield.codec.to_zarr import compress_to_zarr  # torch and the codec: not for --help
+
         client = _client(args)
         try:
             return compress_to_zarr(args.input, args.output, checkpoint=args.checkpoint, variables=args.variables,
@@ -98,6 +98,8 @@ def main(argv=None):
         if zarr_out:
             s = to_zarr()
         else:
+            from dynfield.codec import compress_file
+
             s = compress_file(args.input, args.output, checkpoint=args.checkpoint, variables=args.variables,
                               workers=args.workers, progress=not args.quiet, device=args.device, **bound, **rate)
         print(f"{args.output}: {s['bytes']} bytes, {s['bits_per_value']:.3f} bits per value, "

@@ -9,7 +9,6 @@ checked); by default the bundled tokenizer.
 import argparse
 import sys
 
-from dynfield.codec import decompress_file
 from dynfield.cli import run_command
 
 
@@ -27,6 +26,8 @@ def main(argv=None):
     args = parser().parse_args(argv)
 
     def action():
+        from dynfield.codec import decompress_file  # torch and the codec: not for --help
+
         decompress_file(args.input, args.output, checkpoint=args.checkpoint, progress=not args.quiet,
                         device=args.device)
         print(f"wrote {args.output}")

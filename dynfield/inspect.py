@@ -12,7 +12,6 @@ import argparse
 import json
 import sys
 
-from dynfield.codec import inspect_file, prior_code_length
 from dynfield.cli import run_command
 
 
@@ -60,6 +59,8 @@ def main(argv=None):
     args = parser().parse_args(argv)
 
     def action():
+        from dynfield.codec import inspect_file, prior_code_length  # torch: not for --help
+
         info = inspect_file(args.input)
         if args.prior:
             info["prior"] = dict(prior_code_length(args.input, args.prior), checkpoint=args.prior)

@@ -12,9 +12,9 @@ from conftest import benchmark_module, tiny_tokenizer
 
 from dynfield import compress, decompress, paths
 from dynfield import inspect as inspect_cli
-from dynfield.checkpoint import save_checkpoint
+from dynfield.checkpoint import save_checkpoint, weights_hash
 from dynfield.codec import CodecError, compress_file, decompress_file, default_checkpoint, inspect_file
-from dynfield.codec import chunks, field, netcdf, residual
+from dynfield.codec import chunks, netcdf, residual
 from dynfield.data import open_fields
 from dynfield.data.dummy import dummy_dataset, write_dummy_netcdf, write_dummy_well_hdf5
 from dynfield.models import DQVAE
@@ -373,7 +373,7 @@ def test_the_bundled_model_keeps_the_hash_its_files_were_made_with():
     from dynfield.checkpoint import load_model
 
     model, _ = load_model(default_checkpoint())
-    assert field.weights_hash(model) == "bb1417bd5c76c5c0ac1acce34e88d39c63b7ee2d93078702113ea71cb1e23a8e"
+    assert weights_hash(model) == "bb1417bd5c76c5c0ac1acce34e88d39c63b7ee2d93078702113ea71cb1e23a8e"
 
 
 def test_a_users_file_comes_back_with_its_own_names_order_and_attributes(tmp_path, ckpt):

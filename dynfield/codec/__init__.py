@@ -1,7 +1,9 @@
 """The dynfield codec: fields -> tokens -> bytes in the ``.dfz`` container, with an optional error bound."""
 
+from dynfield.checkpoint import weights_hash
+
 from .codec import compress_file, decompress_file, inspect_file, prior_code_length
-from .field import compress_field, decompress_field, default_checkpoint, tokenize, weights_hash
+from .field import compress_field, decompress_field, default_checkpoint, tokenize
 from .container import CodecError
 from .entropy import TokenModel
 

@@ -52,6 +52,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from dynfield import checkpoint as ckpt
+from dynfield.checkpoint import weights_hash
 from dynfield import paths
 from dynfield.data import open_fields
 
@@ -59,7 +60,7 @@ from . import residual
 from .chunks import Coder, Layout, unit_key
 from .container import CodecError, ContainerReader, ContainerWriter, atomic_output
 from .entropy import TokenCounts, token_information_bits
-from .field import default_checkpoint, tokens_from_numpy, weights_hash
+from .field import default_checkpoint, tokens_from_numpy
 from .header import CALIBRATION_CHUNKS, SNAPSHOT_CHUNKS, check_header, check_rate, job_order, make_header, snapshots
 from .netcdf import NetCDFWriter
 

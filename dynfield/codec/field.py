@@ -7,8 +7,6 @@ prediction in physical units, the model's identity) are shared by the file
 codec (``codec``) and the chunk codec for zarr (``numcodecs_codec``).
 """
 
-import hashlib
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -21,24 +19,6 @@ from .container import CodecError
 from .entropy import FieldTokens, TokenModel, decode_tokens, encode_tokens
 
 CLIP = 1e4  # normalised values are clipped here before the tokenizer; the residual carries the rest
-
-
-def weights_hash(model):
-    """SHA-256 (hex) of a model's state dict: names, dtypes, shapes and bytes of every tensor.
-
-    A single-stage quantizer's buffers are named as before residual stages
-    existed (``quantizer.embed``, not ``quantizer.stages.0.embed``), so files
-    made with such a model still find it.
-    """
-    state = model.state_dict()
-    if len(getattr(model.quantizer, "stages", ())) == 1:
-        state = {k.replace("quantizer.stages.0.", "quantizer.", 1): v for k, v in state.items()}
-    h = hashlib.sha256()
-    for name, t in sorted(state.items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def default_checkpoint():

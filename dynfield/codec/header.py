@@ -12,11 +12,11 @@ import dask
 import numpy as np
 import xarray as xr
 
+from dynfield.checkpoint import weights_hash
 from dynfield.conventions import SAMPLE, TIME, X, Y, Z
 
 from . import residual
 from .container import CodecError, to_json
-from .field import weights_hash
 
 FORMAT = "dynfield-dfz"
 CALIBRATION_CHUNKS = 16

@@ -34,11 +34,12 @@ from numcodecs.abc import Codec
 from numcodecs.compat import ensure_ndarray_like, ndarray_copy
 
 from dynfield import checkpoint as ckpt
+from dynfield.checkpoint import weights_hash
 from dynfield.conventions import SAMPLE, X, Y
 
 from .chunks import Coder
 from .container import ByteReader, ByteWriter, CodecError
-from .field import default_checkpoint, weights_hash
+from .field import default_checkpoint
 from .header import check_rate, make_header
 
 MAGIC = b"DFZC"
