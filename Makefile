@@ -11,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 # DEMO_ARGS are extra Hydra overrides for both stages of the demo.
 DEMO_ARGS ?=
 
-.PHONY: install install-dev demo test test-fast bench-tokenizer bench-prior pretrained clean
+.PHONY: install install-dev demo test test-fast bench-tokenizer bench-prior bench-data pretrained clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -90,3 +90,12 @@ bench-prior: $(foreach o,$(PRIOR_ORDERS),$(BENCH_DIR)/runs/prior_$(o)/prior.pt)
 
 clean:
 	rm -rf outputs multirun .pytest_cache
+
+# Data from another solver for the benchmarks: jax-cfd's Kolmogorov flow at
+# 256x256, made in an environment of its own (jax is no dependency of dynfield).
+JAXCFD_VENV ?= .venv-jaxcfd
+bench-data: datasets/jax_cfd/kolmogorov_256.nc
+datasets/jax_cfd/kolmogorov_256.nc:
+	python3 -m venv $(JAXCFD_VENV)
+	$(JAXCFD_VENV)/bin/pip install "jax[cpu]" jax-cfd netCDF4 xarray
+	$(JAXCFD_VENV)/bin/python benchmarks/jax_cfd_flow.py --out $@

@@ -180,7 +180,8 @@ def make_header(ds, model, state, rate, max_abs_error, rel_error, sha256=None):
     per_variable = bounds(ds, names, max_abs_error, rel_error)
     return {
         "format": FORMAT,
-        "model": {"sha256": sha256 or weights_hash(model), "class": state["model_class"], "config": state["model_config"],
+        "model": {"sha256": sha256 or weights_hash(model), "class": state["model_class"],
+                  "config": state["model_config"],
                   "variables": list(state["variables"])},
         "mode": mode,
         "settings": {**rate,

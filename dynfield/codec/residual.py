@@ -11,9 +11,10 @@ field's section holds:
   grid of step 2E', E' = E (1 - MARGIN): q = rint((x - p) / 2E'), decoded as
   x_hat = p + 2E' q cast to the field's dtype. The encoder computes x_hat
   exactly as the decoder will and checks |x - x_hat| <= E' for every value,
-  with one ulp of the output dtype to spare (see below); a value that misses (float rounding in the cast, overflow, a residual too
-  large to code) is an *escape*, stored raw. So every decoded value is within
-  E' of the original, given the decoder's prediction is the encoder's.
+  with one ulp of the output dtype to spare (see below); a value that misses
+  (float rounding in the cast, overflow, a residual too large to code) is an
+  *escape*, stored raw. So every decoded value is within E' of the original,
+  given the decoder's prediction is the encoder's.
 
 The margin E - E' absorbs a prediction that differs by less than E / 1024
 between the encoding and the decoding machine (float64 rounding on another

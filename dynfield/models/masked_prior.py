@@ -14,6 +14,14 @@ causal scan direction. It is trained on random masks with a cosine masking
 ratio, samples in a few confident-first rounds, and measures an exact code
 length with a fixed reveal schedule that a decoder can replay round by round.
 
+Its attention scores carry a distance penalty, a learned slope per level and
+head times the distance between the two cells (ALiBi, in 2D). Without it a
+masked cell sees its neighbours only once the position tables have learned
+where they are, and until then, which on these tokens outlasts a training
+budget, the prior learns no more than the frequency of each symbol: unlike an
+autoregressive prior, whose newest token sits in the very state that predicts
+the next one, a masked cell holds nothing of its surroundings.
+
 The grain of a region is decided at one cell: its "lead" cell, the region's
 first revealed cell (in sampling, its most confident revealed cell). The lead
 pays for the grain with the full distribution over codes and FINER; once the
@@ -90,6 +98,13 @@ def _split_nll(logits_BLV, target_BL):
     return grain, code
 
 
+def _grid_distance(H, W, device):
+    """(H * W, H * W) distance in cells between the cells of an (H, W) grid, raster order."""
+    rows, cols = torch.meshgrid(torch.arange(H, device=device), torch.arange(W, device=device), indexing="ij")
+    place = torch.stack([rows.flatten(), cols.flatten()], -1).float()
+    return torch.cdist(place, place)
+
+
 def _draw(logits_BLV, generator, temperature, top_k, top_p):
     """Draw one symbol per cell; returns (symbols (B, L), their log-probability (B, L))."""
     logp = filter_logits(logits_BLV, temperature, top_k, top_p).log_softmax(-1)
@@ -106,7 +121,8 @@ class MaskedPrior(nn.Module):
     factors : the tokenizer's ascending downsampling factors, one per level.
     shape : (H, W) of the fields.
     codebook_size : N, the number of codes.
-    dim, depth, heads, dropout : size of the transformer.
+    dim, depth, heads, dropout : size of the transformer; each head of each
+        level penalises attention by a learned slope times the distance.
     rounds : reveal rounds per level, in sampling and in the exact code length.
     reveal_noise : scale of the Gumbel noise added to the confidence when
         sampling, annealed linearly to 0 over the rounds (MaskGIT's choice
@@ -153,7 +169,9 @@ class MaskedPrior(nn.Module):
         # would; being per level, they also tell the shared transformer which level it predicts.
         self.row_emb = nn.ModuleList(nn.Embedding(H, dim) for H, _ in self.grid_shapes)
         self.col_emb = nn.ModuleList(nn.Embedding(W, dim) for _, W in self.grid_shapes)
-        self.transformer = Transformer(dim, depth, heads, dropout)  # no mask: every cell sees every cell
+        # ALiBi slopes 1, 1/2, 1/4, ... per level: from near neighbours (~1 cell) to most of the grid
+        self.locality = nn.Parameter(torch.tensor([2.0 ** -h for h in range(heads)]).repeat(K, 1))
+        self.transformer = Transformer(dim, depth, heads, dropout)  # no causal mask: every cell sees every cell
         self.head = nn.Linear(dim, N + 1)  # codes, FINER
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -195,10 +213,14 @@ class MaskedPrior(nn.Module):
         row, col = self.row_emb[k].weight, self.col_emb[k].weight
         place_LD = (row[:, None] + col[None, :]).flatten(0, 1)  # (H * W, dim), raster order of the grid
         x = self.tok_emb(inputs) + self.src_emb(source) + place_LD
-        logits = self.head(self.transformer(x))
+        logits = self.head(self.transformer(x, self._distance_bias(k, x.device)))
         if k == 0:  # every open region of the finest level carries codes
             logits = logits.masked_fill(torch.arange(self.FINER + 1, device=logits.device) == self.FINER, -math.inf)
         return logits
+
+    def _distance_bias(self, k, device):
+        """(heads, L, L) additive attention bias of level k: minus each head's slope times the cell distance."""
+        return -self.locality[k][:, None, None] * _grid_distance(*self.grid_shapes[k], device)
 
     def _still_masked(self, n_open, r):
         """Cells (like n_open) still masked after round r of the cosine schedule; 0 after the last."""
