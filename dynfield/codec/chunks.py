@@ -2,9 +2,9 @@
 
 A chunk holds the group and snapshot index, one token stream per unit (a
 variable, or the variables coded jointly; empty where the unit's bounded
-residual is cheaper against the mean than against the tokens) and one
-value section per variable (see ``residual``). ``Layout`` reads what a header says about the
-chunks; ``Coder`` encodes and decodes them with the tokenizer and, for
+fields are cheaper coded as they are than against the tokens) and one value
+section per variable (see ``residual``). ``Layout`` reads what a header says
+about the chunks; ``Coder`` encodes and decodes them with the tokenizer and, for
 bounded fields, its float64 copy.
 """
 
@@ -61,11 +61,15 @@ class Layout:
         r.done()
         return g, i, streams, sections
 
-    def section(self, v, data):
-        """Reader over a variable's section, and its (mean, std)."""
+    def section(self, v, data, with_tokens=True):
+        """Reader over a variable's section, and its (mean, std).
+
+        A per-variable section starts with its field's mean and std, unless its
+        unit went without tokens (nothing to normalise: it is coded against 0).
+        """
         r = ByteReader(data, f"the section of {v!r}")
         if self.header["mode"] == PER_VARIABLE:
-            return r, (r.f64(), r.f64())
+            return r, ((r.f64(), r.f64()) if with_tokens else (0.0, 1.0))
         n = self.meta[v]["normalisation"]
         return r, (n["mean"], n["std"])
 
@@ -108,7 +112,7 @@ class Coder(Layout):
         """Tokens per unit and value sections per variable of snapshot i of group g (before entropy coding).
 
         A unit whose variables all have a bound may go without tokens: its
-        residual is then taken against the field's mean, and whichever way
+        residual is then the field itself (the prediction is 0), and whichever way
         costs fewer bytes (tokens priced under the codebook's usage) is kept,
         so the tokens never cost more than they save.
         """
@@ -141,10 +145,10 @@ class Coder(Layout):
         return self._usage
 
     def _sections(self, unit, xs, norms, unit_tokens):
-        """Value sections of a unit's variables against its tokens' reconstruction, or against the mean (None)."""
+        """Value sections of a unit's variables against its tokens' reconstruction, or against 0 (None)."""
         shape = xs[unit[0]].shape
         if unit_tokens is None:
-            preds = [np.full(shape, norms[v][0]) for v in unit]
+            preds = [np.zeros(shape)] * len(unit)
         elif any(self.bound(v) is not None for v in unit):
             recon = reconstruct(self.decoder(unit), [unit_tokens], shape)[0].cpu().numpy()
             preds = [prediction(r, *norms[v]) for r, v in zip(recon, unit)]
@@ -153,7 +157,7 @@ class Coder(Layout):
         out = []
         for v, pred in zip(unit, preds):
             w = ByteWriter()
-            if self.header["mode"] == PER_VARIABLE:
+            if self.header["mode"] == PER_VARIABLE and unit_tokens is not None:
                 w.f64(norms[v][0])
                 w.f64(norms[v][1])
             residual.encode_values(w, xs[v], pred, self.bound(v))
@@ -198,8 +202,8 @@ class Coder(Layout):
             recon = (None if field_tokens is None
                      else reconstruct(self.decoder(unit), [field_tokens], shape)[0].cpu().numpy())
             for c, v in enumerate(unit):
-                r, (mean, std) = self.section(v, next(sections))
-                pred = np.full(shape, mean) if recon is None else prediction(recon[c], mean, std)
+                r, (mean, std) = self.section(v, next(sections), with_tokens=recon is not None)
+                pred = np.zeros(shape) if recon is None else prediction(recon[c], mean, std)
                 out[v] = residual.decode_values(r, pred, self.bound(v), np.dtype(self.meta[v]["dtype"]))
                 r.done()
         return g, i, out

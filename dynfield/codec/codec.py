@@ -258,10 +258,12 @@ def inspect_file(path):
         hists = {}
         for payload in reader.chunks():
             g, _, streams, sections = layout.parse(payload)
+            without = set()  # variables of units coded without tokens
             for unit, stream in zip(layout.units(g), streams):
                 field_tokens = layout.tokens(g, unit, stream)
                 if field_tokens is None:
                     tokens["units_without"] += 1
+                    without.update(unit)
                     continue
                 key = unit_key(unit)
                 tokens["bits"] += 8 * len(stream)
@@ -271,7 +273,7 @@ def inspect_file(path):
                 for v in unit:
                     per_var[v]["bytes"] += len(stream) / len(unit)
             for v, data in zip(header["groups"][g]["variables"], sections):
-                r, _ = layout.section(v, data)
+                r, _ = layout.section(v, data, with_tokens=v not in without)
                 stats = residual.section_stats(r, layout.bound(v))
                 per_var[v]["bytes"] += len(data)
                 for k in ("nonfinite", "escapes", "residual_bytes"):

@@ -7,7 +7,7 @@
 A chunk of any shape with at least two dimensions is coded as its 2D fields
 (the last two axes; leading axes are iterated), each exactly as the ``.dfz``
 codec codes a variable with a one-channel tokenizer: the same ``Coder``
-builds the tokens, chooses between tokens and the field's mean as the
+builds the tokens, chooses between the tokens' reconstruction and none as the
 prediction, and codes the residual within the bound with the shortest of the
 integer, SPERR and SZ3 coders. Non-finite values (NaN land, fill values read
 as NaN) come back bit for bit. Token streams are range coded under the
