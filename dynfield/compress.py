@@ -5,10 +5,11 @@
     python -m dynfield.compress big.nc big.zarr --rel-error 0.01 [--dask-workers N | --scheduler ADDRESS]
 
 An output ending in ``.zarr`` is a zarr store (format 2) whose variables are
-compressed chunk by chunk by the ``dynfield`` numcodecs codec, on a
-dask.distributed cluster: a local one of ``--dask-workers`` processes, or
-the scheduler at ``--scheduler`` (``pip install dynfield[distributed]``);
-without either, in this process.
+compressed chunk by chunk by the ``dynfield`` numcodecs codec. Either output
+can be compressed on a dask.distributed cluster: a local one of
+``--dask-workers`` processes, or the scheduler at ``--scheduler`` (``pip
+install dynfield[distributed]``); without either, in this process (or, for
+``.dfz``, in ``--workers`` processes of its own).
 
 ``--bits-per-value`` and ``--psnr`` choose grains and depths per region by
 rate-distortion allocation: a token budget per value (before entropy coding)
@@ -50,8 +51,8 @@ def parser():
     bound.add_argument("--rel-error", type=error_bound, help="maximum error as a fraction of each variable's range")
     p.add_argument("--workers", type=int, default=1, help="processes encoding a .dfz file in parallel")
     cluster = p.add_mutually_exclusive_group()
-    cluster.add_argument("--dask-workers", type=int, help="a .zarr output on a local dask cluster of N processes")
-    cluster.add_argument("--scheduler", help="a .zarr output on the dask.distributed scheduler at this address")
+    cluster.add_argument("--dask-workers", type=int, help="compress on a local dask cluster of N processes")
+    cluster.add_argument("--scheduler", help="compress on the dask.distributed scheduler at this address")
     p.add_argument("--device", default="cpu", help="torch device of the tokenizer")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -73,6 +74,13 @@ def _client(args):
     return Client(LocalCluster(n_workers=args.dask_workers, threads_per_worker=1, processes=True))
 
 
+def _close(client, args):
+    if client is not None:
+        client.close()
+        if args.scheduler is None:
+            client.cluster.close()
+
+
 def main(argv=None):
     args = parser().parse_args(argv)
     rate = {"fine_ratio": args.fine_ratio, "bits_per_value": args.bits_per_value, "psnr": args.psnr}
@@ -86,22 +94,23 @@ def main(argv=None):
             return compress_to_zarr(args.input, args.output, checkpoint=args.checkpoint, variables=args.variables,
                                     client=client, progress=not args.quiet, **bound, **rate)
         finally:
-            if client is not None:
-                client.close()
-                if args.scheduler is None:
-                    client.cluster.close()
+            _close(client, args)
+
+    def to_dfz():
+        from dynfield.codec import compress_file
+
+        client = _client(args)
+        try:
+            return compress_file(args.input, args.output, checkpoint=args.checkpoint, variables=args.variables,
+                                 workers=args.workers, progress=not args.quiet, device=args.device, client=client,
+                                 **bound, **rate)
+        finally:
+            _close(client, args)
 
     def action():
-        zarr_out = args.output.rstrip("/").endswith(".zarr")
-        if not zarr_out and (args.dask_workers is not None or args.scheduler is not None):
-            raise ValueError("--dask-workers and --scheduler write a .zarr store; for .dfz use --workers")
-        if zarr_out:
-            s = to_zarr()
-        else:
-            from dynfield.codec import compress_file
-
-            s = compress_file(args.input, args.output, checkpoint=args.checkpoint, variables=args.variables,
-                              workers=args.workers, progress=not args.quiet, device=args.device, **bound, **rate)
+        if args.workers > 1 and (args.dask_workers is not None or args.scheduler is not None):
+            raise ValueError("--workers starts processes of its own: give it or a dask cluster, not both")
+        s = to_zarr() if args.output.rstrip("/").endswith(".zarr") else to_dfz()
         print(f"{args.output}: {s['bytes']} bytes, {s['bits_per_value']:.3f} bits per value, "
               f"ratio {s['compression_ratio']:.1f}, {s['seconds']:.1f} s ({s['input_mb_per_s']:.2f} MB/s)")
 

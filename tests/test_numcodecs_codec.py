@@ -145,7 +145,7 @@ def test_compress_to_zarr_keeps_names_order_and_attributes(ckpt, tmp_path):
             assert np.array_equal(np.isnan(a), np.isnan(b))
             assert np.nanmax(np.abs(a - b)) <= 0.01 * (np.nanmax(a) - np.nanmin(a))
     assert compress.main([str(src), str(out), "--checkpoint", str(ckpt), "--quiet"]) == 1  # exists: refused
-    assert compress.main([str(src), str(tmp_path / "x.dfz"), "--dask-workers", "2"]) == 1  # .dfz: --workers
+    assert compress.main([str(src), str(tmp_path / "x.dfz"), "--dask-workers", "2", "--workers", "2"]) == 1
 
 
 @pytest.mark.slow
@@ -158,3 +158,6 @@ def test_two_dask_workers_write_the_bytes_one_process_does(ckpt, tmp_path):
     assert compress.main([args[0], str(tmp_path / "two.zarr"), *args[1:], "--dask-workers", "2"]) == 0
     one, two = stored_chunks(tmp_path / "one.zarr"), stored_chunks(tmp_path / "two.zarr")
     assert len(one) == 2 * 4 * 2 + 4 and one == two  # every chunk of u and v, and the coordinates
+    assert compress.main([args[0], str(tmp_path / "one.dfz"), *args[1:]]) == 0
+    assert compress.main([args[0], str(tmp_path / "two.dfz"), *args[1:], "--dask-workers", "2"]) == 0
+    assert (tmp_path / "one.dfz").read_bytes() == (tmp_path / "two.dfz").read_bytes()

@@ -42,6 +42,7 @@ import concurrent.futures
 import itertools
 import multiprocessing
 import time
+import uuid
 from collections import deque
 from contextlib import closing
 from pathlib import Path
@@ -68,42 +69,47 @@ from .netcdf import NetCDFWriter
 _WORKER = {}
 
 
-def _start_worker(spec, threads):
-    torch.set_num_threads(threads)
-    model, _ = ckpt.load_model(spec["checkpoint"])
-    if weights_hash(model) != spec["header"]["model"]["sha256"]:
-        raise CodecError(f"{spec['checkpoint']} changed while compressing")
-    _WORKER["coder"] = Coder(model, spec["header"], spec["device"])
-    _WORKER["ds"] = open_fields(spec["in_path"], spec["variables"], spec["dims"], chunks=SNAPSHOT_CHUNKS)
-
-
-def _encode_in_worker(job):
+def _encode_in_worker(spec, job):
+    """Encode one snapshot in a worker process; the coder and the open data set are made once per process."""
+    if _WORKER.get("token") != spec["token"]:
+        if spec["threads"]:
+            torch.set_num_threads(spec["threads"])
+        model, _ = ckpt.load_model(spec["checkpoint"])
+        if weights_hash(model) != spec["header"]["model"]["sha256"]:
+            raise CodecError(f"{spec['checkpoint']} changed while compressing")
+        _WORKER.update(token=spec["token"], coder=Coder(model, spec["header"], spec["device"]),
+                       ds=open_fields(spec["in_path"], spec["variables"], spec["dims"], chunks=SNAPSHOT_CHUNKS))
     return _WORKER["coder"].encode_snapshot(_WORKER["ds"], *job)
 
 
-def _encode_all(coder, ds, jobs, workers, spec):
-    """Encoded snapshots in job order; with workers > 1, from a pool of processes."""
-    if workers <= 1:
+def _encode_all(coder, ds, jobs, workers, spec, client=None):
+    """Encoded snapshots in job order: here, from a pool of `workers` processes, or on a dask cluster."""
+    if client is None and workers <= 1:
         for job in jobs:
             yield coder.encode_snapshot(ds, *job)
         return
-    # torch's threads split between the workers; spawned (not forked) so that no
-    # OpenMP state or open file handle is inherited
-    threads = max(1, torch.get_num_threads() // workers)
-    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                  initializer=_start_worker, initargs=(spec, threads))
+    if client is not None:  # dask.distributed: the spec travels once to every worker
+        executor, workers = client, max(1, len(client.scheduler_info()["workers"]))
+        spec = client.scatter({**spec, "threads": None}, broadcast=True)
+    else:
+        # torch's threads split between the workers; spawned (not forked) so that no
+        # OpenMP state or open file handle is inherited
+        spec = {**spec, "threads": max(1, torch.get_num_threads() // workers)}
+        executor = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     try:
         pending = deque()
         for job in jobs:
-            pending.append(pool.submit(_encode_in_worker, job))
+            pending.append(executor.submit(_encode_in_worker, spec, job))
             if len(pending) >= 2 * workers:  # bounded look-ahead keeps memory flat
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
+        if client is None:
+            executor.shutdown(wait=True, cancel_futures=True)
+        else:
+            for future in pending:
+                future.cancel()
 
 
 def _load_tokenizer(checkpoint):
@@ -134,7 +140,8 @@ def model_for(header, checkpoint, path):
 
 
 def compress_file(in_path, out_path, checkpoint=None, variables=None, fine_ratio=None, max_abs_error=None,
-                  rel_error=None, workers=1, progress=True, dims=None, device="cpu", bits_per_value=None, psnr=None):
+                  rel_error=None, workers=1, progress=True, dims=None, device="cpu", bits_per_value=None, psnr=None,
+                  client=None):
     """Compress a field file or data set (anything ``open_fields`` reads) to a ``.dfz`` file.
 
     Parameters
@@ -152,6 +159,7 @@ def compress_file(in_path, out_path, checkpoint=None, variables=None, fine_ratio
         or a {variable: number} mapping; relative to each variable's range of
         finite values in the file (which costs one extra pass over the data).
     workers : processes encoding snapshots in parallel (chunk order is kept).
+    client : a ``dask.distributed`` client whose workers encode the snapshots instead.
     dims : file dimension name -> dynfield name, as for ``open_fields``.
     device : torch device of the tokenizer (bounded fields are reconstructed there in float64).
 
@@ -163,7 +171,7 @@ def compress_file(in_path, out_path, checkpoint=None, variables=None, fine_ratio
     or an interruption leaves no output file.
     """
     start = time.perf_counter()
-    if workers > 1 and isinstance(in_path, xr.Dataset):
+    if (workers > 1 or client is not None) and isinstance(in_path, xr.Dataset):
         raise CodecError("parallel workers each open the input: give a file path, or workers=1 for a data set")
     checkpoint, model, state = _load_tokenizer(checkpoint)
     rate = check_rate(model, fine_ratio=fine_ratio, bits_per_value=bits_per_value, psnr=psnr)
@@ -171,10 +179,10 @@ def compress_file(in_path, out_path, checkpoint=None, variables=None, fine_ratio
         header = make_header(ds, model, state, rate, max_abs_error, rel_error)
         header["model"]["path_hint"] = str(Path(checkpoint).resolve())  # where decompress may find it again
         coder = Coder(model, header, device)
-        spec = {"checkpoint": str(checkpoint), "in_path": in_path, "variables": list(header["variables"]),
-                "dims": dims, "header": header, "device": device}
+        spec = {"checkpoint": str(checkpoint), "in_path": None if isinstance(in_path, xr.Dataset) else in_path, "variables": list(header["variables"]),
+                "dims": dims, "header": header, "device": device, "token": uuid.uuid4().hex}
         jobs = job_order(header["groups"], CALIBRATION_CHUNKS)
-        _write(coder, _encode_all(coder, ds, jobs, workers, spec), out_path, progress)
+        _write(coder, _encode_all(coder, ds, jobs, workers, spec, client), out_path, progress)
     seconds = time.perf_counter() - start
     summary = inspect_file(out_path)
     summary["seconds"] = seconds
