@@ -59,17 +59,13 @@ def generate(source, path, gigabytes, seed=0):
     return n, names
 
 
-def peak_rss():
-    """This process's resident-memory high-water mark, bytes."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def run_cluster(data, store, workers, memory_limit, bound):
     shutil.rmtree(store, ignore_errors=True)
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit=memory_limit)
     with cluster, Client(cluster) as client:
         info = compress_to_zarr(data, store, client=client, progress=False, **bound)
-        peaks = list(client.run(peak_rss).values())
+        # each worker process's resident-memory high-water mark (a function the workers can import)
+        peaks = [usage.ru_maxrss * 1024 for usage in client.run(resource.getrusage, resource.RUSAGE_SELF).values()]
     return {"workers": workers, "seconds": info["seconds"], "input_mb_per_s": info["input_mb_per_s"],
             "compression_ratio": info["compression_ratio"], "bits_per_value": info["bits_per_value"],
             "peak_rss_per_worker_gb": [p / 1e9 for p in peaks]}

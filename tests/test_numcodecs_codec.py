@@ -4,7 +4,7 @@ import numcodecs
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import tiny_tokenizer
+from conftest import benchmark_module, tiny_tokenizer
 
 from dynfield import compress
 from dynfield.codec import CodecError
@@ -161,3 +161,26 @@ def test_two_dask_workers_write_the_bytes_one_process_does(ckpt, tmp_path):
     assert compress.main([args[0], str(tmp_path / "one.dfz"), *args[1:]]) == 0
     assert compress.main([args[0], str(tmp_path / "two.dfz"), *args[1:], "--dask-workers", "2"]) == 0
     assert (tmp_path / "one.dfz").read_bytes() == (tmp_path / "two.dfz").read_bytes()
+
+
+def test_the_zarr_codec_benchmark_keeps_every_bound(ckpt, tmp_path):
+    src = tmp_path / "in.nc"
+    dummy_dataset(n_sample=3, ny=32, nx=48)[["u", "v"]].to_netcdf(src)
+    summary = benchmark_module("zarr_codec").main(["--data", str(src), "--checkpoint", str(ckpt), "--bounds",
+                                                   "1e-2", "--out", str(tmp_path / "out")])
+    assert {p["codec"] for p in summary["points"]} == {"dynfield (zarr)", "zfp (zarr, numcodecs)", "sz3 (fields)",
+                                                       "sperr (fields)"}
+    assert all(p["max_error_over_bound"] <= 1 for p in summary["points"])
+    assert (tmp_path / "out" / "zarr_codec.png").exists()
+
+
+@pytest.mark.slow
+def test_the_scale_benchmark_runs_on_a_small_set(ckpt, tmp_path):
+    pytest.importorskip("distributed")
+    src = tmp_path / "in.nc"
+    dummy_dataset(n_sample=4, ny=32, nx=32)[["u", "v"]].to_netcdf(src)
+    summary = benchmark_module("scale").main(["--source", str(src), "--gigabytes", "0.0001", "--workers", "1,2",
+                                              "--rel-error", "0.01", "--work", str(tmp_path / "work"),
+                                              "--out", str(tmp_path / "out")])
+    assert [r["workers"] for r in summary["runs"]] == [1, 2] and summary["zfp"]["compression_ratio"] > 1
+    assert all(0 < p < 2 for r in summary["runs"] for p in r["peak_rss_per_worker_gb"])
