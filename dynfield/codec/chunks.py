@@ -84,7 +84,7 @@ class Layout:
 class Coder(Layout):
     """Encodes and decodes the chunks of one file with the tokenizer and its float64 copy."""
 
-    def __init__(self, model, header, device="cpu"):
+    def __init__(self, model, header, device="cpu", shared=None):
         super().__init__(header)
         if (tuple(model.factors) != self.factors or model.quantizer.codebook_size != self.codebook_size
                 or model.quantizer.num_stages != self.stages):
@@ -92,15 +92,17 @@ class Coder(Layout):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.rate = {k: header["settings"].get(k) for k in RATE_SETTINGS}
-        self._reference = self._usage = None
+        # the float64 copy and the usage model, made on first use; `shared` (a dict) keeps them
+        # across the coders of one model (the zarr codec makes a coder per chunk)
+        self._derived = {} if shared is None else shared
 
     def decoder(self, unit):
         """The model that reconstructs `unit`: its float64 copy when any of its variables has a bound."""
         if all(self.bound(v) is None for v in unit):
             return self.model
-        if self._reference is None:
-            self._reference = copy.deepcopy(self.model).to(torch.float64)
-        return self._reference
+        if "reference" not in self._derived:
+            self._derived["reference"] = copy.deepcopy(self.model).to(torch.float64)
+        return self._derived["reference"]
 
     def normalisation(self, v, x):
         if self.header["mode"] == PER_VARIABLE:
@@ -140,9 +142,9 @@ class Coder(Layout):
 
     def usage_model(self):
         """Token model from the codebook's usage: the price of tokens before the file's own models exist."""
-        if self._usage is None:
-            self._usage = TokenModel.from_quantizer(self.model)
-        return self._usage
+        if "usage" not in self._derived:
+            self._derived["usage"] = TokenModel.from_quantizer(self.model)
+        return self._derived["usage"]
 
     def _sections(self, unit, xs, norms, unit_tokens):
         """Value sections of a unit's variables against its tokens' reconstruction, or against 0 (None)."""

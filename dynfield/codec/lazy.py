@@ -12,7 +12,9 @@ as ``decompress_file`` writes them.
 """
 
 import functools
+import os
 import struct
+import threading
 from pathlib import Path
 
 import dask
@@ -41,18 +43,24 @@ def _chunk_index(reader):
 
 
 @functools.lru_cache(maxsize=8)
-def _coder(path, mtime, checkpoint):
-    """The decoder of one file, made once per process (per file version)."""
-    with ContainerReader(path) as reader:
-        header = check_header(reader.header, path)
-    return Coder(model_for(header, checkpoint, path), header)
+def _opened(path, mtime, checkpoint, pid):
+    """(reader, its lock, decoder) of one file, made once per process (per file version).
+
+    The open reader is shared by dask's threads; the lock keeps each seek and read together.
+    `pid` is in the key so that a forked worker opens the file anew (a shared descriptor
+    would share its position with the parent).
+    """
+    reader = ContainerReader(path)
+    header = check_header(reader.header, path)
+    return reader, threading.Lock(), Coder(model_for(header, checkpoint, path), header)
 
 
 def _decode(path, mtime, checkpoint, offset):
     """{variable: (H, W)} of the chunk at `offset`, checksum verified."""
-    with ContainerReader(path) as reader:
+    reader, lock, coder = _opened(path, mtime, checkpoint, os.getpid())
+    with lock:
         payload = reader.chunk_at(offset)
-    return _coder(path, mtime, checkpoint).decode_chunk(payload)[2]
+    return coder.decode_chunk(payload)[2]
 
 
 def _coordinate(name, meta):
@@ -73,7 +81,7 @@ def open_dfz(path, checkpoint=None):
     with ContainerReader(path) as reader:
         header = check_header(reader.header, path)
         index = _chunk_index(reader)
-    _coder(path, mtime, checkpoint)  # the model is checked now, not at the first access
+    _opened(path, mtime, checkpoint, os.getpid())  # the model is checked now, not at the first access
     data_vars = {}
     for g, group in enumerate(header["groups"]):
         leading, (H, W) = group["shape"][:-2], group["shape"][-2:]

@@ -48,6 +48,7 @@ HASH_BYTES = 8  # of the model's SHA-256 in every chunk: enough to tell models a
 BUNDLED = "bundled"
 VARIABLE = "field"
 _MODELS = {}  # resolved checkpoint path -> (model, state, sha256): loaded once per process
+_DERIVED = {}  # sha256 -> what every chunk's coder derives from the model (its float64 copy, usage model)
 
 
 def load(model):
@@ -112,7 +113,8 @@ class Dynfield(Codec):
 
     def _coder(self, ds, max_abs_error, rel_error):
         tokenizer, state, sha = load(self.model)
-        coder = Coder(tokenizer, make_header(ds, tokenizer, state, self.rate, max_abs_error, rel_error, sha))
+        coder = Coder(tokenizer, make_header(ds, tokenizer, state, self.rate, max_abs_error, rel_error, sha),
+                      shared=_DERIVED.setdefault(sha, {}))
         coder.entropy = {VARIABLE: coder.usage_model()}
         return coder
 
