@@ -64,6 +64,19 @@ def _finite_ranges(ds, names):
     return {v: (lo, hi) for v, lo, hi in zip(names, values[::2], values[1::2])}
 
 
+def check_bound(what, e):
+    """Refuse anything but a positive finite number as an error bound."""
+    if isinstance(e, (bool, str)) or not np.isscalar(e) or not (0 < float(e) < np.inf):
+        raise CodecError(f"{what} must be a positive finite number, got {e!r}")
+
+
+def check_bound_arguments(max_abs_error, rel_error):
+    """The one bound argument given (or None); both at once is an error."""
+    if max_abs_error is not None and rel_error is not None:
+        raise CodecError("give max_abs_error or rel_error, not both")
+    return max_abs_error if max_abs_error is not None else rel_error
+
+
 def bounds(ds, names, max_abs_error, rel_error):
     """{variable: absolute error bound or None}.
 
@@ -71,9 +84,7 @@ def bounds(ds, names, max_abs_error, rel_error):
     {variable: number} mapping (unlisted variables get no bound). A relative
     bound is a fraction of the variable's range of finite values in the file.
     """
-    if max_abs_error is not None and rel_error is not None:
-        raise CodecError("give max_abs_error or rel_error, not both")
-    given = max_abs_error if max_abs_error is not None else rel_error
+    given = check_bound_arguments(max_abs_error, rel_error)
     if given is None:
         return dict.fromkeys(names)
     per = dict(given) if isinstance(given, dict) else dict.fromkeys(names, given)
@@ -81,8 +92,7 @@ def bounds(ds, names, max_abs_error, rel_error):
     if unknown:
         raise CodecError(f"error bound given for {unknown}, which are not among the coded variables {names}")
     for v, e in per.items():
-        if isinstance(e, (bool, str)) or not np.isscalar(e) or not (0 < float(e) < np.inf):
-            raise CodecError(f"the error bound of {v!r} must be a positive finite number, got {e!r}")
+        check_bound(f"the error bound of {v!r}", e)
     if rel_error is not None:
         ranges = _finite_ranges(ds, list(per))
         # rel * hi - rel * lo does not overflow where rel * (hi - lo) might

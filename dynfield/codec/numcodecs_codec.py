@@ -40,7 +40,7 @@ from dynfield.conventions import SAMPLE, X, Y
 from .chunks import Coder
 from .container import ByteReader, ByteWriter, CodecError
 from .field import default_checkpoint
-from .header import check_rate, make_header
+from .header import check_bound, check_bound_arguments, check_rate, make_header
 
 MAGIC = b"DFZC"
 VERSION = 1
@@ -92,11 +92,9 @@ class Dynfield(Codec):
 
     def __init__(self, max_abs_error=None, rel_error=None, model=BUNDLED, fine_ratio=None, bits_per_value=None,
                  psnr=None, model_sha256=None):
-        if max_abs_error is not None and rel_error is not None:
-            raise CodecError("give max_abs_error or rel_error, not both")
-        for name, e in (("max_abs_error", max_abs_error), ("rel_error", rel_error)):
-            if e is not None and not (isinstance(e, (int, float)) and 0 < e < np.inf):
-                raise CodecError(f"{name} must be a positive finite number, got {e!r}")
+        given = check_bound_arguments(max_abs_error, rel_error)
+        if given is not None:
+            check_bound("max_abs_error" if rel_error is None else "rel_error", given)
         self.model = str(model)
         tokenizer, _, sha = load(self.model)
         if model_sha256 is not None and model_sha256 != sha:
