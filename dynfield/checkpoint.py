@@ -126,7 +126,7 @@ def weights_hash(model):
     made with such a model still find it.
     """
     state = model.state_dict()
-    if len(getattr(model.quantizer, "stages", ())) == 1:
+    if len(getattr(getattr(model, "quantizer", None), "stages", ())) == 1:
         state = {k.replace("quantizer.stages.0.", "quantizer.", 1): v for k, v in state.items()}
     h = hashlib.sha256()
     for name, t in sorted(state.items()):

@@ -2,6 +2,7 @@
 
     python -m dynfield.compress run.nc run.dfz [--checkpoint C] [--variables u,v]
         [--fine-ratio R | --bits-per-value B | --psnr P] [--max-abs-error E | --rel-error E] [--workers N]
+        [--prior P]
     python -m dynfield.compress big.nc big.zarr --rel-error 0.01 [--dask-workers N | --scheduler ADDRESS]
 
 An output ending in ``.zarr`` is a zarr store (format 2) whose variables are
@@ -9,7 +10,9 @@ compressed chunk by chunk by the ``dynfield`` numcodecs codec. Either output
 can be compressed on a dask.distributed cluster: a local one of
 ``--dask-workers`` processes, or the scheduler at ``--scheduler`` (``pip
 install dynfield[distributed]``); without either, in this process (or, for
-``.dfz``, in ``--workers`` processes of its own).
+``.dfz``, in ``--workers`` processes of its own). ``--prior`` codes a
+``.dfz`` file's tokens with a stage-2 autoregressive prior instead of the
+file's own histograms (reproducibly on any machine: ``codec.prior_coding``).
 
 ``--bits-per-value`` and ``--psnr`` choose grains and depths per region by
 rate-distortion allocation: a token budget per value (before entropy coding)
@@ -49,6 +52,8 @@ def parser():
     bound = p.add_mutually_exclusive_group()
     bound.add_argument("--max-abs-error", type=error_bound, help="guaranteed maximum absolute error")
     bound.add_argument("--rel-error", type=error_bound, help="maximum error as a fraction of each variable's range")
+    p.add_argument("--prior", help="stage-2 autoregressive prior that codes a .dfz file's tokens "
+                   "(trained on this tokenizer's tokens; decompress needs it too)")
     p.add_argument("--workers", type=int, default=1, help="processes encoding a .dfz file in parallel")
     cluster = p.add_mutually_exclusive_group()
     cluster.add_argument("--dask-workers", type=int, help="compress on a local dask cluster of N processes")
@@ -103,14 +108,17 @@ def main(argv=None):
         try:
             return compress_file(args.input, args.output, checkpoint=args.checkpoint, variables=args.variables,
                                  workers=args.workers, progress=not args.quiet, device=args.device, client=client,
-                                 **bound, **rate)
+                                 prior=args.prior, **bound, **rate)
         finally:
             _close(client, args)
 
     def action():
         if args.workers > 1 and (args.dask_workers is not None or args.scheduler is not None):
             raise ValueError("--workers starts processes of its own: give it or a dask cluster, not both")
-        s = to_zarr() if args.output.rstrip("/").endswith(".zarr") else to_dfz()
+        zarr = args.output.rstrip("/").endswith(".zarr")
+        if zarr and args.prior is not None:
+            raise ValueError("--prior codes the tokens of a .dfz file; a zarr store's chunks are coded one by one")
+        s = to_zarr() if zarr else to_dfz()
         print(f"{args.output}: {s['bytes']} bytes, {s['bits_per_value']:.3f} bits per value, "
               f"ratio {s['compression_ratio']:.1f}, {s['seconds']:.1f} s ({s['input_mb_per_s']:.2f} MB/s)")
 

@@ -17,6 +17,8 @@ def parser():
     p.add_argument("input", help="the .dfz file")
     p.add_argument("output", help="the netCDF file to write")
     p.add_argument("--checkpoint", help="tokenizer checkpoint the file was made with (default: the bundled one)")
+    p.add_argument("--prior", help="the prior that coded the file's tokens, where one did "
+                   "(default: the one at the path it was compressed with)")
     p.add_argument("--device", default="cpu", help="torch device that decodes")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -29,7 +31,7 @@ def main(argv=None):
         from dynfield.codec import decompress_file  # torch and the codec: not for --help
 
         decompress_file(args.input, args.output, checkpoint=args.checkpoint, progress=not args.quiet,
-                        device=args.device)
+                        device=args.device, prior=args.prior)
         print(f"wrote {args.output}")
 
     return run_command(action)

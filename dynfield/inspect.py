@@ -29,9 +29,11 @@ def report(info):
         f"{info['mode']} coding",
         f"fine ratio setting: {settings['fine_ratio']}; fraction of fine regions: {info['fine_fraction']:.3f}",
         f"error bound: {bound}",
-        f"tokens: {tokens['codes']} codes in {tokens['bits']:.0f} bits (ideal under the stored model "
-        f"{tokens['ideal_bits']:.0f}, empirical entropy {tokens['entropy_bits']:.0f}); "
-        f"{tokens['units_without']} field(s) coded without tokens",
+        (f"tokens: {tokens['bits']:.0f} bits, range coded under the {info['token_prior']['order']} prior "
+         f"{info['token_prior']['sha256'][:12]}...; " if info["token_prior"] else
+         f"tokens: {tokens['codes']} codes in {tokens['bits']:.0f} bits (ideal under the stored model "
+         f"{tokens['ideal_bits']:.0f}, empirical entropy {tokens['entropy_bits']:.0f}); ")
+        + f"{tokens['units_without']} field(s) coded without tokens",
         f"{'variable':<16} {'dims':<28} {'shape':<22} {'dtype':<8} {'bits/value':>10} {'max_abs_error':>13} "
         f"{'nonfinite':>9} {'escapes':>8}  residual coders (fields)",
     ]

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from . import checkpoint
 from .codec.container import to_json
-from .conventions import X, Y
+from .conventions import AGNOSTIC_CHANNEL, X, Y
 from .data import FieldDataset
 from .evaluation import prior_code_length
 from .models import Tokens
@@ -107,18 +107,21 @@ def train_prior(cfg, run_dir, device, rank, world):
     variables, stats, periodic = (entry["checkpoint"][k] for k in ("variables", "stats", "periodic"))
 
     train_ds, val_ds = open_splits(cfg.dataset, Path(cfg.paths.data_dir))
-    missing = [v for v in variables if v not in train_ds.data_vars]
+    # a channel-agnostic tokenizer codes every variable of the data set as a field of its own
+    agnostic = variables == [AGNOSTIC_CHANNEL]
+    fields = list(cfg.dataset.variables) if agnostic else variables
+    missing = [v for v in fields if v not in train_ds.data_vars]
     if missing:
-        raise ValueError(f"the tokenizer was trained on {variables}; the data set lacks {missing} "
+        raise ValueError(f"the tokenizer was trained on {fields}; the data set lacks {missing} "
                          f"(it has {sorted(train_ds.data_vars)})")
     shape = (train_ds.sizes[Y], train_ds.sizes[X])
 
     def encode():
         # The prior models whole fields of one shape: no crops. Rolls and flips
         # (seeded per pass) are exact symmetries of the data, so each pass adds fields.
-        augmented = FieldDataset(train_ds, variables, stats=stats, periodic=periodic, flips=cfg.dataset.flips,
-                                 seed=cfg.seed)
-        plain = FieldDataset(val_ds, variables, stats=stats)
+        kw = dict(stats=None if agnostic else stats, channel_agnostic=agnostic)
+        augmented = FieldDataset(train_ds, fields, periodic=periodic, flips=cfg.dataset.flips, seed=cfg.seed, **kw)
+        plain = FieldDataset(val_ds, fields, **kw)
         kw = dict(batch_size=tcfg.batch_size, device=device, fine_ratio=pcfg.fine_ratio)
         return {"train": encode_split(tokenizer, augmented, passes=pcfg.augment_passes, desc="encode train", **kw),
                 "val": encode_split(tokenizer, plain, passes=1, desc="encode val", **kw)}
@@ -135,7 +138,7 @@ def train_prior(cfg, run_dir, device, rank, world):
     if steps_per_epoch == 0:
         raise ValueError(f"{n_train} encoded training fields give no batch of {tcfg.batch_size}")
     total_steps = tcfg.epochs * steps_per_epoch
-    extra = {"tokenizer": entry, "data": data_entry(cfg.dataset, train_ds, variables)}
+    extra = {"tokenizer": entry, "data": data_entry(cfg.dataset, train_ds, [] if agnostic else variables)}
 
     last = run_dir / "last.pt"
 

@@ -96,3 +96,17 @@ def tiny_tokenizer(path, in_channels=1, variables=("field",), seed=0):
     stats = {v: {"mean": 0.5, "std": 2.0, "min": -5.0, "max": 5.0} for v in variables}
     save_checkpoint(path, model, kind="tokenizer", stats=stats, variables=list(variables), periodic=False)
     return path
+
+
+def tiny_prior(path, tokenizer_path, shape, order="raster", seed=0):
+    """A randomly initialised autoregressive prior over the tokens of a tokenizer checkpoint, for (H, W) fields."""
+    from dynfield.checkpoint import tokenizer_entry
+    from dynfield.models import ARPrior
+
+    entry, tokenizer = tokenizer_entry(tokenizer_path)
+    torch.manual_seed(seed)
+    prior = ARPrior(order=order, factors=list(tokenizer.factors), shape=list(shape),
+                    codebook_size=tokenizer.config["codebook_size"], dim=16, depth=2, heads=2)
+    save_checkpoint(path, prior, kind="prior", stats={}, variables=["field"], periodic=False,
+                    extra={"tokenizer": entry})
+    return path

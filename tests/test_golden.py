@@ -76,3 +76,31 @@ def test_damaged_files_are_refused_in_one_line(tmp_path, one_model_load):
 @pytest.mark.slow
 def test_a_thousand_damaged_files_are_refused_in_one_line(tmp_path, one_model_load):
     fuzz(tmp_path, 1000, seed=1)
+
+
+def test_the_golden_prior_coded_file_decodes_to_its_tokens(tmp_path):
+    """Tokens range coded under a prior's probabilities come back the same on this machine as where they were
+    coded (tests/data/make_golden_prior.py): the counts do not depend on the processor or the BLAS."""
+    from dynfield.codec.chunks import Layout
+    from dynfield.codec.container import ContainerReader
+    from dynfield.codec.prior_coding import prior_for
+
+    golden, prior = DATA / "golden_prior.dfz", DATA / "golden_prior.pt"
+    expected = np.load(DATA / "golden_prior_tokens.npz")
+    with ContainerReader(golden) as reader:
+        layout = Layout(reader.header)
+        layout.prior_coder = prior_for(reader.header, prior, golden)
+        seen = set()
+        for payload in reader.chunks():
+            g, i, streams, _ = layout.parse(payload)
+            for unit, t in zip(layout.units(g), layout.tokens(g, streams)):
+                if t is not None:
+                    key = f"{unit[0]}_{i}"
+                    assert np.array_equal(t.grain, expected[f"{key}_grain"])
+                    assert all(np.array_equal(c, expected[f"{key}_codes{k}"]) for k, c in enumerate(t.codes))
+                    seen.add(key)
+    assert seen == {"scalar_0", "scalar_1"}
+    out = decompress_file(golden, tmp_path / "back.nc", checkpoint=DATA / "golden_prior_tokenizer.pt", prior=prior,
+                          progress=False)
+    with xr.open_dataset(out) as back, xr.open_dataset(DATA / "golden_prior_source.nc") as source:
+        assert np.abs(back["u"].values - source["u"].values).max() <= 0.01

@@ -184,3 +184,36 @@ def test_the_scale_benchmark_runs_on_a_small_set(ckpt, tmp_path):
                                               "--out", str(tmp_path / "out")])
     assert [r["workers"] for r in summary["runs"]] == [1, 2] and summary["zfp"]["compression_ratio"] > 1
     assert all(0 < p < 2 for r in summary["runs"] for p in r["peak_rss_per_worker_gb"])
+
+
+def test_reading_turns_netcdf_chunk_caches_off_here_only_while_it_reads(ckpt, tmp_path):
+    import netCDF4
+
+    from dynfield.codec.reading import no_chunk_cache
+
+    before = netCDF4.get_chunk_cache()
+    with no_chunk_cache():
+        assert netCDF4.get_chunk_cache()[0] == 0
+    assert netCDF4.get_chunk_cache() == before
+    src = tmp_path / "in.nc"
+    dummy_dataset(n_sample=1, ny=16, nx=24)[["u"]].to_netcdf(src)
+    assert compress.main([str(src), str(tmp_path / "out.zarr"), "--checkpoint", str(ckpt), "--quiet"]) == 0
+    assert netCDF4.get_chunk_cache() == before
+
+
+@pytest.mark.slow
+def test_every_dask_worker_reads_without_a_chunk_cache(ckpt, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    import netCDF4
+
+    from dynfield.codec.to_zarr import compress_to_zarr
+
+    src = tmp_path / "in.nc"
+    dummy_dataset(n_sample=2, ny=16, nx=24)[["u"]].to_netcdf(src)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True) as cluster, \
+            distributed.Client(cluster) as client:
+        compress_to_zarr(src, tmp_path / "out.zarr", checkpoint=ckpt, client=client, progress=False)
+        cluster.scale(2)
+        client.wait_for_workers(2)
+        caches = client.run(netCDF4.get_chunk_cache)
+    assert len(caches) == 2 and all(c[0] == 0 for c in caches.values())  # the worker that joined later too

@@ -27,8 +27,8 @@ def stepwise_bits(prior, tokens):
         cost[paid] -= logits.double().log_softmax(-1)[paid, target[paid]]
         return target.clamp(min=0)
 
-    walked = prior._run(tokens.batch_size, lambda logits, t: pay(seq.choice[:, t + 1], logits),
-                        lambda logits, t: pay(seq.code[:, t + 1], logits))
+    walked = prior._run(tokens.batch_size, lambda logits, t, rows: pay(seq.choice[:, t + 1], logits),
+                        lambda logits, t, rows: pay(seq.code[:, t + 1], logits))
     return cost / math.log(2), walked, seq
 
 
@@ -164,3 +164,15 @@ def test_filter_logits_keeps_the_top_k_and_the_nucleus():
     assert torch.isinf(filter_logits(logits, top_p=0.75)).tolist() == [[False, True, False, True]]
     assert torch.isinf(filter_logits(logits, top_p=0.85)).tolist() == [[False, True, False, False]]
     assert torch.allclose(filter_logits(logits, temperature=2.0), logits / 2)
+
+
+@pytest.mark.parametrize("order", ["coarse_to_fine", "raster"])
+@pytest.mark.parametrize("factors, shape", [((2,), (4, 4)), ((2, 4), (8, 4))])
+def test_bits_is_a_complete_code(order, factors, shape):
+    # Kraft's equality over every valid token set: the prior is a normalised
+    # distribution over valid tokens, nothing is spent on invalid grain maps
+    from test_masked_prior import all_tokens
+
+    prior = tiny(order, factors=factors, shape=shape, codebook_size=2)
+    bits = prior.bits(all_tokens(factors, shape, 2))
+    assert torch.allclose(torch.exp2(-bits).sum(), torch.tensor(1.0, dtype=torch.float64), atol=1e-9)

@@ -18,7 +18,7 @@ from dynfield.data import field_stats
 from . import residual
 from .container import ByteReader, ByteWriter, CodecError
 from .entropy import TokenCounts, TokenModel, decode_tokens, encode_tokens
-from .field import normalise, prediction, reconstruct, token_grid, tokenize, tokens_to_numpy
+from .field import normalise, prediction, reconstruct, token_grid, token_shape, tokenize, tokens_to_numpy
 from .header import PER_VARIABLE, RATE_SETTINGS, snapshots
 
 
@@ -35,6 +35,7 @@ class Layout:
         self.factors, self.codebook_size = tuple(config["factors"]), int(config["codebook_size"])
         self.stages = int(config.get("stages", 1))
         self.entropy = {k: TokenModel.from_json(m) for k, m in header.get("entropy", {}).items()}
+        self.prior_coder = None  # a ``PriorCoder`` where the header names a prior (``prior_coding``)
 
     def units(self, g):
         """The variables of each token stream of group g: one each, or all jointly."""
@@ -73,19 +74,32 @@ class Layout:
         n = self.meta[v]["normalisation"]
         return r, (n["mean"], n["std"])
 
-    def tokens(self, g, unit, stream):
-        """The ``FieldTokens`` of a unit's stream; None for a unit coded without tokens (an empty stream)."""
-        if not stream:
-            return None
+    def tokens(self, g, streams):
+        """The ``FieldTokens`` of each unit's stream of a chunk of group g; None for a unit coded without tokens
+        (an empty stream)."""
         shape = self.header["groups"][g]["shape"][-2:]
-        return decode_tokens(stream, token_grid(shape, self.factors), self.factors, self.entropy[unit_key(unit)])
+        coded = [j for j, stream in enumerate(streams) if stream]
+        out = [None] * len(streams)
+        if "prior" in self.header and coded:
+            if self.prior_coder is None:
+                raise CodecError("this file's tokens are coded with a prior: reading them needs that prior")
+            fields = self.prior_coder.decode([streams[j] for j in coded], token_shape(shape, self.factors))
+            for j, field_tokens in zip(coded, fields):
+                out[j] = field_tokens
+            return out
+        units = self.units(g)
+        for j in coded:
+            out[j] = decode_tokens(streams[j], token_grid(shape, self.factors), self.factors,
+                                   self.entropy[unit_key(units[j])])
+        return out
 
 
 class Coder(Layout):
     """Encodes and decodes the chunks of one file with the tokenizer and its float64 copy."""
 
-    def __init__(self, model, header, device="cpu", shared=None):
+    def __init__(self, model, header, device="cpu", shared=None, prior=None):
         super().__init__(header)
+        self.prior_coder = prior
         if (tuple(model.factors) != self.factors or model.quantizer.codebook_size != self.codebook_size
                 or model.quantizer.num_stages != self.stages):
             raise CodecError("the model does not have the factors, codebook size and stages the file was made with")
@@ -182,9 +196,16 @@ class Coder(Layout):
         w = ByteWriter()
         w.uvarint(g)
         w.uvarint(i)
+        shape = token_shape(self.header["groups"][g]["shape"][-2:], self.factors)
+        coded = [t for t in tokens if t is not None]
+        by_prior = iter(self.prior_coder.encode(coded, shape) if self.prior_coder is not None and coded else ())
         for unit, field_tokens in zip(self.units(g), tokens):
-            stream = b"" if field_tokens is None else encode_tokens(field_tokens, self.factors,
-                                                                      self.entropy[unit_key(unit)])
+            if field_tokens is None:
+                stream = b""
+            elif self.prior_coder is not None:
+                stream = next(by_prior)
+            else:
+                stream = encode_tokens(field_tokens, self.factors, self.entropy[unit_key(unit)])
             if field_tokens is not None and not stream:
                 raise CodecError("a token stream came out empty, which marks a unit without tokens")
             w.blob(stream)
@@ -197,8 +218,7 @@ class Coder(Layout):
         g, i, streams, sections = self.parse(payload)
         shape = tuple(self.header["groups"][g]["shape"][-2:])
         sections, out = iter(sections), {}
-        for unit, stream in zip(self.units(g), streams):
-            field_tokens = self.tokens(g, unit, stream)
+        for unit, field_tokens in zip(self.units(g), self.tokens(g, streams)):
             if field_tokens is None and any(self.bound(v) is None for v in unit):
                 raise CodecError(f"a chunk has no tokens for {unit}, which has no error bound (corrupt file)")
             recon = (None if field_tokens is None

@@ -64,6 +64,8 @@ from .entropy import TokenCounts, token_information_bits
 from .field import default_checkpoint, tokens_from_numpy
 from .header import CALIBRATION_CHUNKS, SNAPSHOT_CHUNKS, check_header, check_rate, job_order, make_header, snapshots
 from .netcdf import NetCDFWriter
+from .prior_coding import open_prior, prior_for
+from .reading import cache_no_chunks, no_chunk_cache
 
 
 _WORKER = {}
@@ -74,6 +76,7 @@ def _encode_in_worker(spec, job):
     if _WORKER.get("token") != spec["token"]:
         if spec["threads"]:
             torch.set_num_threads(spec["threads"])
+            cache_no_chunks()  # a spawned pool process (dask workers have the plugin)
         model, _ = ckpt.load_model(spec["checkpoint"])
         if weights_hash(model) != spec["header"]["model"]["sha256"]:
             raise CodecError(f"{spec['checkpoint']} changed while compressing")
@@ -90,6 +93,9 @@ def _encode_all(coder, ds, jobs, workers, spec, client=None):
         return
     if client is not None:  # dask.distributed: the spec travels once to every worker
         executor, workers = client, max(1, len(client.scheduler_info()["workers"]))
+        from .workers import prepare
+
+        prepare(client)
         spec = client.scatter({**spec, "threads": None}, broadcast=True)
     else:
         # torch's threads split between the workers; spawned (not forked) so that no
@@ -141,7 +147,7 @@ def model_for(header, checkpoint, path):
 
 def compress_file(in_path, out_path, checkpoint=None, variables=None, fine_ratio=None, max_abs_error=None,
                   rel_error=None, workers=1, progress=True, dims=None, device="cpu", bits_per_value=None, psnr=None,
-                  client=None):
+                  client=None, prior=None):
     """Compress a field file or data set (anything ``open_fields`` reads) to a ``.dfz`` file.
 
     Parameters
@@ -162,6 +168,9 @@ def compress_file(in_path, out_path, checkpoint=None, variables=None, fine_ratio
     client : a ``dask.distributed`` client whose workers encode the snapshots instead.
     dims : file dimension name -> dynfield name, as for ``open_fields``.
     device : torch device of the tokenizer (bounded fields are reconstructed there in float64).
+    prior : a stage-2 autoregressive prior checkpoint over this tokenizer's
+        tokens and fields of this shape: it codes the tokens instead of the
+        per-file histograms (``prior_coding``; decoding then needs it too).
 
     Returns
     -------
@@ -175,10 +184,13 @@ def compress_file(in_path, out_path, checkpoint=None, variables=None, fine_ratio
         raise CodecError("parallel workers each open the input: give a file path, or workers=1 for a data set")
     checkpoint, model, state = _load_tokenizer(checkpoint)
     rate = check_rate(model, fine_ratio=fine_ratio, bits_per_value=bits_per_value, psnr=psnr)
-    with open_fields(in_path, variables, dims, chunks=SNAPSHOT_CHUNKS) as ds:
+    with no_chunk_cache(), open_fields(in_path, variables, dims, chunks=SNAPSHOT_CHUNKS) as ds:
         header = make_header(ds, model, state, rate, max_abs_error, rel_error)
         header["model"]["path_hint"] = str(Path(checkpoint).resolve())  # where decompress may find it again
-        coder = Coder(model, header, device)
+        prior_coder = None
+        if prior is not None:
+            prior_coder, header["prior"] = open_prior(prior, header)
+        coder = Coder(model, header, device, prior=prior_coder)
         spec = {"checkpoint": str(checkpoint), "in_path": None if isinstance(in_path, xr.Dataset) else in_path, "variables": list(header["variables"]),
                 "dims": dims, "header": header, "device": device, "token": uuid.uuid4().hex}
         jobs = job_order(header["groups"], CALIBRATION_CHUNKS)
@@ -201,7 +213,8 @@ def _write(coder, results, out_path, progress):
         for result in itertools.islice(results, n_calibration):
             calibration.append(result)
             bar.update()
-        header["entropy"] = coder.calibrate(calibration)
+        if coder.prior_coder is None:  # a prior codes the tokens: no histograms to store
+            header["entropy"] = coder.calibrate(calibration)
         writer.write_header(header)
         for result in calibration:
             writer.write_chunk(coder.chunk(*result))
@@ -212,7 +225,7 @@ def _write(coder, results, out_path, progress):
         writer.finish()
 
 
-def decompress_file(in_path, out_path, checkpoint=None, progress=True, device="cpu"):
+def decompress_file(in_path, out_path, checkpoint=None, progress=True, device="cpu", prior=None):
     """Decode a ``.dfz`` file to netCDF, snapshot by snapshot.
 
     The netCDF file has the compressed variables with their dims, coordinates,
@@ -221,13 +234,14 @@ def decompress_file(in_path, out_path, checkpoint=None, progress=True, device="c
     file was made with; by default the bundled tokenizer, or the checkpoint
     at the path the file was compressed from, is used where its weights
     match. `device` is the torch device that decodes (in float64 for
-    bounded fields).
+    bounded fields). A file whose tokens a prior coded needs that `prior`
+    (by default the one at the path it was compressed with).
     Written atomically, like ``compress_file``. Returns the output path.
     """
     with ContainerReader(in_path) as reader:
         header = check_header(reader.header, in_path)
         model = model_for(header, checkpoint, in_path)
-        coder = Coder(model, header, device)
+        coder = Coder(model, header, device, prior=prior_for(header, prior, in_path))
         seen = set()
         with atomic_output(out_path) as tmp:
             out = NetCDFWriter(tmp, header)
@@ -254,7 +268,8 @@ def inspect_file(path):
     ratio against the decoded dtypes, the model's identity, the settings,
     the fraction of fine regions, token bits spent against their ideal code
     length under the stored model and their empirical entropy, non-finite
-    values and escapes per variable.
+    values and escapes per variable. Where a prior coded the tokens (named
+    under ``token_prior``) only their bits are counted: the rest needs the prior.
     """
     with ContainerReader(path) as reader:
         header = check_header(reader.header, path)
@@ -264,22 +279,26 @@ def inspect_file(path):
                    for v in header["variables"]}
         tokens = {"codes": 0, "bits": 0.0, "ideal_bits": 0.0, "entropy_bits": 0.0, "units_without": 0}
         hists = {}
+        prior_coded = "prior" in header
         for payload in reader.chunks():
             g, _, streams, sections = layout.parse(payload)
             without = set()  # variables of units coded without tokens
-            for unit, stream in zip(layout.units(g), streams):
-                field_tokens = layout.tokens(g, unit, stream)
-                if field_tokens is None:
+            # reading the tokens themselves of a prior-coded file needs the prior
+            decoded = [None] * len(streams) if prior_coded else layout.tokens(g, streams)
+            for unit, stream, field_tokens in zip(layout.units(g), streams, decoded):
+                if not stream:
                     tokens["units_without"] += 1
                     without.update(unit)
                     continue
-                key = unit_key(unit)
                 tokens["bits"] += 8 * len(stream)
+                for v in unit:
+                    per_var[v]["bytes"] += len(stream) / len(unit)
+                if prior_coded:
+                    continue
+                key = unit_key(unit)
                 tokens["ideal_bits"] += token_information_bits(field_tokens, layout.factors, layout.entropy[key])
                 tokens["codes"] += int(sum((c >= 0).sum() for c in field_tokens.codes))
                 hists.setdefault(key, TokenCounts(K, layout.codebook_size, layout.stages)).add(field_tokens, layout.factors)
-                for v in unit:
-                    per_var[v]["bytes"] += len(stream) / len(unit)
             for v, data in zip(header["groups"][g]["variables"], sections):
                 r, _ = layout.section(v, data, with_tokens=v not in without)
                 stats = residual.section_stats(r, layout.bound(v))
@@ -311,7 +330,7 @@ def inspect_file(path):
         "mode": header["mode"], "settings": header["settings"], "chunks": header["n_chunks"],
         "fine_fraction": float(levels[:-1].sum() / max(levels.sum(), 1)),
         "level_fractions": (levels / max(levels.sum(), 1)).tolist(),
-        "tokens": tokens, "variables": variables,
+        "tokens": tokens, "variables": variables, "token_prior": header.get("prior"),
     }
 
 
@@ -345,11 +364,10 @@ def prior_code_length(path, prior_checkpoint, device="cpu"):
             field_shape = tuple(header["groups"][g]["shape"][-2:])
             if field_shape != shape:
                 raise CodecError(f"the prior models {shape[0]}x{shape[1]} fields; {path} holds {field_shape}")
-            for unit, stream in zip(layout.units(g), streams):
+            for unit, stream, field_tokens in zip(layout.units(g), streams, layout.tokens(g, streams)):
                 if not stream:
                     continue  # a unit coded without tokens
-                tokens = tokens_from_numpy([layout.tokens(g, unit, stream)], layout.factors, shape,
-                                            layout.codebook_size)
+                tokens = tokens_from_numpy([field_tokens], layout.factors, shape, layout.codebook_size)
                 prior_bits += float(prior.bits(tokens.to(device)).sum())
                 token_bits += 8 * len(stream)
                 values += len(unit) * shape[0] * shape[1]

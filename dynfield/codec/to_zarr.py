@@ -10,8 +10,8 @@ bound over the whole file, as in the ``.dfz`` codec), and
 ``Dataset.to_zarr`` writes the store, every chunk compressed where dask runs
 it: on the workers of a ``dask.distributed`` client when one is given, in
 this process otherwise. Each worker loads the model once (the codec caches it
-per process) and holds a few snapshots at a time, so its memory does not
-grow with the data. The store is zarr format 2 (the format whose
+per process), reads netCDF without a chunk cache (``reading``) and holds a
+few snapshots at a time, so its memory does not grow with the data. The store is zarr format 2 (the format whose
 compressors see the chunk's shape), written under a temporary name and
 renamed when complete.
 """
@@ -28,6 +28,7 @@ from . import residual
 from .container import CodecError
 from .header import KEPT_ENCODING, bounds
 from .numcodecs_codec import BUNDLED, Dynfield
+from .reading import no_chunk_cache
 
 
 def _progress(futures, enabled):
@@ -71,7 +72,7 @@ def compress_to_zarr(in_path, out_path, checkpoint=None, variables=None, max_abs
     if out_path.exists():
         raise CodecError(f"{out_path} exists; remove it or choose another store")
     model = BUNDLED if checkpoint is None else str(checkpoint)
-    with _open(in_path, variables) as ds:
+    with no_chunk_cache(), _open(in_path, variables) as ds:
         names = list(ds.data_vars)
         per_variable = bounds(ds, names, max_abs_error, rel_error)
         encoding = {}
@@ -90,6 +91,9 @@ def compress_to_zarr(in_path, out_path, checkpoint=None, variables=None, max_abs
             if client is None:
                 delayed.compute()
             else:
+                from .workers import prepare
+
+                prepare(client)
                 future = client.compute(delayed)
                 _progress(future, progress)
                 future.result()

@@ -154,8 +154,8 @@ class Sampler:
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
 
-    def __call__(self, logits_BV, t=None):
-        """(B,) index drawn from each row of `logits_BV` (the step `t` does not matter here)."""
+    def __call__(self, logits_BV, t=None, rows=None):
+        """(B,) index drawn from each row of `logits_BV` (the step `t` and the `rows` that count do not matter)."""
         p = filter_logits(logits_BV.float(), self.temperature, self.top_k, self.top_p).softmax(-1)
         # inverse CDF with one uniform per row: far cheaper than multinomial over a
         # large codebook; right=True never lands on a zero-probability entry
@@ -291,9 +291,11 @@ class ARPrior(nn.Module):
     def _run(self, n, pick_position, pick_code, use_cache=True):
         """Walk `n` sequences token by token; the `pick_*` functions turn logits into choices.
 
-        `pick_position(logits_nV, t)` gets the position logits at step t masked
-        to the candidates (its answer counts only in rows with a free decision),
-        `pick_code(logits_nC, t)` the code logits. `use_cache=False` re-runs
+        `pick_position(logits_nV, t, free_n)` gets the position logits at step t
+        masked to the candidates (its answer counts only in the rows `free_n`
+        with a free decision), `pick_code(logits_nC, t, code_n)` the code logits
+        (its answer counts in the rows `code_n` whose new token is a code: an
+        entropy coder needs to know). `use_cache=False` re-runs
         both transformers over the whole prefix at every step (slow; it exists
         to check the cache). Returns the walked `TokenSequence`.
         """
@@ -312,10 +314,10 @@ class ARPrior(nn.Module):
                 choice = torch.zeros_like(cursor.choice)
                 if bool(free.any()):
                     logits = self.position_head(h).masked_fill(~allowed & free[:, None], -math.inf)
-                    choice = pick_position(logits, t)
+                    choice = pick_position(logits, t, free)
                 cursor.advance(choice)
                 z = self._step(self.content_transformer, h + self._place(*cursor.place()), us, caches[1], use_cache)
-                cursor.emit(pick_code(self.code_head(z), t))
+                cursor.emit(pick_code(self.code_head(z), t, cursor.kind == CODE))
                 x = self._embed(*cursor.place(), cursor.code)
         return cursor.sequence()
 
