@@ -91,3 +91,21 @@ def test_prior_benchmark_reports_likelihood_speed_and_physics(tmp_path):
     assert row["seconds_per_field_cpu"] > 0
     for r in rows.values():
         assert r["spectrum_error"] >= 0 and r["vorticity_w1"] >= 0 and r["enstrophy_ratio"] > 0
+
+
+def test_prior_codec_benchmark_compares_the_prior_with_per_file_histograms(tmp_path):
+    from conftest import tiny_prior, tiny_tokenizer
+
+    from dynfield.data.dummy import dummy_dataset
+
+    tokenizer = tiny_tokenizer(tmp_path / "tokenizer.pt")
+    prior = tiny_prior(tmp_path / "prior.pt", tokenizer, (16, 24))
+    data = tmp_path / "held_out.nc"
+    dummy_dataset(n_sample=2, ny=16, nx=24)[["u", "scalar"]].to_netcdf(data)
+    summary = benchmark_module("prior_codec").main(["--prior", str(prior), "--data", str(data), "--checkpoint",
+                                                    str(tokenizer), "--out", str(tmp_path / "out")])
+    (row,) = summary["rows"]
+    assert row["same_values"] and row["prior"]["fields"] == 4 and row["histograms"]["token_bits"] > 0
+    assert summary["token_bits_ratio"] == row["prior"]["token_bits"] / row["histograms"]["token_bits"]
+    assert (tmp_path / "out" / "prior_codec.png").exists()
+    assert json.loads((tmp_path / "out" / "prior_codec.json").read_text())["prior_order"] == "raster"
