@@ -110,6 +110,27 @@ def prior_code_length(prior, token_batches, values_per_field):
             "tokens_per_field": count.double().mean().item()}
 
 
+def unigram_code_length(train, held_out, num_levels, codebook_size):
+    """Held-out bits per token under the training tokens' own frequencies: the rate of a prior that learned
+    the marginal distribution and no context, the yardstick of every prior.
+
+    `train` and `held_out` are ``{"grain": (N, Hc, Wc), "codes": [(N, Hk, Wk) per level, -1 unused]}``
+    (``train_prior.encode_split``). A region's grain level costs -log2 of its
+    frequency, a code of level k that of its frequency among level k's codes
+    (one count added to every symbol), per code token as ``prior.bits`` counts.
+    """
+    def rate(counts, symbols):
+        p = (counts.double() + 1) / (counts.sum() + len(counts))
+        return -p.log2()[symbols].sum()
+
+    bits = rate(torch.bincount(train["grain"].flatten(), minlength=num_levels), held_out["grain"].flatten())
+    count = 0
+    for seen, coded in zip(train["codes"], held_out["codes"]):
+        bits = bits + rate(torch.bincount(seen[seen >= 0], minlength=codebook_size), coded[coded >= 0])
+        count += int((coded >= 0).sum())
+    return {"unigram_bits_per_token": float(bits) / max(count, 1)}
+
+
 def merge_batches(metrics, weights):
     """Average per-batch metric dicts, weighted by batch size."""
     total = sum(weights)

@@ -15,7 +15,7 @@ from . import checkpoint
 from .codec.container import to_json
 from .conventions import AGNOSTIC_CHANNEL, X, Y
 from .data import FieldDataset
-from .evaluation import prior_code_length
+from .evaluation import prior_code_length, unigram_code_length
 from .models import Tokens
 from .training import MetricLogger, autocast_for, open_splits, resume, run_progress, train_state, warmup_cosine
 
@@ -130,6 +130,7 @@ def train_prior(cfg, run_dir, device, rank, world):
            "seed": cfg.seed, "shape": list(shape)}
     tokens = cached_tokens(run_dir / "tokens.pt", key, encode)
     train_split, val_split = tokens["train"], tokens["val"]
+    unigram = unigram_code_length(train_split, val_split, len(tokenizer.factors), tokenizer.config["codebook_size"])
 
     prior = build_prior(pcfg, tokenizer, shape).to(device)
     opt = torch.optim.AdamW(prior.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay, betas=(0.9, 0.95))
@@ -197,7 +198,8 @@ def train_prior(cfg, run_dir, device, rank, world):
             if done >= 1:
                 break
         if step % steps_per_epoch == 0 or done >= 1:
-            val_metrics = evaluate_prior(prior, val_split, tokenizer, shape, channels, tcfg.batch_size, device)
+            val_metrics = {**evaluate_prior(prior, val_split, tokenizer, shape, channels, tcfg.batch_size, device),
+                           **unigram}
             logger.log(step, "val", val_metrics)
             print(f"step {step}: val " + ", ".join(f"{k}={v:.4g}" for k, v in val_metrics.items()))
             save_last(val_metrics)

@@ -176,3 +176,43 @@ def test_bits_is_a_complete_code(order, factors, shape):
     prior = tiny(order, factors=factors, shape=shape, codebook_size=2)
     bits = prior.bits(all_tokens(factors, shape, 2))
     assert torch.allclose(torch.exp2(-bits).sum(), torch.tensor(1.0, dtype=torch.float64), atol=1e-9)
+
+
+def test_unigram_code_length_is_the_cost_of_the_training_frequencies():
+    from dynfield.evaluation import unigram_code_length
+
+    # training: 4 regions all coarse (level 1), codes 0, 0, 0, 1 at level 1; level 0 unused
+    train = {"grain": torch.ones(1, 2, 2, dtype=torch.long),
+             "codes": [torch.full((1, 4, 4), -1), torch.tensor([[[0, 0], [0, 1]]])]}
+    held_out = {"grain": torch.tensor([[[1, 0]]]), "codes": [torch.tensor([[[-1, -1, 3, -1]]]).view(1, 2, 2),
+                                                            torch.tensor([[[1, -1]]])]}
+    rate = unigram_code_length(train, held_out, num_levels=2, codebook_size=4)["unigram_bits_per_token"]
+    grain = -math.log2(5 / 6) - math.log2(1 / 6)  # counts plus one: level 1 seen 4 times of 4
+    codes = -math.log2(1 / 4) - math.log2(2 / 8)  # level 0 code 3 unseen (1 of 4); level 1 code 1 seen once of 4
+    assert rate == pytest.approx((grain + codes) / 2)
+
+
+@pytest.mark.parametrize("order", ["raster", "coarse_to_fine"])
+def test_a_tiny_prior_beats_the_unigram_rate_on_planted_structure(order):
+    from test_masked_prior import diagonal_tokens
+
+    from dynfield.evaluation import unigram_code_length
+
+    factors, shape, N = (2, 4), (16, 32), 8
+    prior = tiny(order, factors=factors, shape=shape, codebook_size=N)
+    train = diagonal_tokens(64, factors, shape, N, seed=0)
+    held_out = diagonal_tokens(16, factors, shape, N, seed=999)
+    opt = torch.optim.AdamW(prior.parameters(), lr=3e-3, weight_decay=0.0)
+    for step in range(60):
+        batch = diagonal_tokens(16, factors, shape, N, seed=step)
+        loss = prior(batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def split(t):
+        return {"grain": t.grain, "codes": list(t.codes)}
+
+    unigram = unigram_code_length(split(train), split(held_out), len(factors), N)["unigram_bits_per_token"]
+    rate = float(prior.bits(held_out).sum() / held_out.count().sum())
+    assert rate < 0.75 * unigram, (rate, unigram)
