@@ -27,7 +27,7 @@ def stepwise_bits(prior, tokens):
         cost[paid] -= logits.double().log_softmax(-1)[paid, target[paid]]
         return target.clamp(min=0)
 
-    walked = prior._run(tokens.batch_size, lambda logits, t, rows: pay(seq.choice[:, t + 1], logits),
+    walked = prior.walk(tokens.batch_size, lambda logits, t, rows: pay(seq.choice[:, t + 1], logits),
                         lambda logits, t, rows: pay(seq.code[:, t + 1], logits))
     return cost / math.log(2), walked, seq
 
@@ -69,8 +69,8 @@ def test_a_padded_sample_costs_what_it_costs_alone(order):
 )
 def test_cached_sampling_draws_exactly_what_rerunning_the_prefix_draws(order, factors, knobs):
     prior = tiny(order, factors, shape=(16, 24))
-    cached = prior._run(3, *[Sampler("cpu", 7, **knobs)] * 2)
-    rerun = prior._run(3, *[Sampler("cpu", 7, **knobs)] * 2, use_cache=False)
+    cached = prior.walk(3, *[Sampler("cpu", 7, **knobs)] * 2)
+    rerun = prior.walk(3, *[Sampler("cpu", 7, **knobs)] * 2, use_cache=False)
     for name in FIELDS:
         assert torch.equal(getattr(cached, name), getattr(rerun, name)), name
     tokens = prior.sample(3, seed=7, **knobs)

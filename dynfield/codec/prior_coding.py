@@ -10,7 +10,7 @@ decoder must turn its logits into the very same integer counts, or the range
 decoder reads garbage. Three things see to that:
 
 - The logits are computed on the CPU in float64, by the same token-by-token
-  walk (``ARPrior._run``, key/value cache) on both sides. On one machine
+  walk (``ARPrior.walk``, key/value cache) on both sides. On one machine
   they are then bit-identical; across processors and BLAS libraries they
   differ by ~1e-13.
 - They are rounded to a grid of 1/``GRID`` nat, and counts come from the
@@ -41,6 +41,7 @@ import torch
 
 from dynfield import checkpoint as ckpt
 from dynfield.checkpoint import weights_hash
+from dynfield.models.prior import ARPrior
 
 from .container import CodecError
 from .entropy import FieldTokens, categorical
@@ -99,7 +100,7 @@ class PriorCoder:
     """
 
     def __init__(self, prior):
-        if not hasattr(prior, "_run"):
+        if not isinstance(prior, ARPrior):
             raise CodecError(f"a {type(prior).__name__} cannot code tokens: the codec takes an autoregressive "
                              f"prior (prior=raster or prior=coarse_to_fine)")
         self.prior = copy.deepcopy(prior).to("cpu", torch.float64).eval()
@@ -110,7 +111,7 @@ class PriorCoder:
             raise CodecError("the prior codes single-stage tokens; these fields were coded with residual stages")
         tokens = tokens_from_numpy(fields, self.prior.scan.factors, shape, self.codebook_size)
         try:
-            return self.prior._check(tokens)
+            return self.prior.scan.check(tokens)
         except ValueError as e:
             raise CodecError(f"the prior cannot code these tokens: {e}") from None
 
@@ -136,7 +137,7 @@ class PriorCoder:
             return target.clamp(min=0)
 
         with torch.no_grad():
-            self.prior._run(len(fields), position, code)
+            self.prior.walk(len(fields), position, code)
         return [self._stream(s, r) for s, r in zip(symbols, rows)]
 
     @staticmethod
@@ -183,7 +184,7 @@ class PriorCoder:
 
         try:
             with torch.no_grad():
-                tokens = self.prior.scan.decode(self.prior._run(len(streams), position, code), self.codebook_size)
+                tokens = self.prior.scan.decode(self.prior.walk(len(streams), position, code), self.codebook_size)
         except (ValueError, RuntimeError, IndexError) as e:
             raise CodecError(f"a prior-coded token stream does not decode ({e}): damaged data") from None
         if any(_checksum(s) != checksum for s, (_, checksum, _) in zip(symbols, heads)):

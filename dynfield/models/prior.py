@@ -285,10 +285,10 @@ class ARPrior(nn.Module):
         """`n` valid `Tokens` drawn from the prior (eval mode, key/value cache, seeded)."""
         device = self.code_head.weight.device
         sampler = Sampler(device, seed, temperature, top_k, top_p)
-        return self.scan.decode(self._run(n, sampler, sampler), self.codebook_size).validate()
+        return self.scan.decode(self.walk(n, sampler, sampler), self.codebook_size).validate()
 
     @torch.no_grad()
-    def _run(self, n, pick_position, pick_code, use_cache=True):
+    def walk(self, n, pick_position, pick_code, use_cache=True):
         """Walk `n` sequences token by token; the `pick_*` functions turn logits into choices.
 
         `pick_position(logits_nV, t, free_n)` gets the position logits at step t
