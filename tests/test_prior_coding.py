@@ -10,6 +10,7 @@ from test_prior import SHAPE, tiny
 
 from dynfield import compress, decompress, inspect
 from dynfield.codec import CodecError, inspect_file
+from dynfield.codec.lazy import open_dfz
 from dynfield.codec.field import tokens_to_numpy
 from dynfield.codec.prior_coding import GRID, OFFSETS, SPAN, PriorCoder, counts, margin
 from dynfield.data.dummy import dummy_dataset
@@ -102,6 +103,8 @@ def test_prior_coded_files_round_trip_and_decode_as_without_it(models, tmp_path,
                                 str(models["tokenizer"]), "--quiet"]) == 0
     with xr.open_dataset(tmp_path / "plain.nc") as a, xr.open_dataset(tmp_path / "prior.nc") as b:
         assert all(np.array_equal(a[v].values, b[v].values) for v in ("u", "scalar"))  # the same tokens
+        lazy = open_dfz(tmp_path / "prior.dfz", checkpoint=str(models["tokenizer"]))  # finds the prior too
+        assert all(np.array_equal(lazy[v].values, b[v].values) for v in ("u", "scalar"))
     assert decompress.main([str(tmp_path / "prior.dfz"), str(tmp_path / "x.nc"), "--checkpoint",
                             str(models["tokenizer"]), "--prior", str(models["other"]), "--quiet"]) == 1
     assert not (tmp_path / "x.nc").exists()

@@ -24,6 +24,7 @@ import xarray as xr
 
 from .chunks import Coder
 from .codec import compress_file, model_for
+from .prior_coding import prior_for
 from .container import ByteReader, ContainerReader, from_json
 from .header import check_header
 
@@ -43,7 +44,7 @@ def _chunk_index(reader):
 
 
 @functools.lru_cache(maxsize=8)
-def _opened(path, mtime, checkpoint, pid):
+def _opened(path, mtime, checkpoint, prior, pid):
     """(reader, its lock, decoder) of one file, made once per process (per file version).
 
     The open reader is shared by dask's threads; the lock keeps each seek and read together.
@@ -52,12 +53,13 @@ def _opened(path, mtime, checkpoint, pid):
     """
     reader = ContainerReader(path)
     header = check_header(reader.header, path)
-    return reader, threading.Lock(), Coder(model_for(header, checkpoint, path), header)
+    return reader, threading.Lock(), Coder(model_for(header, checkpoint, path), header,
+                                           prior=prior_for(header, prior, path))
 
 
-def _decode(path, mtime, checkpoint, offset):
+def _decode(path, mtime, checkpoint, prior, offset):
     """{variable: (H, W)} of the chunk at `offset`, checksum verified."""
-    reader, lock, coder = _opened(path, mtime, checkpoint, os.getpid())
+    reader, lock, coder = _opened(path, mtime, checkpoint, prior, os.getpid())
     with lock:
         payload = reader.chunk_at(offset)
     return coder.decode_chunk(payload)[2]
@@ -70,22 +72,24 @@ def _coordinate(name, meta):
     return file_name, xr.conventions.decode_cf_variable(file_name, var)
 
 
-def open_dfz(path, checkpoint=None):
+def open_dfz(path, checkpoint=None, prior=None):
     """A ``.dfz`` file as a lazy xarray.Dataset (dask-backed, one snapshot per chunk).
 
-    `checkpoint` as for ``decompress_file``: by default the bundled tokenizer,
-    or the one the file was made from where it still sits.
+    `checkpoint` and `prior` as for ``decompress_file``: by default the bundled
+    tokenizer, or the one the file was made from where it still sits, and for
+    a file whose tokens a prior coded, that prior where it still sits.
     """
     path = str(Path(path).resolve())
     mtime = Path(path).stat().st_mtime_ns
     with ContainerReader(path) as reader:
         header = check_header(reader.header, path)
         index = _chunk_index(reader)
-    _opened(path, mtime, checkpoint, os.getpid())  # the model is checked now, not at the first access
+    prior = None if prior is None else str(prior)
+    _opened(path, mtime, checkpoint, prior, os.getpid())  # the models are checked now, not at the first access
     data_vars = {}
     for g, group in enumerate(header["groups"]):
         leading, (H, W) = group["shape"][:-2], group["shape"][-2:]
-        snapshots = [dask.delayed(_decode, pure=True)(path, mtime, checkpoint, index[(g, i)][0])
+        snapshots = [dask.delayed(_decode, pure=True)(path, mtime, checkpoint, prior, index[(g, i)][0])
                      for i in range(int(np.prod(leading, dtype=np.int64)))]
         for v in group["variables"]:
             meta = header["variables"][v]
