@@ -191,21 +191,26 @@ class Coder(Layout):
         self.entropy = {k: TokenModel.from_histograms(h.grain, h.codes, h.depth) for k, h in hists.items()}
         return {k: m.to_json() for k, m in self.entropy.items()}
 
+    def streams(self, g, tokens):
+        """The token stream (bytes) of each unit of a chunk of group g: the inverse of ``tokens``."""
+        coded = [j for j, t in enumerate(tokens) if t is not None]
+        out = [b""] * len(tokens)
+        if self.prior_coder is not None and coded:
+            shape = token_shape(self.header["groups"][g]["shape"][-2:], self.factors)
+            for j, stream in zip(coded, self.prior_coder.encode([tokens[j] for j in coded], shape)):
+                out[j] = stream
+            return out
+        units = self.units(g)
+        for j in coded:
+            out[j] = encode_tokens(tokens[j], self.factors, self.entropy[unit_key(units[j])])
+        return out
+
     def chunk(self, g, i, tokens, sections):
         """Chunk payload of an encoded snapshot."""
         w = ByteWriter()
         w.uvarint(g)
         w.uvarint(i)
-        shape = token_shape(self.header["groups"][g]["shape"][-2:], self.factors)
-        coded = [t for t in tokens if t is not None]
-        by_prior = iter(self.prior_coder.encode(coded, shape) if self.prior_coder is not None and coded else ())
-        for unit, field_tokens in zip(self.units(g), tokens):
-            if field_tokens is None:
-                stream = b""
-            elif self.prior_coder is not None:
-                stream = next(by_prior)
-            else:
-                stream = encode_tokens(field_tokens, self.factors, self.entropy[unit_key(unit)])
+        for field_tokens, stream in zip(tokens, self.streams(g, tokens)):
             if field_tokens is not None and not stream:
                 raise CodecError("a token stream came out empty, which marks a unit without tokens")
             w.blob(stream)

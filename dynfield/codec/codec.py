@@ -64,7 +64,7 @@ from .entropy import TokenCounts, token_information_bits
 from .field import default_checkpoint, tokens_from_numpy
 from .header import CALIBRATION_CHUNKS, SNAPSHOT_CHUNKS, check_header, check_rate, job_order, make_header, snapshots
 from .netcdf import NetCDFWriter
-from .prior_coding import open_prior, prior_for
+from .prior_coding import load_prior, open_prior, prior_for
 from .reading import cache_no_chunks, no_chunk_cache
 
 
@@ -346,10 +346,8 @@ def prior_code_length(path, prior_checkpoint, device="cpu"):
     prior), ``token_bits`` (what the file's range-coded token streams take),
     ``values`` covered, and both per value.
     """
-    try:
-        prior, _, state = ckpt.load_prior(prior_checkpoint, map_location=device)
-    except ValueError as e:
-        raise CodecError(str(e)) from None
+    prior, state = load_prior(prior_checkpoint)
+    prior.to(device)
     with ContainerReader(path) as reader:
         header = check_header(reader.header, path)
         if state["tokenizer"]["sha256"] != header["model"]["sha256"]:

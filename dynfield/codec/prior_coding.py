@@ -142,11 +142,9 @@ class PriorCoder:
 
     @staticmethod
     def _stream(symbols, rows):
-        def worst(o):
-            return min((margin(r, o) for r in rows), default=np.inf)
-
-        offset = max(range(OFFSETS), key=worst)
-        if worst(offset) < MARGIN:
+        worst = [min((margin(r, o) for r in rows), default=np.inf) for o in range(OFFSETS)]
+        offset = int(np.argmax(worst))
+        if worst[offset] < MARGIN:
             raise CodecError("no grid offset keeps the prior's logits clear of a rounding edge; code without --prior")
         encoder = constriction.stream.queue.RangeEncoder()
         for s, r in zip(symbols, rows):
@@ -197,7 +195,8 @@ class PriorCoder:
         return out
 
 
-def _load(path):
+def load_prior(path):
+    """(prior, checkpoint dictionary) of a prior checkpoint; a checkpoint of another kind is a ``CodecError``."""
     try:
         prior, _, state = ckpt.load_prior(path)
     except ValueError as e:
@@ -207,7 +206,7 @@ def _load(path):
 
 def open_prior(path, header):
     """(PriorCoder, header entry) of the prior at `path`, checked against a file's tokenizer and field shapes."""
-    prior, state = _load(path)
+    prior, state = load_prior(path)
     made_for, tokenizer = state["tokenizer"]["sha256"], header["model"]["sha256"]
     if made_for != tokenizer:
         raise CodecError(f"{path} is a prior over the tokens of the tokenizer {made_for[:16]}..., not of the one "
@@ -231,7 +230,7 @@ def prior_for(header, prior, path):
         return None
     candidates = [prior] if prior is not None else [c for c in [entry.get("path_hint")] if c and Path(c).is_file()]
     for candidate in candidates:
-        model, _ = _load(candidate)
+        model, _ = load_prior(candidate)
         if weights_hash(model) == entry["sha256"]:
             return PriorCoder(model)
     tried = ", ".join(map(str, candidates)) or f"nothing at {entry.get('path_hint')}"
