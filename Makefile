@@ -58,9 +58,9 @@ test-fast: install-dev
 BENCH_DIR ?= benchmarks/results
 BENCH_MINUTES ?= 40
 FIXED_FACTORS ?= 8
-LADDER = model.stages=4 trainer.recon_loss=mse trainer.minutes=$(BENCH_MINUTES) trainer.epochs=1000
+LADDER = experiment=ladder trainer.minutes=$(BENCH_MINUTES)
 $(BENCH_DIR)/runs/dq/tokenizer.pt: | install-dev
-	$(PY) -m dynfield.train $(LADDER) model.train_fine_ratio=[0,1] hydra.run.dir=$(BENCH_DIR)/runs/dq
+	$(PY) -m dynfield.train $(LADDER) hydra.run.dir=$(BENCH_DIR)/runs/dq
 $(BENCH_DIR)/runs/vq%/tokenizer.pt: | install-dev
 	$(PY) -m dynfield.train model=vqvae model.factor=$* $(LADDER) hydra.run.dir=$(BENCH_DIR)/runs/vq$*
 

@@ -1,8 +1,9 @@
 """Rate-distortion of the dynfield codec against ZFP, SZ3 and SPERR on one data file.
 
 dynfield is run on the whole file (every byte of the .dfz counts, header
-included): token-only at several fine ratios, and error-bounded at several
-bounds. The others compress one 2D field at a time: ZFP through ``zfpy``
+included): token-only at several fine ratios (every region at full depth)
+or bit budgets (``--budgets``: the rd allocation of grains and depths of a
+rate-ladder tokenizer), and error-bounded at several bounds. The others compress one 2D field at a time: ZFP through ``zfpy``
 (fixed accuracy at the same bounds, and fixed rate), SZ3 and SPERR through
 their HDF5 filters (``hdf5plugin``; the bytes counted are the dataset's
 compressed storage, without the HDF5 file's own metadata). Bounds are given
@@ -235,6 +236,8 @@ def parser():
     p.add_argument("--checkpoint", help="tokenizer checkpoint (default: the one bundled with dynfield)")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--fine-ratios", type=floats, default=[0.25, 0.5, 0.75], help="dynfield token-only points")
+    p.add_argument("--budgets", type=floats, default=[],
+                   help="dynfield token-only points at these nominal bits per value (rd allocation of grains and depths)")
     p.add_argument("--bounds", type=floats, default=[1e-2, 1e-3, 1e-4],
                    help="error bounds, relative to each variable's range")
     p.add_argument("--rates", type=floats, default=[0.05, 0.1, 0.2, 0.5, 1, 2, 4, 8],
@@ -255,6 +258,8 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as workdir:
             for r in args.fine_ratios:
                 points.append(run_dynfield(args, ds, variables, ranges, workdir, fine_ratio=r))
+            for b in args.budgets:
+                points.append(run_dynfield(args, ds, variables, ranges, workdir, bits_per_value=b))
             for b in args.bounds:
                 points.append(run_dynfield(args, ds, variables, ranges, workdir, rel_error=b))
         for b in args.bounds:  # the same absolute bound per variable as dynfield's

@@ -7,8 +7,8 @@ It reads the files as ``open_fields`` does (sample or time, then the spatial
 dimensions, lat/lon included; ``--dims`` names others), takes every field
 variable unless told, decides whether the fields wrap around (``auto``: each
 field's jump across its edges against its steps inside), and trains the
-rate-ladder tokenizer (two grain levels, four residual stages, every fine
-ratio and depth in training, MSE) for ``--minutes`` of training steps, with
+rate-ladder tokenizer (``conf/experiment/ladder.yaml``: two grain levels,
+four residual stages, every fine ratio and depth in training, MSE) for ``--minutes`` of training steps, with
 a progress bar, holding out the last tenth of the samples (or time steps)
 for validation. The checkpoint is written to ``--out`` (atomically), its
 provenance (command, data, variables, steps, time, validation figures)
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from dynfield.cli import run_command, variable_list
 
-LADDER = ["model.stages=4", "model.train_fine_ratio=[0,1]", "trainer.recon_loss=mse", "trainer.epochs=100000"]
+LADDER = ["experiment=ladder"]  # conf/experiment/ladder.yaml
 
 
 def dims_map(text):

@@ -109,7 +109,7 @@ def test_coarse_copies_count_once():
     x = field()
     # put the chosen coarse vectors into the codebook: their error is zero, the fine ones' is not,
     # so counting each coarse vector once or once per covered cell gives different losses
-    feats = m.encoder(m._pad(x))
+    feats = m.features(m._pad(x))
     coarse = feats[1].permute(0, 2, 3, 1)[m.encode(x).codes[1] >= 0].detach()
     m.quantizer.stages[0].embed[: len(coarse)] = coarse
     out = m(x)

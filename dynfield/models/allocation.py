@@ -110,9 +110,9 @@ def rd_region_scores(model, x_pad, feats=None):
     The score by which the ``rd`` router ranks regions for an exact fine
     ratio: the measured gain of going finer, each channel's squared error
     weighted by its field's squared value range (as PSNR weighs it).
-    `feats` are the encoder's features of x_pad when the caller has them.
+    `feats` are the model's features of x_pad when the caller has them.
     """
-    feats = model.encoder(x_pad) if feats is None else feats
+    feats = model.features(x_pad) if feats is None else feats
     errors = option_errors(model, x_pad, feats, model.stage_indices(feats))  # (B, C, Hc, Wc, O)
     options, _ = _options(model)
     S = model.quantizer.num_stages
@@ -149,7 +149,7 @@ def rd_allocate(model, x, bits_per_value=None, psnr=None):
         raise ValueError(f"bits_per_value must be positive, got {bits_per_value}")
     H, W = x.shape[-2:]
     x_pad = model._pad(x)
-    feats = model.encoder(x_pad)
+    feats = model.features(x_pad)
     idx_levels = model.stage_indices(feats)
     errors = option_errors(model, x_pad, feats, idx_levels).double().cpu().numpy()  # (B, C, Hc, Wc, O)
     B, C, Hc, Wc, O = errors.shape

@@ -1,9 +1,10 @@
 """The dynamic-grain VQ-VAE for fields (DQ-VAE), and its fixed-grain baseline.
 
-Pipeline: pad -> encoder (one map per grain level) -> router (one level per
-coarsest-grid region) -> quantize each level's vectors against one codebook,
-counting only the vectors of the chosen level -> copy the chosen codes onto
-the finest token grid -> decoder -> crop.
+Pipeline: pad -> encoder (one map per grain level, plus a linear block
+transform with ``linear_patches``) -> router (one level per coarsest-grid
+region) -> quantize each level's vectors against one codebook, counting only
+the vectors of the chosen level -> copy the chosen codes onto the finest token
+grid -> decoder (plus the inverse block transform) -> crop.
 """
 
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 
 from .decoder import Decoder
 from .encoder import Encoder
+from .patches import LinearPatches
 from .allocation import rd_region_scores
 from .residual_vq import ResidualVQ
 from .router import (
@@ -59,6 +61,9 @@ class DQVAE(nn.Module):
     factors : ascending powers of two, one per grain level (0 = finest).
     hidden, channel_mult, num_res_blocks : encoder/decoder size, see ``Encoder``.
     attention : a self-attention block at the coarsest encoder level.
+    linear_patches : a learned linear block transform per level beside the
+        encoder and decoder (``LinearPatches``): the codes are its output plus
+        the encoder's, the field its inverse plus the decoder's.
     code_dim, codebook_size : the shared codebook (of every residual stage).
     stages : residual quantization stages (see ``ResidualVQ``); a region's
         depth is how many of them code it. Training draws every region's depth
@@ -101,6 +106,7 @@ class DQVAE(nn.Module):
         budget_mode="batch",
         periodic=True,
         attention=False,
+        linear_patches=False,
         commitment=0.25,
         ema_decay=0.99,
         dead_code_threshold=0.5,
@@ -131,8 +137,8 @@ class DQVAE(nn.Module):
             num_res_blocks=num_res_blocks, code_dim=code_dim, codebook_size=codebook_size, stages=stages,
             train_fine_ratio=list(train_fine_ratio) if train_fine_ratio is not None else None, router=router,
             target_ratios=list(target_ratios), budget_mode=budget_mode, periodic=periodic, attention=attention,
-            commitment=commitment, ema_decay=ema_decay, dead_code_threshold=dead_code_threshold,
-            fixed_level=fixed_level, vorticity_channel=vorticity_channel, seed=seed,
+            linear_patches=bool(linear_patches), commitment=commitment, ema_decay=ema_decay,
+            dead_code_threshold=dead_code_threshold, fixed_level=fixed_level, vorticity_channel=vorticity_channel, seed=seed,
         )
         self.in_channels, self.factors, self.code_dim = in_channels, factors, code_dim
         self.router_mode, self.target_ratios, self.budget_mode = router, target_ratios, budget_mode
@@ -143,6 +149,7 @@ class DQVAE(nn.Module):
                     code_dim=code_dim, periodic=periodic)
         self.encoder = Encoder(in_channels, **arch, attention=attention)
         self.decoder = Decoder(in_channels, **arch)
+        self.patches = LinearPatches(in_channels, factors, code_dim) if linear_patches else None
         # only the learned router has parameters; the others are rules applied on the fly
         self.router = Router(factors, code_dim) if router == "learned" and K > 1 else None
         self.quantizer = ResidualVQ(
@@ -242,8 +249,22 @@ class DQVAE(nn.Module):
             raise ValueError(f"no region scores for router {mode!r} on a model with factors {self.factors}")
         x_pad = self._pad(x)
         if mode == "learned":
-            return fineness_log_odds(self._router_logits(self.encoder(x_pad)))
+            return fineness_log_odds(self._router_logits(self.features(x_pad)))
         return self._rule_scores(x_pad, mode)
+
+    def features(self, x_pad):
+        """The unquantized codes of padded fields: one (B, D, Hp / f_k, Wp / f_k) map per level."""
+        feats = self.encoder(x_pad)
+        if self.patches is not None:
+            feats = [f + p for f, p in zip(feats, self.patches.encode(x_pad))]
+        return feats
+
+    def _synthesize(self, gate_BKHW, q_levels, grain, shape):
+        """The field (B, C, H, W) of per-level quantized codes, each region at its gated level."""
+        recon = self.decoder(self._merge(gate_BKHW, q_levels), grain)
+        if self.patches is not None:
+            recon = recon + self.patches.decode(gate_BKHW, q_levels)
+        return recon[..., : shape[0], : shape[1]]
 
     def _merge(self, gate_BKHW, q_levels):
         """Sum over levels of gate * codes, all copied onto the finest token grid: (B, D, H1, W1)."""
@@ -316,7 +337,7 @@ class DQVAE(nn.Module):
         """
         H, W = x.shape[-2:]
         x_pad = self._pad(x)
-        feats = self.encoder(x_pad)  # K x (B, D, Hp / f_k, Wp / f_k)
+        feats = self.features(x_pad)  # K x (B, D, Hp / f_k, Wp / f_k)
         coarse_shape = (feats[-1].shape[0], *feats[-1].shape[2:])
         fine_ratio, depth = self._train_draws(coarse_shape, x.device) if self.training else (None, None)
         sample_temperature = temperature if self.training else None
@@ -324,7 +345,7 @@ class DQVAE(nn.Module):
                                           temperature=sample_temperature)
         depth = self._depth_map(grain, depth)
         q_levels, idx_levels, vq_loss = self._quantize(feats, grain, depth)
-        recon = self.decoder(self._merge(gate, q_levels), grain)[..., :H, :W]
+        recon = self._synthesize(gate, q_levels, grain, (H, W))
         tokens = self._tokens(grain, depth, idx_levels, (H, W))
         learned = logits is not None
         budgeted = learned and fine_ratio is None
@@ -355,7 +376,7 @@ class DQVAE(nn.Module):
             for every stage.
         """
         x_pad = self._pad(x)
-        feats = self.encoder(x_pad)
+        feats = self.features(x_pad)
         grain, _, _ = self._route(x_pad, feats, router or self.router_mode, fine_ratio=fine_ratio, level=level)
         return self._tokens(grain, self._depth_map(grain, depth), self.stage_indices(feats), x.shape[-2:])
 
@@ -378,7 +399,7 @@ class DQVAE(nn.Module):
         H, W = tokens.shape
         q_levels = [self.quantizer.lookup(c.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) for c in tokens.stage_codes()]
         gate = F.one_hot(tokens.grain, self.num_levels).permute(0, 3, 1, 2).to(q_levels[0].dtype)
-        return self.decoder(self._merge(gate, q_levels), tokens.grain)[..., :H, :W]
+        return self._synthesize(gate, q_levels, tokens.grain, (H, W))
 
     def tokens_per_field(self, shape, fine_ratio=None, router=None, level=None, depth=None):
         """Number of codes ``encode`` gives a field of `shape` (H, W), same arguments (`depth` an int).

@@ -1,0 +1,36 @@
+"""A linear path beside the convolutional encoder and decoder.
+
+Each grain level k gets a linear map from the f_k x f_k x C cells of a block
+to its code (and back): a learned block transform, like a block DCT or PCA.
+Smooth fields are mostly described by such a transform, so with it the
+autoencoder reaches a high ceiling from the first steps, and the
+convolutional encoder and decoder learn only what a linear block transform
+misses (the cross-block and nonlinear part).
+"""
+
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .tokens import repeat_cells
+
+
+class LinearPatches(nn.Module):
+    """Per level, field (B, C, Hp, Wp) <-> (B, D, Hp / f_k, Wp / f_k) by one linear map per block."""
+
+    def __init__(self, channels, factors, code_dim):
+        super().__init__()
+        self.factors = tuple(factors)
+        self.analysis = nn.ModuleList(nn.Conv2d(channels * f * f, code_dim, 1) for f in self.factors)
+        self.synthesis = nn.ModuleList(nn.Conv2d(code_dim, channels * f * f, 1) for f in self.factors)
+
+    def encode(self, x_BCHW):
+        """One (B, D, Hp / f_k, Wp / f_k) map per level."""
+        return [a(F.pixel_unshuffle(x_BCHW, f)) for a, f in zip(self.analysis, self.factors)]
+
+    def decode(self, gate_BKHW, q_levels):
+        """(B, C, Hp, Wp): each region's codes mapped back at its own level, chosen by the one-hot gate."""
+        f_K = self.factors[-1]
+        return sum(
+            repeat_cells(gate_BKHW[:, k : k + 1], f_K) * F.pixel_shuffle(s(q), f)
+            for k, (s, q, f) in enumerate(zip(self.synthesis, q_levels, self.factors))
+        )
