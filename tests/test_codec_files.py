@@ -339,8 +339,8 @@ def test_rate_distortion_benchmark_runs(tmp_path, ckpt):
     rate_distortion = benchmark_module("rate_distortion")
     src = write_dummy_netcdf(tmp_path / "in.nc", n_sample=2, ny=16, nx=16)
     result = rate_distortion.main(["--data", str(src), "--variables", "u,v", "--checkpoint", str(ckpt),
-                                   "--out", str(tmp_path / "rd"), "--fine-ratios", "0.5", "--bounds", "0.01",
-                                   "--rates", "0.5,4"])
+                                   "--out", str(tmp_path / "rd"), "--fine-ratios", "0.5", "--budgets", "0.05,2",
+                                   "--bounds", "0.01", "--rates", "0.5,4"])
     saved = json.loads((tmp_path / "rd" / "rate_distortion.json").read_text())
     assert (tmp_path / "rd" / "rate_distortion.png").exists()
     codecs = {p["codec"] for p in saved["points"]}
@@ -350,9 +350,14 @@ def test_rate_distortion_benchmark_runs(tmp_path, ckpt):
         if "rel_error" in point["setting"]:  # every error-bounded codec meets the bound
             assert point["max_rel_error"] <= 0.01 * (1 + 1e-6), point["codec"]
     assert result["machine"]["commit"]
-    # one comparison at the token point's rate (interpolated on SPERR's rate curve), one at the shared bound
-    (at_rate,), (at_bound,) = ([r for r in saved["versus_sperr"] if key in r] for key in ("dynfield", "dynfield+bound"))
-    token = next(p for p in saved["points"] if p["codec"] == "dynfield")
+    # one comparison at each token point's rate (interpolated on SPERR's rate curve), one at the shared bound
+    (at_bound,) = (r for r in saved["versus_sperr"] if "dynfield+bound" in r)
+    assert len([r for r in saved["versus_sperr"] if "dynfield" in r]) == 3  # one per token-only point
+    # the rd points: a larger budget buys more codes, so a larger file
+    small, large = (next(p for p in saved["points"] if p["setting"] == {"bits_per_value": b}) for b in (0.05, 2))
+    assert small["bits_per_value"] < large["bits_per_value"]
+    token = next(p for p in saved["points"] if p["setting"] == {"fine_ratio": 0.5})
+    (at_rate,) = (r for r in saved["versus_sperr"] if r.get("dynfield") == {"fine_ratio": 0.5})
     assert at_rate["bits_per_value"] == token["bits_per_value"] and at_rate["psnr"]["dynfield"] == token["psnr"]
     assert at_bound["compression_ratio"]["sperr"] > 0
 
