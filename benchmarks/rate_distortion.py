@@ -3,9 +3,9 @@
 dynfield is run on the whole file (every byte of the .dfz counts, header
 included): token-only at several fine ratios (every region at full depth)
 or bit budgets (``--budgets``: the rd allocation of grains and depths of a
-rate-ladder tokenizer), and error-bounded at several bounds. The others compress one 2D field at a time: ZFP through ``zfpy``
-(fixed accuracy at the same bounds, and fixed rate), SZ3 and SPERR through
-their HDF5 filters (``hdf5plugin``; the bytes counted are the dataset's
+rate-ladder tokenizer), and error-bounded at several bounds. The others
+compress one 2D field at a time: ZFP through ``zfpy`` (fixed accuracy at
+the same bounds, and fixed rate), SZ3 and SPERR through their HDF5 filters (``hdf5plugin``; the bytes counted are the dataset's
 compressed storage, without the HDF5 file's own metadata). Bounds are given
 relative to each variable's range of values in the file and turned into the
 same absolute bound, per variable, for every codec.
@@ -237,7 +237,7 @@ def parser():
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--fine-ratios", type=floats, default=[0.25, 0.5, 0.75], help="dynfield token-only points")
     p.add_argument("--budgets", type=floats, default=[],
-                   help="dynfield token-only points at these nominal bits per value (rd allocation of grains and depths)")
+                   help="dynfield token-only points at these nominal bits per value (rd allocation)")
     p.add_argument("--bounds", type=floats, default=[1e-2, 1e-3, 1e-4],
                    help="error bounds, relative to each variable's range")
     p.add_argument("--rates", type=floats, default=[0.05, 0.1, 0.2, 0.5, 1, 2, 4, 8],

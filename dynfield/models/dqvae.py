@@ -138,7 +138,8 @@ class DQVAE(nn.Module):
             train_fine_ratio=list(train_fine_ratio) if train_fine_ratio is not None else None, router=router,
             target_ratios=list(target_ratios), budget_mode=budget_mode, periodic=periodic, attention=attention,
             linear_patches=bool(linear_patches), commitment=commitment, ema_decay=ema_decay,
-            dead_code_threshold=dead_code_threshold, fixed_level=fixed_level, vorticity_channel=vorticity_channel, seed=seed,
+            dead_code_threshold=dead_code_threshold, fixed_level=fixed_level, vorticity_channel=vorticity_channel,
+            seed=seed,
         )
         self.in_channels, self.factors, self.code_dim = in_channels, factors, code_dim
         self.router_mode, self.target_ratios, self.budget_mode = router, target_ratios, budget_mode
