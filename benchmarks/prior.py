@@ -13,9 +13,14 @@ held-out fields (a solver seed used neither in training nor in validation):
   resolves), the Wasserstein-1 distance between the pooled vorticity values
   divided by the real vorticity's std, and the mean enstrophy ratio.
 
-Two reference rows bracket the priors: the tokenizer's own reconstructions of
-the held-out fields (the best any prior over its tokens can do) and uniformly
-random tokens decoded by the same tokenizer. Writes ``prior.json`` and
+Reference rows bracket the priors. For the physics: the tokenizer's own
+reconstructions of the held-out fields (the best any prior over its tokens can
+do) and uniformly random tokens decoded by the same tokenizer. For the
+likelihood: the unigram rate (the held-out tokens under the training tokens'
+frequencies, the rate of a prior that learned no context; the training tokens
+are the prior run's ``tokens.pt``) and per-file histograms (the held-out tokens
+under their own frequencies, as the codec stores them without a prior; the
+histograms' own bytes are not counted, so this row flatters them). Writes ``prior.json`` and
 ``prior.png`` (spectra, log-log; vorticity PDFs, log-y) into ``--out``.
 
     python benchmarks/prior.py --tokenizer RUN/tokenizer.pt \\
@@ -34,9 +39,10 @@ from provenance import machine  # benchmarks/provenance.py
 
 from dynfield import checkpoint, physics
 from dynfield.analysis import channel_roles, load_fields
+from dynfield.codec.entropy import FieldTokens, TokenCounts, TokenModel, token_information_bits
 from dynfield.data import denormalise
 from dynfield.data.turbulence import HELD_OUT_SEED
-from dynfield.evaluation import prior_code_length
+from dynfield.evaluation import prior_code_length, unigram_code_length
 from dynfield.models import Tokens
 from dynfield.models.tokens import repeat_cells
 from dynfield.sample import held_out_source, sample_fields
@@ -59,6 +65,31 @@ def random_tokens(n, tokenizer, shape, generator):
 def encode(tokenizer, x_NCHW, fine_ratio, batch_size):
     """Tokens of normalised fields, one ``Tokens`` per batch."""
     return [tokenizer.encode(x, fine_ratio=fine_ratio, depth=1) for x in x_NCHW.split(batch_size)]  # first stage
+
+
+def likelihood_references(train, held_out, tokenizer, values_per_field):
+    """Rows of the unigram rate and of per-file histograms for the held-out tokens (a list of ``Tokens``).
+
+    `train` is the training split of a prior run's ``tokens.pt``.
+    """
+    factors, N = tokenizer.factors, tokenizer.config["codebook_size"]
+    split = {"grain": torch.cat([t.grain for t in held_out]),
+             "codes": [torch.cat(level) for level in zip(*(t.codes for t in held_out))]}
+    count = sum(int(t.count().sum()) for t in held_out)
+    fields = [FieldTokens(t.grain[b].numpy(), t.depth[b].numpy(), [c[b][None].numpy() for c in t.codes])
+              for t in held_out for b in range(t.batch_size)]
+    counts = TokenCounts(len(factors), N)
+    for f in fields:
+        counts.add(f, factors)
+    model = TokenModel.from_histograms(counts.grain, counts.codes, counts.depth)
+    histogram_bits = sum(token_information_bits(f, factors, model) for f in fields) / count
+    rows = []
+    for label, bits in [("(unigram)", unigram_code_length(train, split, len(factors), N)["unigram_bits_per_token"]),
+                        ("(per-file histograms)", histogram_bits)]:
+        rows.append({"label": label, "kind": "reference", "bits_per_token": bits,
+                     "bits_per_value": bits * count / len(fields) / values_per_field,
+                     "tokens_per_field": count / len(fields)})
+    return rows
 
 
 def velocity(fields_NCHW, variables):
@@ -150,6 +181,8 @@ def parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokenizer", required=True, help="the tokenizer every prior was trained on")
     p.add_argument("--priors", nargs="+", required=True, help="prior checkpoints (prior.pt), one per order")
+    p.add_argument("--train-tokens", help="the priors' training tokens, for the unigram row "
+                   "(default: tokens.pt beside the first prior)")
     p.add_argument("--data", default="builtin", help="held-out fields: a file, or 'builtin' (held-out built-in data)")
     p.add_argument("--n", type=int, default=64, help="held-out and generated fields")
     p.add_argument("--batch-size", type=int, default=16)
@@ -173,6 +206,11 @@ def main(argv=None):
                              f"not of {args.tokenizer} (weights differ)")
         priors.append((path, prior, prior_state))
     shape = tuple(priors[0][1].config["shape"])
+    train_tokens = Path(args.train_tokens or Path(args.priors[0]).parent / "tokens.pt")
+    if not train_tokens.exists():
+        raise FileNotFoundError(f"no training tokens at {train_tokens} for the unigram row: give the prior run's "
+                                f"tokens.pt with --train-tokens")
+    train_split = torch.load(train_tokens, weights_only=True)["train"]
 
     # "builtin": the held-out split of the data set the priors were trained on, with its generator settings
     source = held_out_source(priors[0][2], args.n) if args.data == "builtin" else args.data
@@ -199,6 +237,8 @@ def main(argv=None):
         gens[label] = statistics(gens[label], variables)
         rows.append({"label": label, "kind": "reference", "fine_ratio": fine_ratio,
                      **physics_figures(real_stats, gens[label], kmax)})
+    rows += [dict(row, fine_ratio=fine_ratio)
+             for row in likelihood_references(train_split, token_cache[fine_ratio], tokenizer, values_per_field)]
 
     for path, prior, prior_state in priors:
         order, fr = prior.config["order"], prior_state["tokenizer"]["fine_ratio"]

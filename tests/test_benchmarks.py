@@ -78,18 +78,26 @@ def test_prior_benchmark_reports_likelihood_speed_and_physics(tmp_path):
     prior = ARPrior(order="coarse_to_fine", factors=(4, 8), shape=(32, 32), codebook_size=16, dim=16, depth=2, heads=2)
     stats = {v: {"mean": 0.0, "std": 1.0} for v in VARIABLES}
     save_checkpoint(tmp_path / "p.pt", prior, kind="prior", stats=stats, variables=VARIABLES, periodic=True, extra=extra)
+    # training tokens for the unigram row: grain 1 (coarse) everywhere, only codes 0 and 1
+    codes = [torch.full((6, 8, 8), -1), torch.randint(2, (6, 4, 4), generator=torch.Generator().manual_seed(1))]
+    torch.save({"train": {"grain": torch.ones(6, 4, 4, dtype=torch.long), "codes": codes}}, tmp_path / "tokens.pt")
     out = tmp_path / "out"
     summary = prior_benchmark.main(["--tokenizer", tok, "--priors", str(tmp_path / "p.pt"), "--data", str(data),
                                     "--n", "4", "--out", str(out)])
     assert json.loads((out / "prior.json").read_text()) == json.loads(json.dumps(summary))
     assert (out / "prior.png").stat().st_size > 0 and summary["spectrum"]["shells"] == [1, 10]
     rows = {r["label"]: r for r in summary["rows"]}
-    assert set(rows) == {"(tokenizer ceiling)", "(random tokens)", "coarse_to_fine"}
+    assert set(rows) == {"(tokenizer ceiling)", "(random tokens)", "(unigram)", "(per-file histograms)",
+                         "coarse_to_fine"}
+    # the held-out set's own frequencies code it in fewer bits than the training set's
+    unigram, histograms = rows["(unigram)"], rows["(per-file histograms)"]
+    assert histograms["bits_per_token"] < unigram["bits_per_token"]
     row = rows["coarse_to_fine"]
+    assert histograms["tokens_per_field"] == unigram["tokens_per_field"] == row["tokens_per_field"]
     # bits per value is the same code length as bits per token, spread over the 4 x 32 x 32 values
     assert row["bits_per_value"] * 4 * 32 * 32 == pytest.approx(row["bits_per_token"] * row["tokens_per_field"])
     assert row["seconds_per_field_cpu"] > 0
-    for r in rows.values():
+    for r in (rows[label] for label in ("(tokenizer ceiling)", "(random tokens)", "coarse_to_fine")):
         assert r["spectrum_error"] >= 0 and r["vorticity_w1"] >= 0 and r["enstrophy_ratio"] > 0
 
 

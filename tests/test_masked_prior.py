@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from conftest import make_tokens as shared_tokens
 from conftest import same_tokens
 
-from dynfield.models.masked_prior import MaskedPrior, grids_to_tokens, level_grids
+from dynfield.models.masked_prior import MaskedPrior, grids_to_tokens, lattice_order, lattice_rounds, level_grids
 from dynfield.models.tokens import Tokens, repeat_cells
 
-TINY = dict(dim=32, depth=2, heads=2, rounds=4)
+TINY = dict(dim=32, depth=2, heads=2, spacing=2)
 
 
 def make_tokens(factors=(2, 4), shape=(10, 18), codebook_size=4, B=3, grain="random", seed=0):
@@ -36,6 +36,42 @@ def test_level_grids_round_trip(factors, shape, grain):
     assert not (grids[0] == 8).any()
     back = grids_to_tokens(grids, factors, shape, 8).validate()
     assert same_tokens(back, t) and back.shape == t.shape
+
+
+def test_lattice_order_is_coarse_first_and_complete():
+    assert lattice_order(1) == [(0, 0)]
+    assert lattice_order(2) == [(0, 0), (1, 1), (0, 1), (1, 0)]
+    order = lattice_order(8)
+    assert sorted(order) == sorted(itertools.product(range(8), repeat=2))
+    # the first 16 offsets are the spacing-4 order, doubled: a coarse lattice before any finer cell
+    assert order[:16] == [(2 * i, 2 * j) for i, j in lattice_order(4)]
+    for r, (i, j) in enumerate(order[1:], start=1):
+        # every new offset has known cells on both sides along a row, a column or a diagonal
+        known = set(order[:r])
+        sides = [((i - a) % 8, (j - b) % 8) in known and ((i + a) % 8, (j + b) % 8) in known
+                 for d in (1, 2, 4) for a, b in ((d, 0), (0, d), (d, d), (d, -d))]
+        assert any(sides), (i, j)
+    rounds = lattice_rounds(5, 6, 4).view(5, 6)
+    assert rounds[0, 0] == 0 and rounds[4, 4] == 0 and rounds[2, 2] == 1 and rounds[1, 0] == 12
+    with pytest.raises(ValueError, match="power of 2"):
+        lattice_order(3)
+
+
+def test_training_states_are_states_of_the_schedule():
+    # the cells known in training are exactly those of the rounds before some round r
+    m = prior(codebook_size=6, spacing=4)
+    t = make_tokens(codebook_size=6, B=64, seed=5)
+    for k, grid in enumerate(level_grids(t)):
+        grid = grid.flatten(1)
+        rounds, _ = m._schedule(k)
+        known = m._train_known(grid, k)
+        assert (known[grid < 0]).all()
+        coded = grid.ge(0) & grid.ne(m.FINER)
+        for b in range(len(grid)):
+            seen, hidden = rounds[known[b] & coded[b]], rounds[~known[b] & coded[b]]
+            if len(seen) and len(hidden):
+                assert seen.max() < hidden.min()
+        assert (~known).any() and (known & coded).any()
 
 
 def test_training_loss_counts_masked_cells_only():
@@ -100,14 +136,15 @@ def test_bits_is_a_complete_code(factors, shape):
     # the code lengths of all valid token sets satisfy Kraft's equality: the
     # prior is a normalised distribution over valid tokens, so the code is
     # achievable and wastes nothing on invalid grain maps
-    m = prior(factors, shape, codebook_size=2, rounds=3)
+    m = prior(factors, shape, codebook_size=2)
     bits = m.bits(all_tokens(factors, shape, 2))
     assert torch.allclose(torch.exp2(-bits).sum(), torch.tensor(1.0, dtype=torch.float64), atol=1e-9)
 
 
 def replay_bits(m, t):
     """Code length recomputed as a decoder would replay it, one sample and one cell at a time."""
-    N, R = m.codebook_size, m.rounds
+    N, a = m.codebook_size, m.config["spacing"]
+    order = lattice_order(a)
     bits = []
     for b in range(t.batch_size):
         grids = [g[b:b + 1] for g in level_grids(t)]
@@ -116,31 +153,27 @@ def replay_bits(m, t):
             H, W = m.grid_shapes[k]
             s = m.factors[-1] // m.factors[k]
             grid = grids[k].flatten()
-            perm = torch.randperm(H * W, generator=torch.Generator().manual_seed(m.seed + k)).tolist()
-            cells = [i for i in perm if grid[i] >= 0]
             known = grid < 0
             region = [(i // W // s, i % W // s) for i in range(H * W)]
             finer = {}  # grain decisions so far, per region
-            done = 0
-            for r in range(R):
-                end = len(cells) - math.floor(len(cells) * math.cos(math.pi / 2 * (r + 1) / R))
+            for offset in order:
+                now = [i for i in range(H * W) if (i // W % a, i % W % a) == offset and not known[i]]
                 with torch.no_grad():
                     logp = m._logits(k, grid[None], known[None], m._context(grids, k))[0].double().log_softmax(-1)
-                for i in cells[done:end]:
+                for i in now:  # raster order inside a round
                     if region[i] not in finer:  # the region's first cell carries its grain
                         total -= logp[i, grid[i]].item()
                         finer[region[i]] = grid[i].item() == N
                     elif not finer[region[i]]:
                         total -= (logp[i, grid[i]] - logp[i, :N].logsumexp(0)).item()
-                for i in cells:
-                    known[i] = known[i] or i in cells[done:end] or finer.get(region[i], False)
-                done = end
+                for i in range(H * W):
+                    known[i] = known[i] or i in now or finer.get(region[i], False)
         bits.append(total / math.log(2))
     return torch.tensor(bits, dtype=torch.float64)
 
 
 def test_bits_deterministic_replayable_and_rebuilt():
-    m = prior(codebook_size=6, rounds=3)
+    m = prior(codebook_size=6)
     t = make_tokens(codebook_size=6, seed=2)
     m.train()
     bits = m.bits(t)
@@ -211,7 +244,7 @@ def test_learns_from_neighbours():
         loss.backward()
         opt.step()
     rate = m.bits(held_out).sum() / held_out.count().sum()
-    assert rate < frequencies - 0.75, (rate, frequencies)
+    assert rate < frequencies / 2, (rate, frequencies)
 
 
 @pytest.mark.parametrize("factors, shape", [((2, 4), (10, 18)), ((2, 4, 8), (16, 24)), ((4,), (12, 8))])
@@ -220,14 +253,30 @@ def test_sample_valid_seeded_and_within_budget(factors, shape):
     calls = []
     m.transformer.register_forward_hook(lambda *args: calls.append(1))
     a = m.sample(5, seed=1).validate()
-    assert len(calls) == len(factors) * m.rounds
+    assert 0 < len(calls) <= len(factors) * m.rounds
     assert a.shape == shape and a.factors == factors and a.batch_size == 5
     assert same_tokens(a, m.sample(5, seed=1))
     assert not same_tokens(a, m.sample(5, seed=2))
-    if len(factors) > 1:  # an untrained prior puts regions at every grain
-        assert len(a.grain.unique()) == len(factors)
     m.sample(5, seed=1, temperature=0.5, top_k=2, top_p=0.8).validate()
     assert m.training  # the mode is restored
+
+
+def test_samples_follow_the_distribution_bits_measures():
+    # one region, coarse (2 token sets) or fine (16): sampling must draw each of
+    # the 18 token sets with probability 2 ** -bits
+    factors, shape, N = (2, 4), (4, 4), 2
+    m = prior(factors, shape, codebook_size=N)
+    with torch.no_grad():
+        m.head.weight.normal_(std=0.5)  # a distribution far from uniform
+    every = all_tokens(factors, shape, N)
+    p = torch.exp2(-m.bits(every))
+    a = m.sample(8000, seed=3)
+    key = lambda t: [tuple(x) for x in torch.cat([t.grain.flatten(1)] + [c.flatten(1) for c in t.codes], 1).tolist()]
+    index = {k: i for i, k in enumerate(key(every))}
+    freq = torch.bincount(torch.tensor([index[k] for k in key(a)]), minlength=len(p)).double() / 8000
+    uniform = torch.full_like(p, 1 / len(p))
+    assert (p - uniform).abs().sum() / 2 > 0.15  # the test can tell distributions apart
+    assert (freq - p).abs().sum() / 2 < 0.04, (freq, p)
 
 
 def test_mismatch_refused():

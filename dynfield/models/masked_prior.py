@@ -9,25 +9,28 @@ so the grain map is coded jointly with the codes. Cells of closed regions are
 context: they show the coarser code that covers them.
 
 One non-causal transformer, shared by the levels, predicts the masked cells of
-a level with context on all sides (MaskGIT), because physical fields have no
-causal scan direction. It is trained on random masks with a cosine masking
-ratio, samples in a few confident-first rounds, and measures an exact code
-length with a fixed reveal schedule that a decoder can replay round by round.
+a level with context on all sides, because physical fields have no causal scan
+direction. The cells are revealed in a fixed interlaced order (Adam7's): a
+sparse lattice first, then the centres of its squares, then the midpoints of
+their edges, halving the step until every cell is known, one round per lattice
+offset. Every cell after the first few rounds has known neighbours on all
+sides, which a raster scan never gives. Training shows the model exactly the
+states that coding meets (the cells of rounds before a random round known, the
+others masked), coding measures an exact code length round by round, and
+sampling draws round by round from the same distribution.
 
-Its attention scores carry a distance penalty, a learned slope per level and
-head times the distance between the two cells (ALiBi, in 2D). Without it a
-masked cell sees its neighbours only once the position tables have learned
-where they are, and until then, which on these tokens outlasts a training
-budget, the prior learns no more than the frequency of each symbol: unlike an
-autoregressive prior, whose newest token sits in the very state that predicts
-the next one, a masked cell holds nothing of its surroundings.
+A masked cell holds nothing of its surroundings, so two things bring them to
+it: a small convolution over the grid of shown symbols (the nearest
+neighbours, at once), and an attention bias of minus a learned slope per level
+and head times the distance between two cells (ALiBi, in 2D), for the rest of
+the grid. Without them the prior learned little more than the frequency of
+each symbol within a training budget.
 
 The grain of a region is decided at one cell: its "lead" cell, the region's
-first revealed cell (in sampling, its most confident revealed cell). The lead
-pays for the grain with the full distribution over codes and FINER; once the
-region is known to carry codes, its other cells pay only for their code (the
-distribution over codes alone), and once it is known to go finer, they are
-all FINER and cost nothing.
+first cell in the reveal order. The lead pays for the grain with the full
+distribution over codes and FINER; once the region is known to carry codes,
+its other cells pay only for their code (the distribution over codes alone),
+and once it is known to go finer, they are all FINER and cost nothing.
 """
 
 import math
@@ -105,11 +108,34 @@ def _grid_distance(H, W, device):
     return torch.cdist(place, place)
 
 
+def lattice_order(spacing):
+    """The offsets (i, j) of a spacing x spacing lattice, coarse first (Adam7's interlace order).
+
+    Each halving of the lattice step adds the centres of the current squares,
+    then the midpoints of their edges: [(0, 0)], then (2, 2), (0, 2), (2, 0),
+    then (1, 1), (3, 3), (1, 3), (3, 1), then the 8 others, for spacing 4.
+    """
+    if spacing < 1 or spacing & (spacing - 1):
+        raise ValueError(f"the lattice spacing must be a power of 2, got {spacing}")
+    order, h = [(0, 0)], spacing // 2
+    while h >= 1:
+        corners = order
+        order = corners + [(i + h, j + h) for i, j in corners]
+        order = order + [(i, j + h) for i, j in corners] + [(i + h, j) for i, j in corners]
+        h //= 2
+    return order
+
+
+def lattice_rounds(H, W, spacing):
+    """(H * W,) long, raster order: the reveal round of each cell, its offset's place in ``lattice_order``."""
+    index = {offset: r for r, offset in enumerate(lattice_order(spacing))}
+    return torch.tensor([index[i % spacing, j % spacing] for i in range(H) for j in range(W)])
+
+
 def _draw(logits_BLV, generator, temperature, top_k, top_p):
-    """Draw one symbol per cell; returns (symbols (B, L), their log-probability (B, L))."""
-    logp = filter_logits(logits_BLV, temperature, top_k, top_p).log_softmax(-1)
-    symbols = torch.multinomial(logp.exp().flatten(0, -2), 1, generator=generator).view(logp.shape[:-1])
-    return symbols, logp.gather(-1, symbols[..., None])[..., 0]
+    """(B, L) symbols, one drawn per cell."""
+    p = filter_logits(logits_BLV, temperature, top_k, top_p).softmax(-1)
+    return torch.multinomial(p.flatten(0, -2), 1, generator=generator).view(p.shape[:-1])
 
 
 class MaskedPrior(nn.Module):
@@ -123,19 +149,17 @@ class MaskedPrior(nn.Module):
     codebook_size : N, the number of codes.
     dim, depth, heads, dropout : size of the transformer; each head of each
         level penalises attention by a learned slope times the distance.
-    rounds : reveal rounds per level, in sampling and in the exact code length.
-    reveal_noise : scale of the Gumbel noise added to the confidence when
-        sampling, annealed linearly to 0 over the rounds (MaskGIT's choice
-        temperature, whose default 4.5 this is); 0 reveals strictly
-        confident-first.
-    seed : seed of the fixed reveal schedule of ``bits``.
+    spacing : step of the coarsest reveal lattice, a power of 2; a level is
+        revealed in spacing ** 2 rounds.
+    neighbourhood : odd size of the convolution that shows each cell its
+        nearest shown symbols.
 
     The constructor arguments are kept in ``self.config`` (JSON-serialisable),
     so ``MaskedPrior(**prior.config)`` rebuilds the module.
     """
 
     def __init__(self, *, order, factors, shape, codebook_size, dim=256, depth=4, heads=4, dropout=0.0,
-                 rounds=8, reveal_noise=4.5, seed=0):
+                 spacing=4, neighbourhood=3):
         super().__init__()
         if order != "bidirectional":
             raise ValueError(f"MaskedPrior implements the 'bidirectional' order, got {order!r}")
@@ -147,19 +171,20 @@ class MaskedPrior(nn.Module):
             raise ValueError(f"codebook_size must be positive, got {codebook_size}")
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be a multiple of heads ({heads})")
-        if rounds < 1:
-            raise ValueError(f"rounds must be at least 1, got {rounds}")
-        if reveal_noise < 0:
-            raise ValueError(f"reveal_noise must be >= 0, got {reveal_noise}")
+        lattice_order(spacing)  # checks the spacing
+        if neighbourhood < 1 or neighbourhood % 2 == 0:
+            raise ValueError(f"neighbourhood must be a positive odd size, got {neighbourhood}")
         self.config = dict(
             order=order, factors=list(factors), shape=list(shape), codebook_size=codebook_size, dim=dim,
-            depth=depth, heads=heads, dropout=dropout, rounds=rounds, reveal_noise=reveal_noise, seed=seed,
+            depth=depth, heads=heads, dropout=dropout, spacing=spacing, neighbourhood=neighbourhood,
         )
         self.factors, self.shape, self.codebook_size = factors, shape, codebook_size
-        self.rounds, self.reveal_noise, self.seed = rounds, reveal_noise, seed
+        self.rounds = spacing ** 2
         f_K = factors[-1]
         self.region_shape = (-(-shape[0] // f_K), -(-shape[1] // f_K))  # (Hc, Wc)
         self.grid_shapes = [(self.region_shape[0] * f_K // f, self.region_shape[1] * f_K // f) for f in factors]
+        for k, (H, W) in enumerate(self.grid_shapes):
+            self.register_buffer(f"rounds_{k}", lattice_rounds(H, W, spacing), persistent=False)
         N, K = codebook_size, len(factors)
         self.FINER, self.MASK = N, N + 1
         self.tok_emb = nn.Embedding(N + 2, dim)  # codes, FINER, MASK
@@ -169,6 +194,7 @@ class MaskedPrior(nn.Module):
         # would; being per level, they also tell the shared transformer which level it predicts.
         self.row_emb = nn.ModuleList(nn.Embedding(H, dim) for H, _ in self.grid_shapes)
         self.col_emb = nn.ModuleList(nn.Embedding(W, dim) for _, W in self.grid_shapes)
+        self.neighbours = nn.Conv2d(dim, dim, neighbourhood, padding=neighbourhood // 2)
         # ALiBi slopes 1, 1/2, 1/4, ... per level: from near neighbours (~1 cell) to most of the grid
         self.locality = nn.Parameter(torch.tensor([2.0 ** -h for h in range(heads)]).repeat(K, 1))
         self.transformer = Transformer(dim, depth, heads, dropout)  # no causal mask: every cell sees every cell
@@ -210,9 +236,12 @@ class MaskedPrior(nn.Module):
         """(B, L, N + 1) logits of every cell of level k, seeing the known cells and the context."""
         symbol, source = context
         inputs = torch.where(known_BL & (grid_BL >= 0), grid_BL, symbol)
+        H, W = self.grid_shapes[k]
         row, col = self.row_emb[k].weight, self.col_emb[k].weight
         place_LD = (row[:, None] + col[None, :]).flatten(0, 1)  # (H * W, dim), raster order of the grid
-        x = self.tok_emb(inputs) + self.src_emb(source) + place_LD
+        shown = self.tok_emb(inputs)
+        near = self.neighbours(shown.transpose(1, 2).unflatten(2, (H, W))).flatten(2).transpose(1, 2)
+        x = shown + near + self.src_emb(source) + place_LD
         logits = self.head(self.transformer(x, self._distance_bias(k, x.device)))
         if k == 0:  # every open region of the finest level carries codes
             logits = logits.masked_fill(torch.arange(self.FINER + 1, device=logits.device) == self.FINER, -math.inf)
@@ -222,35 +251,39 @@ class MaskedPrior(nn.Module):
         """(heads, L, L) additive attention bias of level k: minus each head's slope times the cell distance."""
         return -self.locality[k][:, None, None] * _grid_distance(*self.grid_shapes[k], device)
 
-    def _still_masked(self, n_open, r):
-        """Cells (like n_open) still masked after round r of the cosine schedule; 0 after the last."""
-        return (n_open.double() * math.cos(math.pi / 2 * (r + 1) / self.rounds)).floor().long()
+    def _schedule(self, k):
+        """The fixed reveal schedule of level k: (round (L,) of each cell, lead (L,) bool).
 
-    def _train_masked(self, grid, k):
-        """(B, H, W) bool: a random mask over the open cells of the level-k grid.
-
-        A cosine-distributed fraction of the open cells is masked (MaskGIT). A
-        FINER region is masked whole or not at all, as in decoding, where its
-        first revealed cell reveals all of it.
+        A region's lead is its first cell in the reveal order (round, then
+        raster place); it carries the region's grain decision.
         """
-        B = grid.shape[0]
-        is_open = grid >= 0
-        n_open = is_open.flatten(1).sum(1)
-        ratio = torch.cos(math.pi / 2 * torch.rand(B, device=grid.device))
-        n_mask = (ratio * n_open).ceil().long()
-        score = torch.rand(grid.shape, device=grid.device).masked_fill(~is_open, -1.0)
-        rank = score.flatten(1).argsort(1, descending=True).argsort(1).view_as(grid)
-        masked = rank < n_mask[:, None, None]
+        H, W = self.grid_shapes[k]
         s = self.factors[-1] // self.factors[k]
-        whole = repeat_cells(_regions(masked, s).all(-1), s)
-        return torch.where(grid == self.FINER, whole, masked)
+        rounds = getattr(self, f"rounds_{k}")
+        position = rounds * (H * W) + torch.arange(H * W, device=rounds.device)
+        first = _regions(position.view(1, H, W), s).argmin(-1)
+        return rounds, _cells(F.one_hot(first, s * s).bool(), s).flatten()
+
+    def _train_known(self, grid_BL, k):
+        """(B, L) bool: the cells known at a random round r of the schedule, one r per sample.
+
+        Exactly a state that coding meets: the closed cells, the cells of rounds
+        before r, and every cell of a FINER region whose lead (its first round)
+        comes before r.
+        """
+        rounds, _ = self._schedule(k)
+        r = torch.randint(self.rounds, (grid_BL.shape[0], 1), device=grid_BL.device)
+        s = self.factors[-1] // self.factors[k]
+        lead_round = repeat_cells(_regions(rounds.view(1, *self.grid_shapes[k]), s).amin(-1), s).flatten()
+        return (grid_BL < 0) | torch.where(grid_BL == self.FINER, lead_round < r, rounds < r)
 
     def forward(self, tokens):
-        """Training objective (random masks) in training mode, the exact code length in eval mode.
+        """Training objective (a random round of the schedule) in training mode, the exact code length in eval mode.
 
         In training mode, loss and parts are nats per masked cell and bits the
-        masked cells' bits per sample; in eval mode they are the exact code
-        length of ``bits``, per token of ``tokens.count()`` and per sample.
+        masked cells' bits per sample; a FINER cell is a cell, so these are per
+        cell, not per token. In eval mode they are the exact code length of
+        ``bits``, per token of ``tokens.count()`` and per sample.
         parts = {"grain": the grain decisions, "code": the codes}; they sum to loss.
         """
         grids = self._level_grids(tokens)
@@ -259,13 +292,12 @@ class MaskedPrior(nn.Module):
             grain = code = 0.0
             n_predicted = 0
             for k in reversed(range(self.num_levels)):
-                masked = self._train_masked(grids[k], k).flatten(1)
                 grid = grids[k].flatten(1)
-                logits = self._logits(k, grid, ~masked, self._context(grids, k))
-                g, c = _split_nll(logits, grid)
-                grain = grain + torch.where(masked, g, 0.0).sum(1)
-                code = code + torch.where(masked, c, 0.0).sum(1)
-                n_predicted = n_predicted + masked.sum()
+                known = self._train_known(grid, k)
+                g, c = _split_nll(self._logits(k, grid, known, self._context(grids, k)), grid)
+                grain = grain + torch.where(known, 0.0, g).sum(1)
+                code = code + torch.where(known, 0.0, c).sum(1)
+                n_predicted = n_predicted + (~known).sum()
         else:
             grain, code = (x.float() for x in self._code_length(grids))
             n_predicted = count.sum()
@@ -276,30 +308,6 @@ class MaskedPrior(nn.Module):
             bits=(grain + code) / math.log(2),
             count=count,
         )
-
-    def _schedule(self, k, open_BL):
-        """The fixed reveal schedule of level k: it depends only on the open cells.
-
-        Returns
-        -------
-        lead : (L,) bool, per region the cell that comes first in the level's
-            seeded permutation; it carries the region's grain decision.
-        round : (B, L) long, the round in which each open cell is revealed: the
-            open cells, in permutation order, split by the cosine schedule.
-        """
-        H, W = self.grid_shapes[k]
-        s = self.factors[-1] // self.factors[k]
-        # drawn on the CPU, so the schedule is the same on every device
-        perm = torch.randperm(H * W, generator=torch.Generator().manual_seed(self.seed + k)).to(open_BL.device)
-        position = torch.empty_like(perm)
-        position[perm] = torch.arange(H * W, device=perm.device)
-        first = _regions(position.view(1, H, W), s).argmin(-1)
-        lead = _cells(F.one_hot(first, s * s).bool(), s).flatten()
-        rank = torch.empty_like(open_BL, dtype=torch.long)
-        rank[:, perm] = open_BL[:, perm].long().cumsum(1) - 1  # rank among the open cells
-        n_open = open_BL.sum(1, keepdim=True)
-        rounds = sum((rank >= n_open - self._still_masked(n_open, r)).long() for r in range(self.rounds))
-        return lead, rounds
 
     def _code_length(self, grids):
         """Exact code length of the level grids, in nats: (grain (B,), code (B,)) float64.
@@ -313,13 +321,15 @@ class MaskedPrior(nn.Module):
         for k in reversed(range(self.num_levels)):
             s = self.factors[-1] // self.factors[k]
             grid = grids[k].flatten(1)
-            is_open, finer = grid >= 0, grid == self.FINER
-            lead, rounds = self._schedule(k, is_open)
+            finer = grid == self.FINER
+            rounds, lead = self._schedule(k)
             context = self._context(grids, k)
-            known = ~is_open
+            known = grid < 0
             for r in range(self.rounds):
-                g, c = _split_nll(self._logits(k, grid, known, context).double(), grid)
                 now = ~known & (rounds == r)
+                if not now.any():
+                    continue
+                g, c = _split_nll(self._logits(k, grid, known, context).double(), grid)
                 grain = grain + torch.where(now & lead, g, 0.0).sum(1)
                 code = code + torch.where(now & ~finer, c, 0.0).sum(1)
                 # a lead revealed FINER reveals its whole region
@@ -337,13 +347,13 @@ class MaskedPrior(nn.Module):
 
     @torch.no_grad()
     def sample(self, n, *, seed=0, temperature=1.0, top_k=None, top_p=None):
-        """Draw `n` token sets, level by level, each level in ``rounds`` confident-first rounds.
+        """Draw `n` token sets, level by level, round by round of the reveal schedule.
 
-        In round r every masked cell draws a symbol; the most confident ones are
-        kept, as many as the cosine schedule reveals, the others masked again.
-        An undecided region takes its grain from its most confident revealed
-        cell: FINER reveals the whole region as FINER, a code makes its other
-        cells draw among codes only. Returns valid Tokens on the module's device.
+        A region's lead cell draws among codes and FINER (FINER makes the whole
+        region FINER); every later cell of a coded region draws among codes. At
+        temperature 1 without filtering the samples follow the very
+        distribution whose code length ``bits`` measures. Returns valid Tokens
+        on the module's device.
         """
         if n < 1:
             raise ValueError(f"n must be positive, got {n}")
@@ -354,43 +364,26 @@ class MaskedPrior(nn.Module):
     def _sample(self, n, seed, temperature, top_k, top_p):
         device = self.head.weight.device
         generator = torch.Generator(device).manual_seed(seed)
-        N, K, R = self.codebook_size, self.num_levels, self.rounds
+        N, K = self.codebook_size, self.num_levels
         grids = [None] * K
         open_regions = torch.ones(n, *self.region_shape, dtype=torch.bool, device=device)
         for k in reversed(range(K)):
             s = self.factors[-1] // self.factors[k]
             H, W = self.grid_shapes[k]
-            is_open = repeat_cells(open_regions, s).flatten(1)
-            grid = torch.full((n, H * W), -1, dtype=torch.long, device=device)
-            grids[k] = grid.view(n, H, W)
-            context = self._context(grids, k)
-            known = ~is_open
-            coded = torch.full_like(open_regions, k == 0)  # regions known to carry codes at this level
-            n_open = is_open.sum(1)
-            for r in range(R):
+            grid = torch.where(repeat_cells(open_regions, s), self.MASK, -1).flatten(1)
+            rounds, lead = self._schedule(k)
+            context = self._context([*grids[:k], grid.view(n, H, W), *grids[k + 1:]], k)
+            known = grid < 0
+            for r in range(self.rounds):
+                now = ~known & (rounds == r)
+                if not now.any():
+                    continue
                 logits = self._logits(k, grid, known, context).float()
-                coded_cells = repeat_cells(coded, s).flatten(1)
-                logits[..., N] = logits[..., N].masked_fill(coded_cells, -math.inf)
-                symbol, logp = _draw(logits, generator, temperature, top_k, top_p)
-                code_symbol, _ = _draw(logits[..., :N], generator, temperature, top_k, top_p)
-                # MaskGIT's confidence: the drawn symbol's log-probability, plus annealed Gumbel noise
-                uniform = torch.rand(logp.shape, generator=generator, device=device).clamp(min=1e-20)
-                noise = -torch.log(-torch.log(uniform)) * self.reveal_noise * (1 - (r + 1) / R)
-                confidence = (logp + noise).masked_fill(known, -math.inf)
-                n_reveal = (~known).sum(1) - self._still_masked(n_open, r)
-                rank = confidence.argsort(1, descending=True).argsort(1)
-                reveal = ~known & (rank < n_reveal[:, None])
-                # an undecided region's most confident revealed cell leads: it decides the grain
-                candidate = reveal & ~coded_cells
-                region_conf = _regions(confidence.masked_fill(~candidate, -math.inf).view(n, H, W), s)
-                decides = _regions(candidate.view(n, H, W), s).any(-1)
-                lead = _cells(F.one_hot(region_conf.argmax(-1), s * s).bool() & decides[..., None], s).flatten(1)
-                drawn = torch.where(lead, symbol, code_symbol)
-                lead_symbol = _regions(torch.where(lead, symbol, -1).view(n, H, W), s).amax(-1)
-                coded = coded | (decides & (lead_symbol < N))
-                finer_cells = repeat_cells(decides & (lead_symbol == N), s).flatten(1)
-                grid = torch.where(finer_cells, N, torch.where(reveal, drawn, grid))
-                known = known | reveal | finer_cells
-                grids[k] = grid.view(n, H, W)
+                drawn = torch.where(lead, _draw(logits, generator, temperature, top_k, top_p),
+                                    _draw(logits[..., :N], generator, temperature, top_k, top_p))
+                finer = repeat_cells(_regions((now & lead & (drawn == N)).view(n, H, W), s).any(-1), s).flatten(1)
+                grid = torch.where(finer, N, torch.where(now, drawn, grid))
+                known = known | now | finer
+            grids[k] = grid.view(n, H, W)
             open_regions = _regions(grids[k], s).eq(N).all(-1)
         return grids_to_tokens(grids, self.factors, self.shape, N)
