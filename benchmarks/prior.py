@@ -20,8 +20,9 @@ likelihood: the unigram rate (the held-out tokens under the training tokens'
 frequencies, the rate of a prior that learned no context; the training tokens
 are the prior run's ``tokens.pt``) and per-file histograms (the held-out tokens
 under their own frequencies, as the codec stores them without a prior; the
-histograms' own bytes are not counted, so this row flatters them). Writes ``prior.json`` and
-``prior.png`` (spectra, log-log; vorticity PDFs, log-y) into ``--out``.
+histograms' own bytes are not counted, so this row flatters them). Writes
+``prior.json`` and ``prior.png`` (spectra, log-log; vorticity PDFs, log-y)
+into ``--out``.
 
     python benchmarks/prior.py --tokenizer RUN/tokenizer.pt \\
         --priors RUNS/prior_coarse_to_fine/prior.pt RUNS/prior_raster/prior.pt RUNS/prior_bidirectional/prior.pt \\
@@ -39,7 +40,8 @@ from provenance import machine  # benchmarks/provenance.py
 
 from dynfield import checkpoint, physics
 from dynfield.analysis import channel_roles, load_fields
-from dynfield.codec.entropy import FieldTokens, TokenCounts, TokenModel, token_information_bits
+from dynfield.codec.entropy import TokenCounts, TokenModel, token_information_bits
+from dynfield.codec.field import tokens_to_numpy
 from dynfield.data import denormalise
 from dynfield.data.turbulence import HELD_OUT_SEED
 from dynfield.evaluation import prior_code_length, unigram_code_length
@@ -76,8 +78,7 @@ def likelihood_references(train, held_out, tokenizer, values_per_field):
     split = {"grain": torch.cat([t.grain for t in held_out]),
              "codes": [torch.cat(level) for level in zip(*(t.codes for t in held_out))]}
     count = sum(int(t.count().sum()) for t in held_out)
-    fields = [FieldTokens(t.grain[b].numpy(), t.depth[b].numpy(), [c[b][None].numpy() for c in t.codes])
-              for t in held_out for b in range(t.batch_size)]
+    fields = [f for t in held_out for f in tokens_to_numpy(t)]
     counts = TokenCounts(len(factors), N)
     for f in fields:
         counts.add(f, factors)
