@@ -14,7 +14,9 @@ direction. The cells are revealed in a fixed interlaced order (Adam7's): a
 sparse lattice first, then the centres of its squares, then the midpoints of
 their edges, halving the step until every cell is known, one round per lattice
 offset. Every cell after the first few rounds has known neighbours on all
-sides, which a raster scan never gives. Training shows the model exactly the
+sides, which a raster scan never gives. The coarsest level, which sees no
+coarser one, reveals its sparse lattice in the same order again, down to a
+single cell, so that no two of its cells are drawn blind of each other. Training shows the model exactly the
 states that coding meets (the cells of rounds before a random round known, the
 others masked), coding measures an exact code length round by round, and
 sampling draws round by round from the same distribution.
@@ -40,6 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .prior import PriorOutput, Transformer, check_sampling, evaluating, filter_logits
+from .reveal import lattice_order, lattice_rounds
 from .tokens import Tokens, check_factors, repeat_cells
 
 
@@ -108,30 +111,6 @@ def _grid_distance(H, W, device):
     return torch.cdist(place, place)
 
 
-def lattice_order(spacing):
-    """The offsets (i, j) of a spacing x spacing lattice, coarse first (Adam7's interlace order).
-
-    Each halving of the lattice step adds the centres of the current squares,
-    then the midpoints of their edges: [(0, 0)], then (2, 2), (0, 2), (2, 0),
-    then (1, 1), (3, 3), (1, 3), (3, 1), then the 8 others, for spacing 4.
-    """
-    if spacing < 1 or spacing & (spacing - 1):
-        raise ValueError(f"the lattice spacing must be a power of 2, got {spacing}")
-    order, h = [(0, 0)], spacing // 2
-    while h >= 1:
-        corners = order
-        order = corners + [(i + h, j + h) for i, j in corners]
-        order = order + [(i, j + h) for i, j in corners] + [(i + h, j) for i, j in corners]
-        h //= 2
-    return order
-
-
-def lattice_rounds(H, W, spacing):
-    """(H * W,) long, raster order: the reveal round of each cell, its offset's place in ``lattice_order``."""
-    index = {offset: r for r, offset in enumerate(lattice_order(spacing))}
-    return torch.tensor([index[i % spacing, j % spacing] for i in range(H) for j in range(W)])
-
-
 def _draw(logits_BLV, generator, temperature, top_k, top_p):
     """(B, L) symbols, one drawn per cell."""
     p = filter_logits(logits_BLV, temperature, top_k, top_p).softmax(-1)
@@ -149,8 +128,9 @@ class MaskedPrior(nn.Module):
     codebook_size : N, the number of codes.
     dim, depth, heads, dropout : size of the transformer; each head of each
         level penalises attention by a learned slope times the distance.
-    spacing : step of the coarsest reveal lattice, a power of 2; a level is
-        revealed in spacing ** 2 rounds.
+    spacing : step of the reveal lattice, a power of 2; a level is revealed in
+        spacing ** 2 rounds, the coarsest in more (its lattice is nested, as
+        it has no coarser level to see).
     neighbourhood : odd size of the convolution that shows each cell its
         nearest shown symbols.
 
@@ -179,12 +159,14 @@ class MaskedPrior(nn.Module):
             depth=depth, heads=heads, dropout=dropout, spacing=spacing, neighbourhood=neighbourhood,
         )
         self.factors, self.shape, self.codebook_size = factors, shape, codebook_size
-        self.rounds = spacing ** 2
         f_K = factors[-1]
         self.region_shape = (-(-shape[0] // f_K), -(-shape[1] // f_K))  # (Hc, Wc)
         self.grid_shapes = [(self.region_shape[0] * f_K // f, self.region_shape[1] * f_K // f) for f in factors]
+        self.level_rounds = []  # number of rounds of each level
         for k, (H, W) in enumerate(self.grid_shapes):
-            self.register_buffer(f"rounds_{k}", lattice_rounds(H, W, spacing), persistent=False)
+            rounds = lattice_rounds(H, W, spacing, nested=k == len(factors) - 1)
+            self.register_buffer(f"rounds_{k}", rounds, persistent=False)
+            self.level_rounds.append(int(rounds.max()) + 1)
         N, K = codebook_size, len(factors)
         self.FINER, self.MASK = N, N + 1
         self.tok_emb = nn.Embedding(N + 2, dim)  # codes, FINER, MASK
@@ -272,7 +254,7 @@ class MaskedPrior(nn.Module):
         comes before r.
         """
         rounds, _ = self._schedule(k)
-        r = torch.randint(self.rounds, (grid_BL.shape[0], 1), device=grid_BL.device)
+        r = torch.randint(self.level_rounds[k], (grid_BL.shape[0], 1), device=grid_BL.device)
         s = self.factors[-1] // self.factors[k]
         lead_round = repeat_cells(_regions(rounds.view(1, *self.grid_shapes[k]), s).amin(-1), s).flatten()
         return (grid_BL < 0) | torch.where(grid_BL == self.FINER, lead_round < r, rounds < r)
@@ -325,7 +307,7 @@ class MaskedPrior(nn.Module):
             rounds, lead = self._schedule(k)
             context = self._context(grids, k)
             known = grid < 0
-            for r in range(self.rounds):
+            for r in range(self.level_rounds[k]):
                 now = ~known & (rounds == r)
                 if not now.any():
                     continue
@@ -374,7 +356,7 @@ class MaskedPrior(nn.Module):
             rounds, lead = self._schedule(k)
             context = self._context([*grids[:k], grid.view(n, H, W), *grids[k + 1:]], k)
             known = grid < 0
-            for r in range(self.rounds):
+            for r in range(self.level_rounds[k]):
                 now = ~known & (rounds == r)
                 if not now.any():
                     continue
