@@ -252,6 +252,16 @@ def diagonal_tokens(B, factors, shape, N, seed):
     return Tokens(grain, codes, factors, shape, N).validate()
 
 
+def train_on_diagonals(m, steps):
+    """Fit prior `m` to fresh diagonal tokens of its own factors and shape, 16 fields a step."""
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3, weight_decay=0.0)
+    for step in range(steps):
+        loss = m(diagonal_tokens(16, m.factors, m.shape, m.codebook_size, seed=step)).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 def test_learns_from_neighbours():
     # Without a locality bias the prior stayed at the symbol frequencies here
     # (3.40 bit/token after 150 steps): its cells found their neighbours too late.
@@ -260,12 +270,7 @@ def test_learns_from_neighbours():
     held_out = diagonal_tokens(16, factors, shape, N, seed=999)
     # what knowing only the frequencies costs: log2(N) per code, a uniform grain per region
     frequencies = (math.log2(N) + held_out.grain[0].numel() * math.log2(len(factors)) / held_out.count()).mean()
-    opt = torch.optim.AdamW(m.parameters(), lr=3e-3, weight_decay=0.0)
-    for step in range(150):
-        loss = m(diagonal_tokens(16, factors, shape, N, seed=step)).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_on_diagonals(m, 150)
     rate = m.bits(held_out).sum() / held_out.count().sum()
     assert rate < frequencies / 2, (rate, frequencies)
 
@@ -277,12 +282,7 @@ def test_samples_keep_one_phase_across_the_field():
     # the nested lattice draws one cell first and the rest follow it.
     factors, shape, N = (4,), (32, 32), 8
     m = prior(factors, shape, codebook_size=N)
-    opt = torch.optim.AdamW(m.parameters(), lr=3e-3, weight_decay=0.0)
-    for step in range(400):
-        loss = m(diagonal_tokens(16, factors, shape, N, seed=step)).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_on_diagonals(m, 400)
     codes = m.sample(64, seed=0).codes[0]
     phase = (codes - torch.arange(8)[:, None] - torch.arange(8)) % N
     agree = torch.stack([torch.bincount(p.flatten(), minlength=N).max() for p in phase]) / 64
