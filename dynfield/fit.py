@@ -10,10 +10,11 @@ field's jump across its edges against its steps inside), and trains the
 rate-ladder tokenizer (``conf/experiment/ladder.yaml``: two grain levels,
 four residual stages, every fine ratio and depth in training, MSE) for
 ``--minutes`` of training steps, with a progress bar, holding out the last
-tenth of the samples (or time steps) for validation. The checkpoint is written to ``--out`` (atomically), its
-provenance (command, data, variables, steps, time, validation figures)
-beside it as ``<out>.json``. ``--set`` passes any training option on (the
-keys of ``python -m dynfield.train``'s config).
+tenth of the samples (or time steps) for validation. The checkpoint is
+written to ``--out`` (atomically), its provenance (command, data,
+variables, steps, time, validation figures) beside it as ``<out>.json``.
+``--set`` passes any training option on (the keys of ``python -m
+dynfield.train``'s config).
 """
 
 import argparse

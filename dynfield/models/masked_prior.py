@@ -16,10 +16,11 @@ their edges, halving the step until every cell is known, one round per lattice
 offset. Every cell after the first few rounds has known neighbours on all
 sides, which a raster scan never gives. The coarsest level, which sees no
 coarser one, reveals its sparse lattice in the same order again, down to a
-single cell, so that no two of its cells are drawn blind of each other. Training shows the model exactly the
-states that coding meets (the cells of rounds before a random round known, the
-others masked), coding measures an exact code length round by round, and
-sampling draws round by round from the same distribution.
+single cell, so that no two of its cells are drawn blind of each other.
+Training shows the model exactly the states that coding meets (the cells of
+rounds before a random round known, the others masked), coding measures an
+exact code length round by round, and sampling draws round by round from the
+same distribution.
 
 A masked cell holds nothing of its surroundings, so two things bring them to
 it: a small convolution over the grid of shown symbols (the nearest

@@ -28,8 +28,8 @@ def lattice_rounds(H, W, spacing, nested=False):
     first round reveals the whole coarsest lattice at once. Nested, that
     lattice is itself revealed in the same order on its own grid, recursively
     down to a single cell, before the other offsets: no two cells are ever
-    drawn blind of each other, so structure larger than the lattice step
-    (a mean flow, its phase) is decided once and then followed.
+    drawn blind of each other, so that structure larger than the lattice step
+    (a mean flow, its phase) can be decided once and then followed.
     """
     index = {offset: r for r, offset in enumerate(lattice_order(spacing))}
     rounds = torch.tensor([[index[i % spacing, j % spacing] for j in range(W)] for i in range(H)])
