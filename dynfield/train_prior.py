@@ -21,19 +21,31 @@ from .training import MetricLogger, autocast_for, open_splits, resume, run_progr
 
 
 # Keys of the `prior` config that set up stage 2 instead of going to the prior's constructor.
-PRIOR_SETTINGS = ("fine_ratio", "augment_passes", "train")
+PRIOR_SETTINGS = ("fine_ratio", "augment_passes", "train", "code_features")
 
 
-def build_prior(cfg_prior, tokenizer, shape):
-    """The prior of a `prior` config, for the tokens `tokenizer` makes of (H, W) = `shape` fields."""
+def build_prior(cfg_prior, tokenizer, shape, periodic=False):
+    """The prior of a `prior` config, for the tokens `tokenizer` makes of (H, W) = `shape` fields.
+
+    The bidirectional prior also learns whether the fields wrap around
+    (`periodic`) and, with ``code_features``, sees the tokenizer's code vectors.
+    """
     masked = cfg_prior["_target_"].endswith("MaskedPrior")
     if (cfg_prior.get("order") == "bidirectional") != masked:
         raise ValueError(f"prior.order={cfg_prior.get('order')} does not go with {cfg_prior['_target_']}: choose the "
                          f"order with the config group, prior=coarse_to_fine, prior=raster or prior=bidirectional")
+    code_features = bool(cfg_prior.get("code_features", False))
     args = OmegaConf.masked_copy(cfg_prior, [k for k in cfg_prior if k not in PRIOR_SETTINGS])
+    codebook = tokenizer.quantizer.stages[0].embed  # the priors model the first stage's codes
+    extra = dict(code_dim=codebook.shape[1] if code_features else 0)
+    if masked:
+        extra["periodic"] = bool(periodic)
     # _convert_="all": the prior's config must hold plain lists, never OmegaConf containers
-    return instantiate(args, _convert_="all", factors=list(tokenizer.factors), shape=list(shape),
-                       codebook_size=tokenizer.config["codebook_size"])
+    prior = instantiate(args, _convert_="all", factors=list(tokenizer.factors), shape=list(shape),
+                        codebook_size=tokenizer.config["codebook_size"], **extra)
+    if code_features:
+        (prior.tok_emb if masked else prior.code_emb).set_vectors(codebook)
+    return prior
 
 
 @torch.no_grad()
@@ -132,7 +144,7 @@ def train_prior(cfg, run_dir, device, rank, world):
     train_split, val_split = tokens["train"], tokens["val"]
     unigram = unigram_code_length(train_split, val_split, len(tokenizer.factors), tokenizer.config["codebook_size"])
 
-    prior = build_prior(pcfg, tokenizer, shape).to(device)
+    prior = build_prior(pcfg, tokenizer, shape, periodic).to(device)
     opt = torch.optim.AdamW(prior.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay, betas=(0.9, 0.95))
     n_train = len(train_split["grain"])
     steps_per_epoch = n_train // tcfg.batch_size

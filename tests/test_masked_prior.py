@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from conftest import make_tokens as shared_tokens
 from conftest import same_tokens
 
-from dynfield.models.masked_prior import MaskedPrior, grids_to_tokens, level_grids
+from dynfield.models.masked_prior import MaskedPrior, _grid_distance, grids_to_tokens, level_grids
 from dynfield.models.reveal import lattice_order, lattice_rounds
 from dynfield.models.tokens import Tokens, repeat_cells
 
@@ -195,8 +195,11 @@ def replay_bits(m, t):
     return torch.tensor(bits, dtype=torch.float64)
 
 
-def test_bits_deterministic_replayable_and_rebuilt():
-    m = prior(codebook_size=6)
+@pytest.mark.parametrize("extra", [{}, {"code_dim": 3, "periodic": True}])
+def test_bits_deterministic_replayable_and_rebuilt(extra):
+    m = prior(codebook_size=6, **extra)
+    if extra:
+        m.tok_emb.set_vectors(torch.randn(6, 3))
     t = make_tokens(codebook_size=6, seed=2)
     m.train()
     bits = m.bits(t)
@@ -273,6 +276,54 @@ def test_learns_from_neighbours():
     train_on_diagonals(m, 150)
     rate = m.bits(held_out).sum() / held_out.count().sum()
     assert rate < frequencies / 2, (rate, frequencies)
+
+
+def test_distances_wrap_around_on_periodic_grids():
+    # cells (0, 0) and (0, W - 1) of an (H, W) = (4, 6) grid: 5 apart on the
+    # plane, neighbours on the torus; (0, 0) and (2, 3) are as far apart as the torus allows
+    plane, torus = (_grid_distance(4, 6, "cpu", periodic) for periodic in (False, True))
+    assert plane[0, 5] == 5 and torus[0, 5] == 1
+    assert torus[0, 2 * 6 + 3] == plane[0, 2 * 6 + 3] == torus.max() == math.hypot(2, 3)
+    assert torch.equal(torus, torus.T)
+
+
+def wave_tokens(B, shape, levels, seed):
+    """One-level tokens (factor 4) of plane waves, a random direction and phase per field, quantised to
+    `levels` values: the code of a cell is ``levels[value]``, so its id says nothing of its value."""
+    g = torch.Generator().manual_seed(seed)
+    theta, phase = (torch.rand(B, 1, 1, generator=g) * 2 * math.pi for _ in range(2))
+    H, W = shape[0] // 4, shape[1] // 4
+    y, x = torch.arange(H)[:, None] + 0.5, torch.arange(W) + 0.5
+    value = torch.sin(2 * math.pi * (y * theta.cos() + x * theta.sin()) / 6 + phase)
+    level = ((value + 1) / 2 * len(levels)).long().clamp(0, len(levels) - 1)
+    return Tokens(torch.zeros(B, H, W, dtype=torch.long), [levels[level]], (4,), shape, len(levels)).validate()
+
+
+def test_code_vectors_teach_what_codes_have_in_common():
+    # 256 codes stand for the values of smooth waves, in shuffled order. With
+    # free embeddings the prior must learn code by code which codes are close;
+    # given vectors in which close values are close (Fourier features of the
+    # value), it knows from the start. 50 steps: 7.7 bit/token without the
+    # vectors, 6.5 with them (log2 256 = 8).
+    shape, N = (32, 32), 256
+    levels = torch.randperm(N, generator=torch.Generator().manual_seed(0))
+    value = torch.empty(N)
+    value[levels] = (torch.arange(N) + 0.5) / N
+    phase = value[:, None] * torch.arange(1, 9) * math.pi
+    held_out = wave_tokens(16, shape, levels, seed=999)
+    rates = {}
+    for code_dim in (0, 16):
+        m = prior((4,), shape, codebook_size=N, code_dim=code_dim)
+        if code_dim:
+            m.tok_emb.set_vectors(torch.cat([phase.cos(), phase.sin()], 1))
+        opt = torch.optim.AdamW(m.parameters(), lr=3e-3, weight_decay=0.0)
+        for step in range(50):
+            loss = m(wave_tokens(16, shape, levels, seed=step)).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        rates[code_dim] = (m.bits(held_out).sum() / held_out.count().sum()).item()
+    assert rates[16] < 0.9 * rates[0], rates
 
 
 def test_samples_keep_one_phase_across_the_field():

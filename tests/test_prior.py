@@ -78,7 +78,8 @@ def test_cached_sampling_draws_exactly_what_rerunning_the_prefix_draws(order, fa
 
 
 def test_samples_are_valid_seeded_and_the_config_rebuilds_the_prior():
-    prior = tiny("coarse_to_fine", (2, 4, 8), dropout=0.1).train()
+    prior = tiny("coarse_to_fine", (2, 4, 8), dropout=0.1, code_dim=3).train()
+    prior.code_emb.set_vectors(torch.randn(32, 3))  # saved with the weights
     tokens = prior.sample(5, seed=3)
     assert prior.training  # sampling leaves the mode alone
     assert tokens.validate().shape == SHAPE and tokens.factors == (2, 4, 8) and tokens.batch_size == 5
@@ -90,10 +91,13 @@ def test_samples_are_valid_seeded_and_the_config_rebuilds_the_prior():
 
 
 @pytest.mark.parametrize(
-    "order, factors", [("coarse_to_fine", (4, 8)), ("coarse_to_fine", (2, 4, 8)), ("raster", (4, 8))]
+    "order, factors, code_dim",
+    [("coarse_to_fine", (4, 8), 0), ("coarse_to_fine", (2, 4, 8), 0), ("raster", (4, 8), 0), ("raster", (4, 8), 5)],
 )
-def test_bits_is_the_sum_of_the_step_costs_and_deterministic(order, factors):
-    prior = tiny(order, factors, dropout=0.2).train()  # bits runs in eval mode whatever the module's mode
+def test_bits_is_the_sum_of_the_step_costs_and_deterministic(order, factors, code_dim):
+    prior = tiny(order, factors, dropout=0.2, code_dim=code_dim).train()  # bits runs in eval mode regardless
+    if code_dim:
+        prior.code_emb.set_vectors(torch.randn(32, code_dim))
     tokens = make_tokens("random", factors)
     bits = prior.bits(tokens)
     assert bits.dtype == torch.float64 and torch.equal(bits, prior.bits(tokens)) and prior.training

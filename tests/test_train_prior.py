@@ -144,6 +144,12 @@ def test_an_order_that_does_not_fit_the_prior_class_says_which_config_to_use():
     for order in ORDERS:
         cfg = compose_config(["stage=prior", f"prior={order}", "prior.dim=16", "prior.depth=2", "prior.heads=1"])
         assert build_prior(cfg.prior, tokenizer, (16, 16)).config["order"] == order
+        # with code features the prior holds the tokenizer's 16 code vectors of size 8, one per code
+        cfg.prior.code_features = True
+        prior = build_prior(cfg.prior, tokenizer, (16, 16), periodic=True)
+        vectors = (prior.tok_emb if order == "bidirectional" else prior.code_emb).vectors
+        assert prior.config["code_dim"] == 8 and vectors.shape == (16, 8) and torch.unique(vectors, dim=0).shape[0] == 16
+        assert prior.config.get("periodic", True)  # the bidirectional prior takes the fields' periodicity
 
 
 @pytest.mark.slow

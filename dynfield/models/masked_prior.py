@@ -42,6 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .code_embedding import CodeEmbedding
 from .prior import PriorOutput, Transformer, check_sampling, evaluating, filter_logits
 from .reveal import lattice_order, lattice_rounds
 from .tokens import Tokens, check_factors, repeat_cells
@@ -105,11 +106,14 @@ def _split_nll(logits_BLV, target_BL):
     return grain, code
 
 
-def _grid_distance(H, W, device):
-    """(H * W, H * W) distance in cells between the cells of an (H, W) grid, raster order."""
+def _grid_distance(H, W, device, periodic=False):
+    """(H * W, H * W) distance in cells between the cells of an (H, W) grid, raster order; on the torus if periodic."""
     rows, cols = torch.meshgrid(torch.arange(H, device=device), torch.arange(W, device=device), indexing="ij")
     place = torch.stack([rows.flatten(), cols.flatten()], -1).float()
-    return torch.cdist(place, place)
+    step = (place[:, None] - place[None]).abs()
+    if periodic:
+        step = torch.minimum(step, torch.tensor([H, W], device=device) - step)
+    return step.square().sum(-1).sqrt()
 
 
 def _draw(logits_BLV, generator, temperature, top_k, top_p):
@@ -134,13 +138,18 @@ class MaskedPrior(nn.Module):
         it has no coarser level to see).
     neighbourhood : odd size of the convolution that shows each cell its
         nearest shown symbols.
+    code_dim : size of the tokenizer's code vectors that the symbol embedding
+        and the output see (``CodeEmbedding``; set them with
+        ``tok_emb.set_vectors``); 0 for free code embeddings alone.
+    periodic : the fields wrap around: neighbours and distances are taken on
+        the torus of cells.
 
     The constructor arguments are kept in ``self.config`` (JSON-serialisable),
     so ``MaskedPrior(**prior.config)`` rebuilds the module.
     """
 
     def __init__(self, *, order, factors, shape, codebook_size, dim=256, depth=4, heads=4, dropout=0.0,
-                 spacing=4, neighbourhood=3):
+                 spacing=4, neighbourhood=3, code_dim=0, periodic=False):
         super().__init__()
         if order != "bidirectional":
             raise ValueError(f"MaskedPrior implements the 'bidirectional' order, got {order!r}")
@@ -158,8 +167,9 @@ class MaskedPrior(nn.Module):
         self.config = dict(
             order=order, factors=list(factors), shape=list(shape), codebook_size=codebook_size, dim=dim,
             depth=depth, heads=heads, dropout=dropout, spacing=spacing, neighbourhood=neighbourhood,
+            code_dim=code_dim, periodic=periodic,
         )
-        self.factors, self.shape, self.codebook_size = factors, shape, codebook_size
+        self.factors, self.shape, self.codebook_size, self.periodic = factors, shape, codebook_size, periodic
         f_K = factors[-1]
         self.region_shape = (-(-shape[0] // f_K), -(-shape[1] // f_K))  # (Hc, Wc)
         self.grid_shapes = [(self.region_shape[0] * f_K // f, self.region_shape[1] * f_K // f) for f in factors]
@@ -170,14 +180,15 @@ class MaskedPrior(nn.Module):
             self.level_rounds.append(int(rounds.max()) + 1)
         N, K = codebook_size, len(factors)
         self.FINER, self.MASK = N, N + 1
-        self.tok_emb = nn.Embedding(N + 2, dim)  # codes, FINER, MASK
+        self.tok_emb = CodeEmbedding(N, dim, extra=2, code_dim=code_dim)  # codes, FINER, MASK
         self.src_emb = nn.Embedding(K, dim)  # level a shown symbol lives at: k for the level's own cells, j > k for context
         # Per level, a row table and a column table: a cell's place is their sum. Shared along
         # rows and columns, they learn where neighbours are far sooner than one vector per cell
         # would; being per level, they also tell the shared transformer which level it predicts.
         self.row_emb = nn.ModuleList(nn.Embedding(H, dim) for H, _ in self.grid_shapes)
         self.col_emb = nn.ModuleList(nn.Embedding(W, dim) for _, W in self.grid_shapes)
-        self.neighbours = nn.Conv2d(dim, dim, neighbourhood, padding=neighbourhood // 2)
+        self.neighbours = nn.Conv2d(dim, dim, neighbourhood, padding=neighbourhood // 2,
+                                    padding_mode="circular" if periodic else "zeros")
         # ALiBi slopes 1, 1/2, 1/4, ... per level: from near neighbours (~1 cell) to most of the grid
         self.locality = nn.Parameter(torch.tensor([2.0 ** -h for h in range(heads)]).repeat(K, 1))
         self.transformer = Transformer(dim, depth, heads, dropout)  # no causal mask: every cell sees every cell
@@ -185,7 +196,7 @@ class MaskedPrior(nn.Module):
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, std=0.02)
-            if isinstance(module, nn.Linear):
+            if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
 
     @property
@@ -225,14 +236,15 @@ class MaskedPrior(nn.Module):
         shown = self.tok_emb(inputs)
         near = self.neighbours(shown.transpose(1, 2).unflatten(2, (H, W))).flatten(2).transpose(1, 2)
         x = shown + near + self.src_emb(source) + place_LD
-        logits = self.head(self.transformer(x, self._distance_bias(k, x.device)))
+        h = self.transformer(x, self._distance_bias(k, x.device))
+        logits = self.tok_emb.add_scores(self.head(h), h)
         if k == 0:  # every open region of the finest level carries codes
             logits = logits.masked_fill(torch.arange(self.FINER + 1, device=logits.device) == self.FINER, -math.inf)
         return logits
 
     def _distance_bias(self, k, device):
         """(heads, L, L) additive attention bias of level k: minus each head's slope times the cell distance."""
-        return -self.locality[k][:, None, None] * _grid_distance(*self.grid_shapes[k], device)
+        return -self.locality[k][:, None, None] * _grid_distance(*self.grid_shapes[k], device, self.periodic)
 
     def _schedule(self, k):
         """The fixed reveal schedule of level k: (round (L,) of each cell, lead (L,) bool).

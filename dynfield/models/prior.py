@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .code_embedding import CodeEmbedding
 from .sequences import CODE, make_scan
 
 
@@ -175,10 +176,13 @@ class ARPrior(nn.Module):
     dim, heads, dropout : width, attention heads and dropout of both transformers.
     depth : blocks in all; the position transformer gets depth // 2 unless
         `position_depth` / `content_depth` say otherwise.
+    code_dim : size of the tokenizer's code vectors that the code embedding
+        and the code head see (``CodeEmbedding``; set them with
+        ``code_emb.set_vectors``); 0 for free code embeddings alone.
     """
 
     def __init__(self, *, order, factors, shape, codebook_size, dim=256, depth=4, heads=4, dropout=0.0,
-                 position_depth=None, content_depth=None):
+                 position_depth=None, content_depth=None, code_dim=0):
         super().__init__()
         self.scan = make_scan(order, factors, shape)
         position_depth = depth // 2 if position_depth is None else position_depth
@@ -191,7 +195,7 @@ class ARPrior(nn.Module):
         self.config = dict(
             order=order, factors=list(self.scan.factors), shape=list(self.scan.shape),
             codebook_size=int(codebook_size), dim=dim, depth=position_depth + content_depth, heads=heads,
-            dropout=dropout, position_depth=position_depth, content_depth=content_depth,
+            dropout=dropout, position_depth=position_depth, content_depth=content_depth, code_dim=code_dim,
         )
         self.codebook_size = int(codebook_size)
         grids = self.scan.grids
@@ -202,7 +206,7 @@ class ARPrior(nn.Module):
         self.kind_emb = nn.Embedding(3, dim)
         self.row_emb = nn.Embedding(sum(h for h, _ in grids), dim)
         self.col_emb = nn.Embedding(sum(w for _, w in grids), dim)
-        self.code_emb = nn.Embedding(self.codebook_size, dim)
+        self.code_emb = CodeEmbedding(self.codebook_size, dim, code_dim=code_dim)
         self.drop = nn.Dropout(dropout)
         self.position_transformer = Transformer(dim, position_depth, heads, dropout)
         self.content_transformer = Transformer(dim, content_depth, heads, dropout)
@@ -227,6 +231,10 @@ class ARPrior(nn.Module):
     def _embed(self, level, kind, row, col, code):
         """(..., D) embedding of a token: its place and, for codes, its code."""
         return self._place(level, kind, row, col) + self.code_emb(code.clamp(min=0)) * (code >= 0).unsqueeze(-1)
+
+    def _code_logits(self, z):
+        """(..., N) code logits from content states z (..., D)."""
+        return self.code_emb.add_scores(self.code_head(z), z)
 
     # -- training ------------------------------------------------------------------
     def _check(self, tokens):
@@ -257,7 +265,7 @@ class ARPrior(nn.Module):
         position = h.new_zeros(free.shape, dtype=dtype)
         position[free] = F.cross_entropy(logits.to(dtype), seq.choice[:, 1:][free], reduction="none")
         code = h.new_zeros(free.shape, dtype=dtype)
-        logits = self.code_head(z[is_code])
+        logits = self._code_logits(z[is_code])
         code[is_code] = F.cross_entropy(logits.to(dtype), seq.code[:, 1:][is_code], reduction="none")
         return position, code
 
@@ -317,7 +325,7 @@ class ARPrior(nn.Module):
                     choice = pick_position(logits, t, free)
                 cursor.advance(choice)
                 z = self._step(self.content_transformer, h + self._place(*cursor.place()), us, caches[1], use_cache)
-                cursor.emit(pick_code(self.code_head(z), t, cursor.kind == CODE))
+                cursor.emit(pick_code(self._code_logits(z), t, cursor.kind == CODE))
                 x = self._embed(*cursor.place(), cursor.code)
         return cursor.sequence()
 
