@@ -22,6 +22,7 @@ from pathlib import Path
 
 from dynfield import analysis, checkpoint
 from dynfield.cli import run_command, variable_list
+from dynfield.data.turbulence import HELD_OUT_SEED
 
 FIGURES = {
     "grain_maps": analysis.figure_grain_maps,
@@ -86,7 +87,7 @@ def main(argv=None):
                                   quantiles=args.quantiles, batch_size=args.batch_size, progress=True)
         inputs = {"checkpoint": str(path), "data": str(args.data), "variables": names}
         if args.data == "builtin":
-            inputs.update(held_out_seed=analysis.HELD_OUT_SEED, resolution=args.resolution)
+            inputs.update(held_out_seed=HELD_OUT_SEED, resolution=args.resolution)
         written = write_report(result, args.out, args.sample, inputs)
         print(result.summary["note"])
         print(analysis.alignment_table(result.summary))

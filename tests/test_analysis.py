@@ -288,7 +288,7 @@ def test_load_fields_for_a_channel_agnostic_checkpoint_normalises_each_field(tmp
 
 
 def test_missing_checkpoint_is_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setattr(analysis, "BUNDLED_TOKENIZER", tmp_path / "absent.pt")
+    monkeypatch.setattr(analysis.study, "BUNDLED_TOKENIZER", tmp_path / "absent.pt")
     with pytest.raises(FileNotFoundError, match="no checkpoint given"):
         analysis.resolve_checkpoint(None)
     assert analysis.resolve_checkpoint("run/tokenizer.pt").name == "tokenizer.pt"
