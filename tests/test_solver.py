@@ -9,8 +9,8 @@ import torch
 import xarray as xr
 
 from dynfield.conventions import CF_CONVENTIONS, COORD_ATTRS, VARIABLE_ATTRS
-from dynfield.data import turbulence
-from dynfield.data.turbulence import NavierStokes2D, ensure_dataset, generate
+from dynfield.data import builtin
+from dynfield.data import NavierStokes2D, ensure_dataset, generate
 
 UNFORCED = dict(forcing="none", drag=0.0, hyperviscosity=0.0, scalar_gradient=0.0)  # only viscosity left
 TINY = dict(resolution=32, trajectories=2, spinup_time=0.5, snapshot_interval=0.25, progress=False)
@@ -214,7 +214,7 @@ def test_ensure_dataset_caches_by_parameters(tmp_path, monkeypatch):
     def no_generation(*args, **kwargs):
         raise AssertionError("regenerated a cached data set")
 
-    monkeypatch.setattr(turbulence, "generate", no_generation)
+    monkeypatch.setattr(builtin, "generate", no_generation)
     assert ensure_dataset(tmp_path, **params) == path
     assert ensure_dataset(tmp_path, **{**params, "forcing_amplitude": 1}) == path  # a default spelled out as an int
     with pytest.raises(AssertionError, match="regenerated"):

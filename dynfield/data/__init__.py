@@ -6,7 +6,8 @@ Dependency-light: numpy, xarray, dask, h5py, netCDF4 and torch; no Hydra.
 from .fields import (FieldDataset, compute_stats, denormalise, field_stats, load_stats, normalise, pad_to_multiple,
                      save_stats)
 from .io import detect_layout, open_fields
-from .turbulence import NavierStokes2D, ensure_dataset, generate
+from .builtin import ensure_dataset, generate
+from .turbulence import NavierStokes2D
 
 __all__ = [
     "FieldDataset",

@@ -12,7 +12,6 @@ no open file handle is ever pickled or shared across a fork.
 
 import glob
 import os
-import re
 from pathlib import Path
 
 import dask.array as da
@@ -22,6 +21,8 @@ import xarray as xr
 from dask.base import tokenize
 
 from dynfield.conventions import DIMS, SAMPLE, TIME, X, Y, Z
+
+from .hdf5_layouts import PDEBENCH_CFD, pdebench_seeds, read_hdf5, read_pdebench, read_well
 
 LAYOUTS = ("netcdf", "zarr", "well", "pdebench", "hdf5")
 
@@ -36,16 +37,7 @@ DIM_ALIASES = {
 }
 _ALIAS_TO_DIM = {alias: dim for dim, aliases in DIM_ALIASES.items() for alias in aliases}
 
-# HDF5 arrays without dimension scales or labels are read as (..., y, x) with
-# leading sample, time and z axes, by number of dimensions.
-_POSITIONAL_DIMS = {2: (Y, X), 3: (SAMPLE, Y, X), 4: (SAMPLE, TIME, Y, X), 5: (SAMPLE, TIME, Z, Y, X)}
-
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-_PDEBENCH_CFD = ("density", "pressure", "Vx", "Vy", "Vz")
-_PDEBENCH_COORDS = {"x-coordinate": X, "y-coordinate": Y, "z-coordinate": Z, "t-coordinate": TIME}
-# HDF5 attributes that describe storage, not the variable.
-_H5_INTERNAL_ATTRS = {"DIMENSION_LIST", "DIMENSION_LABELS", "REFERENCE_LIST", "CLASS", "NAME",
-                      "_Netcdf4Dimid", "_Netcdf4Coordinates"}
 
 
 def open_fields(paths, variables=None, dims=None, *, layout=None, engine=None, chunks="auto", group=None):
@@ -118,7 +110,7 @@ def detect_layout(path):
         if "t0_fields" in f and "dimensions" in f:
             return "well"
         keys = set(f.keys())
-        if ("x-coordinate" in keys and ("tensor" in keys or keys & set(_PDEBENCH_CFD))) or _pdebench_seeds(f):
+        if ("x-coordinate" in keys and ("tensor" in keys or keys & set(PDEBENCH_CFD))) or pdebench_seeds(f):
             return "pdebench"
         if "_NCProperties" in f.attrs:
             return "netcdf"
@@ -150,7 +142,7 @@ def _open_one(path, variables, dims, layout, engine, chunks, group):
         raise ValueError(f"unknown layout {layout!r}; accepted: {', '.join(LAYOUTS)}")
     if layout in ("netcdf", "zarr"):
         return _open_xarray(path, layout, variables, dims, engine, chunks, group)
-    reader = {"well": _read_well, "pdebench": _read_pdebench, "hdf5": _read_hdf5}[layout]
+    reader = {"well": read_well, "pdebench": read_pdebench, "hdf5": read_hdf5}[layout]
     fields, coords, attrs = reader(path, group)
     return _build_dataset(path, fields, coords, attrs, variables, dims, chunks)
 
@@ -247,69 +239,8 @@ def _remember_source_names(out, source, renames):
 
 # --------------------------------------------------------------------------- HDF5 through h5py
 
-class _H5File:
-    """An HDF5 file opened on first use in each process; pickles as its path."""
-
-    def __init__(self, path):
-        self.path = str(path)
-        self._handle, self._pid = None, None
-
-    def get(self):
-        # a handle inherited through fork belongs to the parent: open our own
-        if self._handle is None or self._pid != os.getpid():
-            self._handle, self._pid = h5py.File(self.path, "r"), os.getpid()
-        return self._handle
-
-    def close(self):
-        if self._handle is not None and self._pid == os.getpid():
-            self._handle.close()
-        self._handle = None
-
-    def __getstate__(self):
-        return {"path": self.path}
-
-    def __setstate__(self, state):
-        self.__init__(state["path"])
-
-
-class _H5Array:
-    """Lazy array over HDF5 datasets, read only where indexed (for dask.array.from_array).
-
-    ``names`` is one dataset, or several equally shaped ones stacked along a new
-    leading axis (PDEBench's one group per sample); ``component`` fixes the
-    trailing axes (a vector or tensor component, a channel).
-    """
-
-    def __init__(self, file, names, component=()):
-        self.file, self.names, self.component = file, list(names), tuple(component)
-        dset = file.get()[self.names[0]]
-        shape = dset.shape[:dset.ndim - len(self.component)]
-        self.shape = (len(self.names), *shape) if len(self.names) > 1 else shape
-        self.dtype, self.ndim = dset.dtype, len(self.shape)
-
-    def __getitem__(self, key):
-        key = key if isinstance(key, tuple) else (key,)
-        f = self.file.get()
-        if len(self.names) == 1:
-            return f[self.names[0]][key + self.component]
-        rows = range(*key[0].indices(len(self.names)))
-        return np.stack([f[self.names[i]][key[1:] + self.component] for i in rows])
-
-
-def _h5_attrs(obj):
-    """Plain (string and number) attributes of an HDF5 object."""
-    out = {}
-    for k, v in obj.attrs.items():
-        if k in _H5_INTERNAL_ATTRS:
-            continue
-        v = v.decode() if isinstance(v, bytes) else v
-        if isinstance(v, (str, int, float, np.number, np.bool_)):
-            out[k] = v.item() if isinstance(v, (np.number, np.bool_)) else v
-    return out
-
-
 def _build_dataset(path, fields, coords, attrs, variables, dims, chunks):
-    """fields: name -> (file dims, _H5Array, attrs); coords: file dim -> 1-D values."""
+    """fields: name -> (file dims, H5Array, attrs); coords: file dim -> 1-D values."""
     keep = _select(fields, variables, path)
     data_vars, used = {}, set()
     for v in keep:
@@ -329,94 +260,3 @@ def _build_dataset(path, fields, coords, attrs, variables, dims, chunks):
     files = {id(a.file): a.file for _, a, _ in fields.values()}
     ds.set_close(lambda: [f.close() for f in files.values()])
     return _canonical(ds)
-
-
-def _read_well(path, group=None):
-    """The Well: t{0,1,2}_fields/<name> shaped ([traj], [time], *space, *tensor) and dimensions/."""
-    file = _H5File(path)
-    f = file.get()
-    spatial = [s.decode() if isinstance(s, bytes) else str(s) for s in f["dimensions"].attrs["spatial_dims"]]
-    fields = {}
-    for order in range(3):
-        grp = f.get(f"t{order}_fields")
-        if grp is None:
-            continue
-        for name in grp.attrs.get("field_names", list(grp.keys())):
-            name = name.decode() if isinstance(name, bytes) else str(name)
-            dset = grp[name]
-            varying = dset.attrs.get("dim_varying", [True] * len(spatial))
-            file_dims = ((SAMPLE,) if dset.attrs.get("sample_varying", True) else ()) + \
-                        ((TIME,) if dset.attrs.get("time_varying", True) else ()) + \
-                        tuple(s for s, v in zip(spatial, varying) if v)
-            attrs = _h5_attrs(dset)
-            # vector and tensor components are named name_x, name_xy, ... as The Well does
-            for component in np.ndindex(*dset.shape[dset.ndim - order:]):
-                suffix = "".join(spatial[i] for i in component)
-                key = f"{name}_{suffix}" if suffix else name
-                fields[key] = (file_dims, _H5Array(file, [dset.name], component), attrs)
-    # sample-varying coordinates (2-D) are left out
-    coords = {ours: f["dimensions"][name][()] for name, ours in [*zip(spatial, spatial), ("time", TIME)]
-              if name in f["dimensions"] and f["dimensions"][name].ndim == 1}
-    return fields, coords, _h5_attrs(f)
-
-
-def _pdebench_seeds(f):
-    """Group names of PDEBench's one-group-per-sample layout ('0000/data', '0000/grid/x')."""
-    seeds = sorted(k for k in f.keys() if re.fullmatch(r"\d+", k))
-    return seeds if seeds and "data" in f[seeds[0]] and "grid" in f[seeds[0]] else []
-
-
-def _read_pdebench(path, group=None):
-    """PDEBench: top-level arrays (sample, time, x, y[, z]) or per-sample groups (time, x, y[, z], channel)."""
-    file = _H5File(path)
-    f = file.get()
-    seeds = _pdebench_seeds(f)
-    if seeds:
-        grid = f[seeds[0]]["grid"]
-        spatial = [d for d in (X, Y, Z) if d in grid]
-        coords = {d: grid[d][()] for d in spatial}
-        if "t" in grid:
-            coords[TIME] = grid["t"][()]
-        names = [f"{s}/data" for s in seeds]
-        shape = f[names[0]].shape
-        file_dims = (SAMPLE, TIME, *spatial)
-        if len(shape) == len(spatial) + 1:  # no channel axis
-            return {"data": (file_dims, _H5Array(file, names), {})}, coords, {}
-        n_channels = shape[-1]
-        fields = {("data" if n_channels == 1 else f"data_{c}"): (file_dims, _H5Array(file, names, (c,)), {})
-                  for c in range(n_channels)}
-        return fields, coords, {}
-    coords = {d: f[name][()] for name, d in _PDEBENCH_COORDS.items() if name in f}
-    spatial = tuple(d for d in (X, Y, Z) if d in coords)
-    fields = {}
-    for name, dset in f.items():
-        if name in _PDEBENCH_COORDS or not isinstance(dset, h5py.Dataset) or dset.ndim < 2:
-            continue
-        # (sample, time, *space) for solutions, (sample, *space) for static inputs such as Darcy's nu
-        lead = (SAMPLE, TIME) if dset.ndim == len(spatial) + 2 else (SAMPLE,)
-        fields[name] = ((*lead, *spatial)[-dset.ndim:], _H5Array(file, [dset.name]), _h5_attrs(dset))
-        if TIME in coords and lead == (SAMPLE, TIME) and len(coords[TIME]) == dset.shape[1] + 1:
-            coords[TIME] = coords[TIME][:-1]  # PDEBench stores the end time too; its readers drop it
-    return fields, coords, _h5_attrs(f)
-
-
-def _read_hdf5(path, group=None):
-    """Generic HDF5: field datasets (2-D or more) in one group; dimension scales or labels name the axes."""
-    file = _H5File(path)
-    grp = file.get()[group or "/"]
-    fields, coords = {}, {}
-    for name, dset in grp.items():
-        if not isinstance(dset, h5py.Dataset):
-            continue
-        if dset.is_scale:
-            if dset.ndim == 1:
-                coords[name] = dset[()]
-            continue
-        if dset.ndim < 2:
-            continue
-        positional = _POSITIONAL_DIMS.get(dset.ndim, tuple(f"dim_{i}" for i in range(dset.ndim)))
-        file_dims = tuple(
-            Path(axis[0].name).name if len(axis) else axis.label or positional[i]
-            for i, axis in enumerate(dset.dims))
-        fields[name] = (file_dims, _H5Array(file, [dset.name]), _h5_attrs(dset))
-    return fields, coords, _h5_attrs(grp)
