@@ -143,13 +143,15 @@ class MaskedPrior(nn.Module):
         ``tok_emb.set_vectors``); 0 for free code embeddings alone.
     periodic : the fields wrap around: neighbours and distances are taken on
         the torus of cells.
+    locality : the attention bias by distance; without it every cell sees
+        every cell alike (an ablation: the prior then learns little context).
 
     The constructor arguments are kept in ``self.config`` (JSON-serialisable),
     so ``MaskedPrior(**prior.config)`` rebuilds the module.
     """
 
     def __init__(self, *, order, factors, shape, codebook_size, dim=256, depth=4, heads=4, dropout=0.0,
-                 spacing=4, neighbourhood=3, code_dim=0, periodic=False):
+                 spacing=4, neighbourhood=3, code_dim=0, periodic=False, locality=True):
         super().__init__()
         if order != "bidirectional":
             raise ValueError(f"MaskedPrior implements the 'bidirectional' order, got {order!r}")
@@ -167,7 +169,7 @@ class MaskedPrior(nn.Module):
         self.config = dict(
             order=order, factors=list(factors), shape=list(shape), codebook_size=codebook_size, dim=dim,
             depth=depth, heads=heads, dropout=dropout, spacing=spacing, neighbourhood=neighbourhood,
-            code_dim=code_dim, periodic=periodic,
+            code_dim=code_dim, periodic=periodic, locality=locality,
         )
         self.factors, self.shape, self.codebook_size, self.periodic = factors, shape, codebook_size, periodic
         f_K = factors[-1]
@@ -190,7 +192,8 @@ class MaskedPrior(nn.Module):
         self.neighbours = nn.Conv2d(dim, dim, neighbourhood, padding=neighbourhood // 2,
                                     padding_mode="circular" if periodic else "zeros")
         # ALiBi slopes 1, 1/2, 1/4, ... per level: from near neighbours (~1 cell) to most of the grid
-        self.locality = nn.Parameter(torch.tensor([2.0 ** -h for h in range(heads)]).repeat(K, 1))
+        slopes = torch.tensor([2.0 ** -h for h in range(heads)]).repeat(K, 1)
+        self.locality = nn.Parameter(slopes) if locality else None
         self.transformer = Transformer(dim, depth, heads, dropout)  # no causal mask: every cell sees every cell
         self.head = nn.Linear(dim, N + 1)  # codes, FINER
         for module in self.modules():
@@ -243,7 +246,10 @@ class MaskedPrior(nn.Module):
         return logits
 
     def _distance_bias(self, k, device):
-        """(heads, L, L) additive attention bias of level k: minus each head's slope times the cell distance."""
+        """(heads, L, L) additive attention bias of level k: minus each head's slope times the cell distance;
+        None without locality."""
+        if self.locality is None:
+            return None
         return -self.locality[k][:, None, None] * _grid_distance(*self.grid_shapes[k], device, self.periodic)
 
     def _schedule(self, k):

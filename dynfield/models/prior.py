@@ -76,10 +76,15 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x_BTD, mask=None, cache=None):
-        """Attention over the sequence (`mask`: (B, 1, T, T) bool) or, with `cache`, over the cached steps too."""
+        """Attention over the sequence or, with `cache`, over the cached steps too.
+
+        `mask`: (B, 1 or heads, T, T) bool (where a query may look) or float (an
+        additive bias, -inf where it may not); with a cache (one new token, which
+        may look at every cached one) None or a (B, heads, 1, n) bias.
+        """
         B, T, D = x_BTD.shape
         q, k, v = (z.view(B, T, self.heads, D // self.heads).transpose(1, 2) for z in self.qkv(x_BTD).split(D, -1))
-        if cache is not None:  # one new token: it may look at every cached one, no mask needed
+        if cache is not None:
             k, v = cache.extend(k, v)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
@@ -117,6 +122,11 @@ class Transformer(nn.Module):
         """One empty `KVCache` per block for B sequences of up to `length` tokens (dtype/device of `like`)."""
         heads = self.blocks[0].attn.heads
         return [KVCache(B, heads, length, like.shape[-1] // heads, like.device, like.dtype) for _ in self.blocks]
+
+
+def stack_places(places):
+    """``_centre`` pairs of single steps, (B, 2) and (B,) each, as one pair (B, T, 2), (B, T)."""
+    return torch.stack([p[0] for p in places], 1), torch.stack([p[1] for p in places], 1)
 
 
 def filter_logits(logits, temperature=1.0, top_k=None, top_p=None):
@@ -179,10 +189,15 @@ class ARPrior(nn.Module):
     code_dim : size of the tokenizer's code vectors that the code embedding
         and the code head see (``CodeEmbedding``; set them with
         ``code_emb.set_vectors``); 0 for free code embeddings alone.
+    locality : the content transformer, which predicts the code at a known
+        place, penalises attention by a learned slope per head times the
+        distance (in coarsest regions) between that place and the cell of each
+        earlier code (ALiBi, in 2D), so that a code finds its spatial
+        neighbours wherever the order put them; markers are not penalised.
     """
 
     def __init__(self, *, order, factors, shape, codebook_size, dim=256, depth=4, heads=4, dropout=0.0,
-                 position_depth=None, content_depth=None, code_dim=0):
+                 position_depth=None, content_depth=None, code_dim=0, locality=False):
         super().__init__()
         self.scan = make_scan(order, factors, shape)
         position_depth = depth // 2 if position_depth is None else position_depth
@@ -196,6 +211,7 @@ class ARPrior(nn.Module):
             order=order, factors=list(self.scan.factors), shape=list(self.scan.shape),
             codebook_size=int(codebook_size), dim=dim, depth=position_depth + content_depth, heads=heads,
             dropout=dropout, position_depth=position_depth, content_depth=content_depth, code_dim=code_dim,
+            locality=locality,
         )
         self.codebook_size = int(codebook_size)
         grids = self.scan.grids
@@ -213,6 +229,9 @@ class ARPrior(nn.Module):
         self.position_head = nn.Linear(dim, self.scan.num_choices)
         self.code_head = nn.Linear(dim, self.codebook_size)
         self.apply(self._init_weights)
+        # ALiBi slopes 1, 1/2, 1/4, ... per head: from the nearest regions to most of the grid
+        self.locality = nn.Parameter(torch.tensor([2.0 ** -h for h in range(heads)])) if locality else None
+        self.register_buffer("cells_per_region", torch.tensor(self.scan.scales, dtype=torch.float), persistent=False)
 
     @staticmethod
     def _init_weights(m):
@@ -231,6 +250,21 @@ class ARPrior(nn.Module):
     def _embed(self, level, kind, row, col, code):
         """(..., D) embedding of a token: its place and, for codes, its code."""
         return self._place(level, kind, row, col) + self.code_emb(code.clamp(min=0)) * (code >= 0).unsqueeze(-1)
+
+    def _centre(self, level, kind, row, col):
+        """((..., 2) centre of each token's cell in coarsest-region units, (...) bool: the token is a code)."""
+        scale = self.cells_per_region[level]
+        return torch.stack([(row + 0.5) / scale, (col + 0.5) / scale], -1), kind == CODE
+
+    def _content_bias(self, query, key, causal=None):
+        """(B, heads, Tq, Tk) attention bias of the content transformer between places `query` and `key`
+        (``_centre`` pairs); -inf where `causal` (B, 1, Tq, Tk) bool forbids; None without locality."""
+        if self.locality is None:
+            return causal
+        (q_at, q_code), (k_at, k_code) = query, key
+        distance = (q_at[:, :, None] - k_at[:, None, :]).norm(dim=-1) * (q_code[:, :, None] & k_code[:, None, :])
+        bias = -self.locality[:, None, None] * distance[:, None]
+        return bias if causal is None else bias.masked_fill(~causal, -math.inf)
 
     def _code_logits(self, z):
         """(..., N) code logits from content states z (..., D)."""
@@ -253,7 +287,11 @@ class ARPrior(nn.Module):
         mask = causal & valid[:, None, None, :]
         h = self.position_transformer(self.drop(x), mask)
         nxt = self._place(seq.level[:, 1:], seq.kind[:, 1:], seq.row[:, 1:], seq.col[:, 1:])
-        z = self.content_transformer(h + nxt, mask)
+        # content step t predicts the code at token t + 1's place from the tokens read up to t
+        places = [getattr(seq, name) for name in ("level", "kind", "row", "col")]
+        bias = self._content_bias(self._centre(*(p[:, 1:] for p in places)), self._centre(*(p[:, :-1] for p in places)),
+                                  mask)
+        z = self.content_transformer(h + nxt, bias)
         return h, z
 
     def _nats(self, seq, dtype=torch.float32):
@@ -312,10 +350,12 @@ class ARPrior(nn.Module):
         length = self.scan.max_length
         caches = (self.position_transformer.caches(n, length, x), self.content_transformer.caches(n, length, x))
         xs, us = [], []  # the prefixes, for the uncached path
+        read, predicted = [], []  # the places of the tokens read and of the codes predicted, step by step
         with evaluating(self):
             for t in range(length - 1):  # the cursor says when every sequence has ended
                 if cursor.finished:
                     break
+                read.append(self._centre(*cursor.place()))
                 h = self._step(self.position_transformer, x, xs, caches[0], use_cache)
                 allowed = cursor.options()
                 free = allowed.sum(-1) > 1
@@ -324,17 +364,26 @@ class ARPrior(nn.Module):
                     logits = self.position_head(h).masked_fill(~allowed & free[:, None], -math.inf)
                     choice = pick_position(logits, t, free)
                 cursor.advance(choice)
-                z = self._step(self.content_transformer, h + self._place(*cursor.place()), us, caches[1], use_cache)
+                predicted.append(self._centre(*cursor.place()))
+                z = self._step(self.content_transformer, h + self._place(*cursor.place()), us, caches[1], use_cache,
+                               lambda q, k, causal: self._content_bias(stack_places(predicted[q]), stack_places(read[k]),
+                                                                       causal))
                 cursor.emit(pick_code(self._code_logits(z), t, cursor.kind == CODE))
                 x = self._embed(*cursor.place(), cursor.code)
         return cursor.sequence()
 
     @staticmethod
-    def _step(transformer, x_BD, prefix, caches, use_cache):
-        """State (B, D) of `transformer` at the newest input `x_BD`, with the cache or by re-running `prefix`."""
+    def _step(transformer, x_BD, prefix, caches, use_cache, bias=None):
+        """State (B, D) of `transformer` at the newest input `x_BD`, with the cache or by re-running `prefix`.
+
+        `bias(queries, keys, causal)`, if given, makes the attention bias of
+        those step slices (the causal mask None or (T, T) bool); None means none.
+        """
+        n = len(prefix) + 1 if not use_cache else caches[0].n + 1
         if use_cache:
-            return transformer(x_BD[:, None], caches=caches)[:, 0]
+            mask = None if bias is None else bias(slice(n - 1, n), slice(0, n), None)
+            return transformer(x_BD[:, None], mask, caches=caches)[:, 0]
         prefix.append(x_BD)
-        T = len(prefix)
-        causal = torch.ones(T, T, dtype=torch.bool, device=x_BD.device).tril()
-        return transformer(torch.stack(prefix, 1), causal)[:, -1]
+        causal = torch.ones(n, n, dtype=torch.bool, device=x_BD.device).tril()
+        mask = causal if bias is None else bias(slice(0, n), slice(0, n), causal)
+        return transformer(torch.stack(prefix, 1), mask)[:, -1]
