@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 from conftest import make_tokens, tiny_prior, tiny_tokenizer
 from test_prior import SHAPE, tiny
@@ -33,9 +34,12 @@ def test_margin_is_the_distance_to_the_nearest_rounding_edge():
     assert margin(edge, OFFSETS // 2) > 0.4  # half a step away at the middle offset
 
 
-@pytest.mark.parametrize("order", ["raster", "coarse_to_fine"])
-def test_tokens_round_trip_and_cost_what_the_prior_says(order):
-    prior = tiny(order)
+@pytest.mark.parametrize("order, extra", [("raster", {}), ("coarse_to_fine", {}),
+                                          ("coarse_to_fine", {"locality": True, "code_dim": 4})])
+def test_tokens_round_trip_and_cost_what_the_prior_says(order, extra):
+    prior = tiny(order, **extra)
+    if extra:
+        prior.code_emb.set_vectors(torch.randn(32, 4))
     coder = PriorCoder(prior)
     tokens = make_tokens("random", B=3, seed=1)
     bits = prior.bits(tokens)
