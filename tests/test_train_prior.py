@@ -119,7 +119,8 @@ def test_code_length_of_a_compressed_file_under_the_prior(prior_run, tokenizer, 
         x = np.stack([normalise_field(ds[v].values, s["mean"], s["std"])
                       for v, s in ((v, state["stats"][v]) for v in state["variables"])], 1)
     expected = prior.bits(tokenize(tok, torch.from_numpy(x))).sum().item()
-    assert result["prior_bits"] == pytest.approx(expected, rel=1e-9)
+    # a float32 network in batches of another size: equal to rounding (2e-9 of the total seen)
+    assert result["prior_bits"] == pytest.approx(expected, rel=1e-7)
     src32 = write_dummy_netcdf(tmp_path / "small.nc", n_sample=1, ny=32, nx=32)
     compress_file(src32, tmp_path / "small.dfz", checkpoint=tokenizer, progress=False)
     with pytest.raises(CodecError, match="models 64x64 fields"):
