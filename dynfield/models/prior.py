@@ -366,8 +366,8 @@ class ARPrior(nn.Module):
                 cursor.advance(choice)
                 predicted.append(self._centre(*cursor.place()))
                 z = self._step(self.content_transformer, h + self._place(*cursor.place()), us, caches[1], use_cache,
-                               lambda q, k, causal: self._content_bias(stack_places(predicted[q]), stack_places(read[k]),
-                                                                       causal))
+                               None if self.locality is None else lambda q, k, causal: self._content_bias(
+                                   stack_places(predicted[q]), stack_places(read[k]), causal))
                 cursor.emit(pick_code(self._code_logits(z), t, cursor.kind == CODE))
                 x = self._embed(*cursor.place(), cursor.code)
         return cursor.sequence()
