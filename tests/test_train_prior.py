@@ -150,7 +150,9 @@ def test_an_order_that_does_not_fit_the_prior_class_says_which_config_to_use():
         prior = build_prior(cfg.prior, tokenizer, (16, 16), periodic=True)
         vectors = (prior.tok_emb if order == "bidirectional" else prior.code_emb).vectors
         assert prior.config["code_dim"] == 8 and vectors.shape == (16, 8) and torch.unique(vectors, dim=0).shape[0] == 16
-        assert prior.config.get("periodic", True)  # the bidirectional prior takes the fields' periodicity
+        if order == "bidirectional":  # it takes the fields' periodicity (the autoregressive orders have none)
+            assert prior.config["periodic"] is True
+            assert build_prior(cfg.prior, tokenizer, (16, 16)).config["periodic"] is False
 
 
 @pytest.mark.slow
