@@ -143,12 +143,13 @@ def all_tokens(factors, shape, N):
     return Tokens(torch.cat(grains), [torch.cat(c) for c in codes], factors, shape, N).validate()
 
 
-@pytest.mark.parametrize("factors, shape", [((2,), (4, 4)), ((2, 4), (8, 4))])
-def test_bits_is_a_complete_code(factors, shape):
+@pytest.mark.parametrize("factors, shape, extra", [((2,), (4, 4), {}), ((2, 4), (8, 4), {}),
+                                                   ((2, 4), (8, 4), {"rotary": True, "periodic": True})])
+def test_bits_is_a_complete_code(factors, shape, extra):
     # the code lengths of all valid token sets satisfy Kraft's equality: the
     # prior is a normalised distribution over valid tokens, so the code is
     # achievable and wastes nothing on invalid grain maps
-    m = prior(factors, shape, codebook_size=2)
+    m = prior(factors, shape, codebook_size=2, **extra)
     bits = m.bits(all_tokens(factors, shape, 2))
     assert torch.allclose(torch.exp2(-bits).sum(), torch.tensor(1.0, dtype=torch.float64), atol=1e-9)
 
@@ -195,7 +196,7 @@ def replay_bits(m, t):
     return torch.tensor(bits, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("extra", [{}, {"code_dim": 3, "periodic": True}])
+@pytest.mark.parametrize("extra", [{}, {"code_dim": 3, "periodic": True}, {"code_dim": 3, "periodic": True, "rotary": True}])
 def test_bits_deterministic_replayable_and_rebuilt(extra):
     m = prior(codebook_size=6, **extra)
     if extra:

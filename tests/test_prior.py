@@ -7,9 +7,13 @@ import torch
 from dynfield.models.prior import ARPrior, Sampler, filter_logits
 from conftest import make_tokens
 from test_masked_prior import diagonal_tokens
-from test_sequences import FIELDS
+from test_sequences import FIELDS, ORDERS
 
 SHAPE = (40, 56)  # padded 40 x 56, a 5 x 7 grid of regions at f_K = 8
+
+
+# where the tokens lie: no bias, the distance bias of the content transformer, every bias and rotary embeddings
+LOCALITY = [{}, {"locality": True}, {"locality": True, "position_locality": True, "rotary": True}]
 
 
 def tiny(order="coarse_to_fine", factors=(4, 8), shape=SHAPE, codebook_size=32, **kw):
@@ -33,7 +37,7 @@ def stepwise_bits(prior, tokens):
     return cost / math.log(2), walked, seq
 
 
-@pytest.mark.parametrize("order", ["coarse_to_fine", "raster"])
+@pytest.mark.parametrize("order", ORDERS)
 def test_forward_objective(order):
     prior = tiny(order)
     tokens = make_tokens("random")
@@ -47,7 +51,7 @@ def test_forward_objective(order):
     assert all(torch.isfinite(p.grad).all() for p in prior.parameters() if p.grad is not None)
 
 
-@pytest.mark.parametrize("order", ["coarse_to_fine", "raster"])
+@pytest.mark.parametrize("order", ORDERS)
 def test_a_padded_sample_costs_what_it_costs_alone(order):
     prior = tiny(order)
     short = make_tokens("coarse", B=1, seed=1)
@@ -68,9 +72,9 @@ def test_a_padded_sample_costs_what_it_costs_alone(order):
         ("raster", (8,), {}),
     ],
 )
-@pytest.mark.parametrize("locality", [False, True])
+@pytest.mark.parametrize("locality", LOCALITY)
 def test_cached_sampling_draws_exactly_what_rerunning_the_prefix_draws(order, factors, knobs, locality):
-    prior = tiny(order, factors, shape=(16, 24), locality=locality)
+    prior = tiny(order, factors, shape=(16, 24), **locality)
     cached = prior.walk(3, *[Sampler("cpu", 7, **knobs)] * 2)
     rerun = prior.walk(3, *[Sampler("cpu", 7, **knobs)] * 2, use_cache=False)
     for name in FIELDS:
@@ -96,9 +100,9 @@ def test_samples_are_valid_seeded_and_the_config_rebuilds_the_prior():
     "order, factors, code_dim",
     [("coarse_to_fine", (4, 8), 0), ("coarse_to_fine", (2, 4, 8), 0), ("raster", (4, 8), 0), ("raster", (4, 8), 5)],
 )
-@pytest.mark.parametrize("locality", [False, True])
+@pytest.mark.parametrize("locality", LOCALITY)
 def test_bits_is_the_sum_of_the_step_costs_and_deterministic(order, factors, code_dim, locality):
-    prior = tiny(order, factors, dropout=0.2, code_dim=code_dim, locality=locality).train()  # bits: eval mode
+    prior = tiny(order, factors, dropout=0.2, code_dim=code_dim, **locality).train()  # bits: eval mode
     if code_dim:
         prior.code_emb.set_vectors(torch.randn(32, code_dim))
     tokens = make_tokens("random", factors)
@@ -124,7 +128,7 @@ def test_forced_positions_cost_nothing():
     assert torch.allclose(prior.bits(tokens), stepwise_bits(prior, tokens)[0], rtol=1e-5)
 
 
-@pytest.mark.parametrize("order", ["coarse_to_fine", "raster"])
+@pytest.mark.parametrize("order", ORDERS)
 def test_a_tiny_prior_overfits_four_sequences(order):
     prior = tiny(order, shape=(32, 32), codebook_size=16, dim=64, depth=2, heads=2)
     tokens = make_tokens("random", shape=(32, 32), codebook_size=16, B=4, seed=2)
@@ -173,7 +177,7 @@ def test_filter_logits_keeps_the_top_k_and_the_nucleus():
     assert torch.allclose(filter_logits(logits, temperature=2.0), logits / 2)
 
 
-@pytest.mark.parametrize("order", ["coarse_to_fine", "raster"])
+@pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("factors, shape", [((2,), (4, 4)), ((2, 4), (8, 4))])
 def test_bits_is_a_complete_code(order, factors, shape):
     # Kraft's equality over every valid token set: the prior is a normalised

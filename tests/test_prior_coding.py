@@ -35,7 +35,9 @@ def test_margin_is_the_distance_to_the_nearest_rounding_edge():
 
 
 @pytest.mark.parametrize("order, extra", [("raster", {}), ("coarse_to_fine", {}),
-                                          ("coarse_to_fine", {"locality": True, "code_dim": 4})])
+                                          ("coarse_to_fine", {"locality": True, "code_dim": 4}),
+                                          ("raster", {"locality": True, "position_locality": True, "rotary": True,
+                                                      "code_dim": 4})])
 def test_tokens_round_trip_and_cost_what_the_prior_says(order, extra):
     prior = tiny(order, **extra)
     if extra:

@@ -43,7 +43,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .code_embedding import CodeEmbedding
-from .prior import PriorOutput, Transformer, check_sampling, evaluating, filter_logits
+from .prior import PriorOutput, check_sampling, evaluating, filter_logits
+from .transformer import Rotary, Transformer
 from .reveal import lattice_order, lattice_rounds
 from .tokens import Tokens, check_factors, repeat_cells
 
@@ -145,13 +146,15 @@ class MaskedPrior(nn.Module):
         the torus of cells.
     locality : the attention bias by distance; without it every cell sees
         every cell alike (an ablation: the prior then learns little context).
+    rotary : rotary embeddings in 2D (``Rotary``, on the torus when periodic):
+        attention sees the offset between two cells, direction included.
 
     The constructor arguments are kept in ``self.config`` (JSON-serialisable),
     so ``MaskedPrior(**prior.config)`` rebuilds the module.
     """
 
     def __init__(self, *, order, factors, shape, codebook_size, dim=256, depth=4, heads=4, dropout=0.0,
-                 spacing=4, neighbourhood=3, code_dim=0, periodic=False, locality=True):
+                 spacing=4, neighbourhood=3, code_dim=0, periodic=False, locality=True, rotary=False):
         super().__init__()
         if order != "bidirectional":
             raise ValueError(f"MaskedPrior implements the 'bidirectional' order, got {order!r}")
@@ -169,7 +172,7 @@ class MaskedPrior(nn.Module):
         self.config = dict(
             order=order, factors=list(factors), shape=list(shape), codebook_size=codebook_size, dim=dim,
             depth=depth, heads=heads, dropout=dropout, spacing=spacing, neighbourhood=neighbourhood,
-            code_dim=code_dim, periodic=periodic, locality=locality,
+            code_dim=code_dim, periodic=periodic, locality=locality, rotary=rotary,
         )
         self.factors, self.shape, self.codebook_size, self.periodic = factors, shape, codebook_size, periodic
         f_K = factors[-1]
@@ -195,6 +198,7 @@ class MaskedPrior(nn.Module):
         slopes = torch.tensor([2.0 ** -h for h in range(heads)]).repeat(K, 1)
         self.locality = nn.Parameter(slopes) if locality else None
         self.transformer = Transformer(dim, depth, heads, dropout)  # no causal mask: every cell sees every cell
+        self.rotary = Rotary(dim // heads, period=self.region_shape if periodic else None) if rotary else None
         self.head = nn.Linear(dim, N + 1)  # codes, FINER
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -239,11 +243,22 @@ class MaskedPrior(nn.Module):
         shown = self.tok_emb(inputs)
         near = self.neighbours(shown.transpose(1, 2).unflatten(2, (H, W))).flatten(2).transpose(1, 2)
         x = shown + near + self.src_emb(source) + place_LD
-        h = self.transformer(x, self._distance_bias(k, x.device))
+        h = self.transformer(x, self._distance_bias(k, x.device), rotate=self._rotation(k, x.device))
         logits = self.tok_emb.add_scores(self.head(h), h)
         if k == 0:  # every open region of the finest level carries codes
             logits = logits.masked_fill(torch.arange(self.FINER + 1, device=logits.device) == self.FINER, -math.inf)
         return logits
+
+    def _rotation(self, k, device):
+        """The transformer's `rotate` (query and key angles) for the cells of level k; None without rotary."""
+        if self.rotary is None:
+            return None
+        H, W = self.grid_shapes[k]
+        s = self.factors[-1] // self.factors[k]  # level-k cells per region side
+        rows, cols = torch.meshgrid(torch.arange(H, device=device), torch.arange(W, device=device), indexing="ij")
+        at = (torch.stack([rows, cols], -1).flatten(0, 1)[None].float() + 0.5) / s  # centres, in regions
+        angles = self.rotary.angles(at)
+        return angles, angles
 
     def _distance_bias(self, k, device):
         """(heads, L, L) additive attention bias of level k: minus each head's slope times the cell distance;

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from .code_embedding import CodeEmbedding
 from .sequences import CODE, make_scan
+from .transformer import PlaceLog, Rotary, Transformer
 
 
 @dataclass
@@ -48,85 +49,6 @@ def evaluating(module):
         yield module
     finally:
         module.train(was_training)
-
-
-class KVCache:
-    """Keys and values of one attention layer for the tokens seen so far, preallocated to `length`."""
-
-    def __init__(self, B, heads, length, head_dim, device, dtype):
-        self.k = torch.empty(B, heads, length, head_dim, device=device, dtype=dtype)
-        self.v = torch.empty_like(self.k)
-        self.n = 0
-
-    def extend(self, k_BH1d, v_BH1d):
-        """Append one step's keys and values; return all of them, (B, heads, n, head_dim) each."""
-        self.k[:, :, self.n] = k_BH1d[:, :, 0]
-        self.v[:, :, self.n] = v_BH1d[:, :, 0]
-        self.n += 1
-        return self.k[:, :, : self.n], self.v[:, :, : self.n]
-
-
-class SelfAttention(nn.Module):
-    def __init__(self, dim, heads, dropout):
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"dim ({dim}) must be a multiple of heads ({heads})")
-        self.heads, self.dropout = heads, dropout
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x_BTD, mask=None, cache=None):
-        """Attention over the sequence or, with `cache`, over the cached steps too.
-
-        `mask`: (B, 1 or heads, T, T) bool (where a query may look) or float (an
-        additive bias, -inf where it may not); with a cache (one new token, which
-        may look at every cached one) None or a (B, heads, 1, n) bias.
-        """
-        B, T, D = x_BTD.shape
-        q, k, v = (z.view(B, T, self.heads, D // self.heads).transpose(1, 2) for z in self.qkv(x_BTD).split(D, -1))
-        if cache is not None:
-            k, v = cache.extend(k, v)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(y.transpose(1, 2).reshape(B, T, D))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
-
-    def __init__(self, dim, heads, dropout):
-        super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = SelfAttention(dim, heads, dropout)
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), nn.Dropout(dropout))
-
-    def forward(self, x, mask=None, cache=None):
-        x = x + self.attn(self.ln1(x), mask, cache)
-        return x + self.mlp(self.ln2(x))
-
-
-class Transformer(nn.Module):
-    """A causal stack of `depth` blocks and a final LayerNorm."""
-
-    def __init__(self, dim, depth, heads, dropout):
-        super().__init__()
-        self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(depth))
-        self.ln = nn.LayerNorm(dim)
-
-    def forward(self, x_BTD, mask=None, caches=None):
-        """(B, T, D) states; `caches` (one `KVCache` per block) for one-token steps."""
-        for i, block in enumerate(self.blocks):
-            x_BTD = block(x_BTD, mask, None if caches is None else caches[i])
-        return self.ln(x_BTD)
-
-    def caches(self, B, length, like):
-        """One empty `KVCache` per block for B sequences of up to `length` tokens (dtype/device of `like`)."""
-        heads = self.blocks[0].attn.heads
-        return [KVCache(B, heads, length, like.shape[-1] // heads, like.device, like.dtype) for _ in self.blocks]
-
-
-def stack_places(places):
-    """``_centre`` pairs of single steps, (B, 2) and (B,) each, as one pair (B, T, 2), (B, T)."""
-    return torch.stack([p[0] for p in places], 1), torch.stack([p[1] for p in places], 1)
 
 
 def filter_logits(logits, temperature=1.0, top_k=None, top_p=None):
@@ -194,10 +116,18 @@ class ARPrior(nn.Module):
         distance (in coarsest regions) between that place and the cell of each
         earlier code (ALiBi, in 2D), so that a code finds its spatial
         neighbours wherever the order put them; markers are not penalised.
+    position_locality : the same bias, with slopes of its own, in the position
+        transformer, between each token read and the earlier ones: its states
+        gather a token's spatial neighbours however far back the order put them.
+    rotary : rotary embeddings in 2D (``Rotary``) in both transformers: queries
+        turned by the place they read (position) or predict (content), keys by
+        the place of the code they read, so that attention sees the offset
+        between two places, direction included, across levels and orders.
     """
 
     def __init__(self, *, order, factors, shape, codebook_size, dim=256, depth=4, heads=4, dropout=0.0,
-                 position_depth=None, content_depth=None, code_dim=0, locality=False):
+                 position_depth=None, content_depth=None, code_dim=0, locality=False, position_locality=False,
+                 rotary=False):
         super().__init__()
         self.scan = make_scan(order, factors, shape)
         position_depth = depth // 2 if position_depth is None else position_depth
@@ -211,7 +141,7 @@ class ARPrior(nn.Module):
             order=order, factors=list(self.scan.factors), shape=list(self.scan.shape),
             codebook_size=int(codebook_size), dim=dim, depth=position_depth + content_depth, heads=heads,
             dropout=dropout, position_depth=position_depth, content_depth=content_depth, code_dim=code_dim,
-            locality=locality,
+            locality=locality, position_locality=position_locality, rotary=rotary,
         )
         self.codebook_size = int(codebook_size)
         grids = self.scan.grids
@@ -230,7 +160,10 @@ class ARPrior(nn.Module):
         self.code_head = nn.Linear(dim, self.codebook_size)
         self.apply(self._init_weights)
         # ALiBi slopes 1, 1/2, 1/4, ... per head: from the nearest regions to most of the grid
-        self.locality = nn.Parameter(torch.tensor([2.0 ** -h for h in range(heads)])) if locality else None
+        slopes = [2.0 ** -h for h in range(heads)]
+        self.locality = nn.Parameter(torch.tensor(slopes)) if locality else None
+        self.position_locality = nn.Parameter(torch.tensor(slopes)) if position_locality else None
+        self.rotary = Rotary(dim // heads) if rotary else None
         self.register_buffer("cells_per_region", torch.tensor(self.scan.scales, dtype=torch.float), persistent=False)
 
     @staticmethod
@@ -256,15 +189,20 @@ class ARPrior(nn.Module):
         scale = self.cells_per_region[level]
         return torch.stack([(row + 0.5) / scale, (col + 0.5) / scale], -1), kind == CODE
 
-    def _content_bias(self, query, key, causal=None):
-        """(B, heads, Tq, Tk) attention bias of the content transformer between places `query` and `key`
-        (``_centre`` pairs); -inf where `causal` (B, 1, Tq, Tk) bool forbids; None without locality."""
-        if self.locality is None:
+    @staticmethod
+    def _distance_bias(slopes, query, key, causal=None):
+        """(B, heads, Tq, Tk) attention bias, `slopes` (heads,) times the distance between places `query`
+        and `key` (``_centre`` pairs); -inf where `causal` (B, 1, Tq, Tk) bool forbids; no slopes: `causal`."""
+        if slopes is None:
             return causal
         (q_at, q_code), (k_at, k_code) = query, key
         distance = (q_at[:, :, None] - k_at[:, None, :]).norm(dim=-1) * (q_code[:, :, None] & k_code[:, None, :])
-        bias = -self.locality[:, None, None] * distance[:, None]
+        bias = -slopes[:, None, None] * distance[:, None]
         return bias if causal is None else bias.masked_fill(~causal, -math.inf)
+
+    def _rotation(self, query, key):
+        """The `rotate` argument of the transformers for places `query` and `key`; None without rotary."""
+        return None if self.rotary is None else (self.rotary.angles(*query), self.rotary.angles(*key))
 
     def _code_logits(self, z):
         """(..., N) code logits from content states z (..., D)."""
@@ -285,13 +223,15 @@ class ARPrior(nn.Module):
         # pads sit only at the end, so causality alone keeps real tokens off them;
         # the key mask also keeps pads off pads: nothing depends on how long the padding is
         mask = causal & valid[:, None, None, :]
-        h = self.position_transformer(self.drop(x), mask)
+        places = [getattr(seq, name) for name in ("level", "kind", "row", "col")]
+        read = self._centre(*(p[:, :-1] for p in places))
+        h = self.position_transformer(self.drop(x), self._distance_bias(self.position_locality, read, read, mask),
+                                      rotate=self._rotation(read, read))
         nxt = self._place(seq.level[:, 1:], seq.kind[:, 1:], seq.row[:, 1:], seq.col[:, 1:])
         # content step t predicts the code at token t + 1's place from the tokens read up to t
-        places = [getattr(seq, name) for name in ("level", "kind", "row", "col")]
-        bias = self._content_bias(self._centre(*(p[:, 1:] for p in places)), self._centre(*(p[:, :-1] for p in places)),
-                                  mask)
-        z = self.content_transformer(h + nxt, bias)
+        predicted = self._centre(*(p[:, 1:] for p in places))
+        z = self.content_transformer(h + nxt, self._distance_bias(self.locality, predicted, read, mask),
+                                     rotate=self._rotation(predicted, read))
         return h, z
 
     def _nats(self, seq, dtype=torch.float32):
@@ -350,13 +290,15 @@ class ARPrior(nn.Module):
         length = self.scan.max_length
         caches = (self.position_transformer.caches(n, length, x), self.content_transformer.caches(n, length, x))
         xs, us = [], []  # the prefixes, for the uncached path
-        read, predicted = [], []  # the places of the tokens read and of the codes predicted, step by step
+        # the places of the tokens read and of the codes predicted, step by step
+        read, predicted = PlaceLog(n, length, x.device), PlaceLog(n, length, x.device)
         with evaluating(self):
             for t in range(length - 1):  # the cursor says when every sequence has ended
                 if cursor.finished:
                     break
                 read.append(self._centre(*cursor.place()))
-                h = self._step(self.position_transformer, x, xs, caches[0], use_cache)
+                h = self._step(self.position_transformer, x, xs, caches[0], use_cache,
+                               self.position_locality, read, read)
                 allowed = cursor.options()
                 free = allowed.sum(-1) > 1
                 choice = torch.zeros_like(cursor.choice)
@@ -366,24 +308,24 @@ class ARPrior(nn.Module):
                 cursor.advance(choice)
                 predicted.append(self._centre(*cursor.place()))
                 z = self._step(self.content_transformer, h + self._place(*cursor.place()), us, caches[1], use_cache,
-                               None if self.locality is None else lambda q, k, causal: self._content_bias(
-                                   stack_places(predicted[q]), stack_places(read[k]), causal))
+                               self.locality, predicted, read)
                 cursor.emit(pick_code(self._code_logits(z), t, cursor.kind == CODE))
                 x = self._embed(*cursor.place(), cursor.code)
         return cursor.sequence()
 
-    @staticmethod
-    def _step(transformer, x_BD, prefix, caches, use_cache, bias=None):
+    def _step(self, transformer, x_BD, prefix, caches, use_cache, slopes, queries, keys):
         """State (B, D) of `transformer` at the newest input `x_BD`, with the cache or by re-running `prefix`.
 
-        `bias(queries, keys, causal)`, if given, makes the attention bias of
-        those step slices (the causal mask None or (T, T) bool); None means none.
+        `queries` and `keys` (``PlaceLog``) hold the places of the steps so far,
+        the newest included, for the distance bias of `slopes` and the rotary
+        embeddings.
         """
         n = len(prefix) + 1 if not use_cache else caches[0].n + 1
-        if use_cache:
-            mask = None if bias is None else bias(slice(n - 1, n), slice(0, n), None)
-            return transformer(x_BD[:, None], mask, caches=caches)[:, 0]
+        if use_cache:  # one new query, over every cached key; only the new key is turned
+            mask = self._distance_bias(slopes, queries[n - 1:n], keys[:n])
+            rotate = self._rotation(queries[n - 1:n], keys[n - 1:n])
+            return transformer(x_BD[:, None], mask, caches=caches, rotate=rotate)[:, 0]
         prefix.append(x_BD)
         causal = torch.ones(n, n, dtype=torch.bool, device=x_BD.device).tril()
-        mask = causal if bias is None else bias(slice(0, n), slice(0, n), causal)
-        return transformer(torch.stack(prefix, 1), mask)[:, -1]
+        mask = self._distance_bias(slopes, queries[:n], keys[:n], causal)
+        return transformer(torch.stack(prefix, 1), mask, rotate=self._rotation(queries[:n], keys[:n]))[:, -1]

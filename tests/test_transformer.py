@@ -1,0 +1,41 @@
+import math
+
+import torch
+
+from dynfield.models.transformer import Rotary
+
+
+def scores(rotary, q, k, q_at, k_at):
+    """(T, T) products of queries and keys turned by their places."""
+    return (Rotary.rotate(q, rotary.angles(q_at)) @ Rotary.rotate(k, rotary.angles(k_at)).transpose(-1, -2))[0, 0]
+
+
+def test_rotary_scores_depend_on_the_offset_alone_and_on_its_direction():
+    torch.manual_seed(0)
+    rotary = Rotary(16)
+    q, k = torch.randn(2, 1, 1, 5, 16).unbind(0)
+    at = torch.rand(1, 5, 2) * 8
+    shift = torch.tensor([2.75, -1.5])
+    assert torch.allclose(scores(rotary, q, k, at, at), scores(rotary, q, k, at + shift, at + shift), atol=1e-4)
+    # the same distance in another direction scores differently
+    flipped = at.flip(-1)
+    assert not torch.allclose(scores(rotary, q, k, at, at), scores(rotary, q, k, at, flipped), atol=1e-2)
+
+
+def test_periodic_rotary_takes_offsets_on_the_torus():
+    torch.manual_seed(0)
+    rotary = Rotary(16, period=(8, 4))
+    q, k = torch.randn(2, 1, 1, 5, 16).unbind(0)
+    at = torch.rand(1, 5, 2) * 4
+    wrapped = at + torch.tensor([8.0, -4.0])  # one period down each axis: the same places on the torus
+    assert torch.allclose(scores(rotary, q, k, at, at), scores(rotary, q, k, at, wrapped), atol=1e-4)
+    plain = Rotary(16)
+    assert not torch.allclose(scores(plain, q, k, at, at), scores(plain, q, k, at, wrapped), atol=1e-2)
+
+
+def test_markers_are_not_turned():
+    rotary = Rotary(8)
+    at = torch.tensor([[[3.0, 1.0], [2.0, 5.0]]])
+    angles = rotary.angles(at, torch.tensor([[True, False]]))
+    assert angles[0, 0, 1].abs().max() == 0 and angles[0, 0, 0].abs().max() > 0
+    assert math.isclose(float(rotary.freqs[0, 0]), 2 * math.pi / 0.5, rel_tol=1e-6)
