@@ -196,7 +196,8 @@ def replay_bits(m, t):
     return torch.tensor(bits, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("extra", [{}, {"code_dim": 3, "periodic": True}, {"code_dim": 3, "periodic": True, "rotary": True}])
+@pytest.mark.parametrize("extra", [{}, {"code_dim": 3, "periodic": True},
+                                   {"code_dim": 3, "periodic": True, "rotary": True}])
 def test_bits_deterministic_replayable_and_rebuilt(extra):
     m = prior(codebook_size=6, **extra)
     if extra:

@@ -7,7 +7,8 @@ from dynfield.models.transformer import Rotary
 
 def scores(rotary, q, k, q_at, k_at):
     """(T, T) products of queries and keys turned by their places."""
-    return (Rotary.rotate(q, rotary.angles(q_at)) @ Rotary.rotate(k, rotary.angles(k_at)).transpose(-1, -2))[0, 0]
+    q, k = (Rotary.rotate(x, Rotary.turns(rotary.angles(at))) for x, at in ((q, q_at), (k, k_at)))
+    return (q @ k.transpose(-1, -2))[0, 0]
 
 
 def test_rotary_scores_depend_on_the_offset_alone_and_on_its_direction():

@@ -250,15 +250,15 @@ class MaskedPrior(nn.Module):
         return logits
 
     def _rotation(self, k, device):
-        """The transformer's `rotate` (query and key angles) for the cells of level k; None without rotary."""
+        """The transformer's `rotate` (query and key turns) for the cells of level k; None without rotary."""
         if self.rotary is None:
             return None
         H, W = self.grid_shapes[k]
         s = self.factors[-1] // self.factors[k]  # level-k cells per region side
         rows, cols = torch.meshgrid(torch.arange(H, device=device), torch.arange(W, device=device), indexing="ij")
         at = (torch.stack([rows, cols], -1).flatten(0, 1)[None].float() + 0.5) / s  # centres, in regions
-        angles = self.rotary.angles(at)
-        return angles, angles
+        turns = Rotary.turns(self.rotary.angles(at))
+        return turns, turns
 
     def _distance_bias(self, k, device):
         """(heads, L, L) additive attention bias of level k: minus each head's slope times the cell distance;

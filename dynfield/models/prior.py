@@ -202,7 +202,9 @@ class ARPrior(nn.Module):
 
     def _rotation(self, query, key):
         """The `rotate` argument of the transformers for places `query` and `key`; None without rotary."""
-        return None if self.rotary is None else (self.rotary.angles(*query), self.rotary.angles(*key))
+        if self.rotary is None:
+            return None
+        return Rotary.turns(self.rotary.angles(*query)), Rotary.turns(self.rotary.angles(*key))
 
     def _code_logits(self, z):
         """(..., N) code logits from content states z (..., D)."""

@@ -1,6 +1,8 @@
-"""The causal transformer of the autoregressive prior, with the attention biases that place its tokens in 2D.
+"""The transformer of the priors, with the attention biases that place their tokens in 2D.
 
-Pre-norm blocks over (B, T, D) states; a key/value cache for one-token steps.
+Pre-norm blocks over (B, T, D) states; the mask makes them causal (the
+autoregressive prior) or not (the bidirectional one); a key/value cache for
+one-token steps.
 Two ways to tell attention where the tokens lie, both from each token's
 centre in coarsest-region units: an additive bias (the prior's distance
 penalty, passed as the mask) and rotary embeddings in 2D (``Rotary``), which
@@ -46,8 +48,8 @@ class SelfAttention(nn.Module):
         `mask`: (B, 1 or heads, T, T) bool (where a query may look) or float (an
         additive bias, -inf where it may not); with a cache (one new token, which
         may look at every cached one) None or a (B, heads, 1, n) bias.
-        `rotate`: None or the (query, key) angles of ``Rotary.angles`` for the
-        T new tokens; keys are rotated before they are cached.
+        `rotate`: None or the (query, key) ``Rotary.turns`` of the T new
+        tokens' places; keys are rotated before they are cached.
         """
         B, T, D = x_BTD.shape
         q, k, v = (z.view(B, T, self.heads, D // self.heads).transpose(1, 2) for z in self.qkv(x_BTD).split(D, -1))
@@ -74,7 +76,7 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """A causal stack of `depth` blocks and a final LayerNorm."""
+    """A stack of `depth` blocks and a final LayerNorm (causal or not by the mask)."""
 
     def __init__(self, dim, depth, heads, dropout):
         super().__init__()
@@ -143,8 +145,13 @@ class Rotary(nn.Module):
         return torch.cat([at[..., :1] * self.freqs[0], at[..., 1:] * self.freqs[1]], -1)[:, None]
 
     @staticmethod
-    def rotate(x_BHTd, angles):
-        """`x_BHTd` with its channel pairs (i, i + d / 2) turned by `angles`."""
+    def turns(angles):
+        """(cos, sin) of `angles`, computed once for every block that rotates by them."""
+        return angles.cos(), angles.sin()
+
+    @staticmethod
+    def rotate(x_BHTd, turns):
+        """`x_BHTd` with its channel pairs (i, i + d / 2) turned by `turns` (``Rotary.turns``)."""
         x1, x2 = x_BHTd.chunk(2, -1)
-        cos, sin = angles.cos(), angles.sin()
+        cos, sin = turns
         return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
