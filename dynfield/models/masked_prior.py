@@ -8,26 +8,34 @@ FINER at level 0). All level-k cells of a region are codes or all are FINER,
 so the grain map is coded jointly with the codes. Cells of closed regions are
 context: they show the coarser code that covers them.
 
-One non-causal transformer, shared by the levels, predicts the masked cells of
-a level with context on all sides, because physical fields have no causal scan
-direction. The cells are revealed in a fixed interlaced order (Adam7's): a
+One transformer, shared by the levels, predicts the cells of a level with
+context on all sides, because physical fields have no causal scan direction. The cells are revealed in a fixed interlaced order (Adam7's): a
 sparse lattice first, then the centres of its squares, then the midpoints of
 their edges, halving the step until every cell is known, one round per lattice
 offset. Every cell after the first few rounds has known neighbours on all
 sides, which a raster scan never gives. The coarsest level, which sees no
 coarser one, reveals its sparse lattice in the same order again, down to a
 single cell, so that no two of its cells are drawn blind of each other.
-Training shows the model exactly the states that coding meets (the cells of
-rounds before a random round known, the others masked), coding measures an
-exact code length round by round, and sampling draws round by round from the
-same distribution.
 
-A masked cell holds nothing of its surroundings, so two things bring them to
-it: a small convolution over the grid of shown symbols (the nearest
-neighbours, at once), and an attention bias of minus a learned slope per level
-and head times the distance between two cells (ALiBi, in 2D), for the rest of
-the grid. Without them the prior learned little more than the frequency of
-each symbol within a training budget.
+One pass predicts every cell of a level from exactly the cells revealed in
+the rounds before its own, with two streams of the same transformer
+(``Transformer.two_stream``): a content stream that carries each cell's
+symbol and looks at the cells revealed no later, and a query stream that
+carries only a cell's place and looks at the content of earlier rounds. So
+training learns from every cell in the very state that coding meets, its
+loss is the exact code length, one pass per level, and sampling draws round
+by round from the same distribution. (Trained as a masked model, with the
+rounds before one random round shown, only the cells of that round met
+their coding state, and the prior lagged 4 % behind the raster order at
+equal steps.)
+
+A cell to predict holds nothing of its surroundings, so two things bring them
+to it: its nearest neighbours' symbols (a linear map of the neighbourhood, a
+neighbour counting where it is revealed before the cell), and an attention
+bias of minus a learned slope per level and head times the distance between
+two cells (ALiBi, in 2D), for the rest of the grid. Without them the prior
+learned little more than the frequency of each symbol within a training
+budget.
 
 The grain of a region is decided at one cell: its "lead" cell, the region's
 first cell in the reveal order. The lead pays for the grain with the full
@@ -44,49 +52,10 @@ import torch.nn.functional as F
 
 from .code_embedding import CodeEmbedding
 from .prior import PriorOutput, check_sampling, evaluating, filter_logits
-from .transformer import Rotary, Transformer
+from .level_grids import from_regions, grid_distance, grids_to_tokens, level_grids, to_regions
 from .reveal import lattice_order, lattice_rounds
-from .tokens import Tokens, check_factors, repeat_cells
-
-
-def _regions(x_BHW, s):
-    """(B, Hc * s, Wc * s) -> (B, Hc, Wc, s * s): the cells of each region side by side."""
-    B, H, W = x_BHW.shape
-    return x_BHW.reshape(B, H // s, s, W // s, s).transpose(2, 3).reshape(B, H // s, W // s, s * s)
-
-
-def _cells(x_BHWS, s):
-    """Inverse of ``_regions``: (B, Hc, Wc, s * s) -> (B, Hc * s, Wc * s)."""
-    B, Hc, Wc, _ = x_BHWS.shape
-    return x_BHWS.reshape(B, Hc, Wc, s, s).transpose(2, 3).reshape(B, Hc * s, Wc * s)
-
-
-def level_grids(tokens):
-    """The symbol grids of a batch of tokens, one per level.
-
-    Returns
-    -------
-    list of (B, Hp / f_k, Wp / f_k) long tensors: the code where the region is
-    at level k, FINER (= codebook_size) where it goes to a finer level, -1 where
-    a coarser level has taken it.
-    """
-    f_K = tokens.require_single_stage("the bidirectional prior").factors[-1]
-    grids = []
-    for k, (codes, f) in enumerate(zip(tokens.codes, tokens.factors)):
-        grain = repeat_cells(tokens.grain, f_K // f)
-        grids.append(torch.where(grain < k, tokens.codebook_size, torch.where(grain == k, codes, -1)))
-    return grids
-
-
-def grids_to_tokens(grids, factors, shape, codebook_size):
-    """Inverse of ``level_grids``: Tokens from the symbol grids of every level."""
-    factors = tuple(factors)
-    K, f_K = len(factors), factors[-1]
-    # a region at level g goes FINER at each of the K - 1 - g coarser levels
-    finer = [grid[:, :: f_K // f, :: f_K // f] == codebook_size for grid, f in zip(grids, factors)]
-    grain = (K - 1) - torch.stack(finer).long().sum(0)
-    codes = [torch.where((grid >= 0) & (grid < codebook_size), grid, -1) for grid in grids]
-    return Tokens(grain, codes, factors, shape, codebook_size)
+from .tokens import check_factors, repeat_cells
+from .transformer import Rotary, Transformer
 
 
 def _split_nll(logits_BLV, target_BL):
@@ -105,16 +74,6 @@ def _split_nll(logits_BLV, target_BL):
     code_logit = logits_BLV.gather(-1, target_BL.clamp(0, N - 1)[..., None])[..., 0]
     code = torch.where(finer, torch.zeros_like(lse_code), lse_code - code_logit)
     return grain, code
-
-
-def _grid_distance(H, W, device, periodic=False):
-    """(H * W, H * W) distance in cells between the cells of an (H, W) grid, raster order; on the torus if periodic."""
-    rows, cols = torch.meshgrid(torch.arange(H, device=device), torch.arange(W, device=device), indexing="ij")
-    place = torch.stack([rows.flatten(), cols.flatten()], -1).float()
-    step = (place[:, None] - place[None]).abs()
-    if periodic:
-        step = torch.minimum(step, torch.tensor([H, W], device=device) - step)
-    return step.square().sum(-1).sqrt()
 
 
 def _draw(logits_BLV, generator, temperature, top_k, top_p):
@@ -137,8 +96,8 @@ class MaskedPrior(nn.Module):
     spacing : step of the reveal lattice, a power of 2; a level is revealed in
         spacing ** 2 rounds, the coarsest in more (its lattice is nested, as
         it has no coarser level to see).
-    neighbourhood : odd size of the convolution that shows each cell its
-        nearest shown symbols.
+    neighbourhood : odd size of the square of nearest neighbours whose
+        revealed symbols each cell sees directly.
     code_dim : size of the tokenizer's code vectors that the symbol embedding
         and the output see (``CodeEmbedding``; set them with
         ``tok_emb.set_vectors``); 0 for free code embeddings alone.
@@ -192,8 +151,8 @@ class MaskedPrior(nn.Module):
         # would; being per level, they also tell the shared transformer which level it predicts.
         self.row_emb = nn.ModuleList(nn.Embedding(H, dim) for H, _ in self.grid_shapes)
         self.col_emb = nn.ModuleList(nn.Embedding(W, dim) for _, W in self.grid_shapes)
-        self.neighbours = nn.Conv2d(dim, dim, neighbourhood, padding=neighbourhood // 2,
-                                    padding_mode="circular" if periodic else "zeros")
+        self.neighbourhood = neighbourhood
+        self.neighbours = nn.Linear(neighbourhood ** 2 * dim, dim)  # what each cell sees of its neighbourhood
         # ALiBi slopes 1, 1/2, 1/4, ... per level: from near neighbours (~1 cell) to most of the grid
         slopes = torch.tensor([2.0 ** -h for h in range(heads)]).repeat(K, 1)
         self.locality = nn.Parameter(slopes) if locality else None
@@ -233,21 +192,61 @@ class MaskedPrior(nn.Module):
             symbol, source = torch.where(taken, up, symbol), torch.where(taken, j, source)
         return symbol.flatten(1), source.flatten(1)
 
-    def _logits(self, k, grid_BL, known_BL, context):
-        """(B, L, N + 1) logits of every cell of level k, seeing the known cells and the context."""
+    def _logits(self, k, grid_BL, reveal_BL, context):
+        """(B, L, N + 1) logits of every cell of level k, each from the cells revealed before it.
+
+        `reveal_BL` is the round at which each cell is revealed (-1 for the
+        closed cells, known from the start): a cell's logits depend on the
+        symbols of the cells of earlier rounds alone, whatever the others hold.
+        """
         symbol, source = context
-        inputs = torch.where(known_BL & (grid_BL >= 0), grid_BL, symbol)
-        H, W = self.grid_shapes[k]
+        own = self.tok_emb(torch.where(grid_BL >= 0, grid_BL, symbol))  # what a revealed cell shows
+        hidden = self.tok_emb(symbol)  # and one not yet revealed: MASK, or the coarser code over it
         row, col = self.row_emb[k].weight, self.col_emb[k].weight
         place_LD = (row[:, None] + col[None, :]).flatten(0, 1)  # (H * W, dim), raster order of the grid
-        shown = self.tok_emb(inputs)
-        near = self.neighbours(shown.transpose(1, 2).unflatten(2, (H, W))).flatten(2).transpose(1, 2)
-        x = shown + near + self.src_emb(source) + place_LD
-        h = self.transformer(x, self._distance_bias(k, x.device), rotate=self._rotation(k, x.device))
+        base = self.src_emb(source) + place_LD
+        content = own + self._near(k, own, hidden, reveal_BL, strict=False) + base
+        query = hidden + self._near(k, own, hidden, reveal_BL, strict=True) + base
+        h = self.transformer.two_stream(content, query, *self._masks(k, reveal_BL),
+                                        rotate=self._rotation(k, own.device))
         logits = self.tok_emb.add_scores(self.head(h), h)
         if k == 0:  # every open region of the finest level carries codes
             logits = logits.masked_fill(torch.arange(self.FINER + 1, device=logits.device) == self.FINER, -math.inf)
         return logits
+
+    def _near(self, k, own_BLD, hidden_BLD, reveal_BL, strict):
+        """(B, L, dim): what each cell of level k sees of its neighbourhood.
+
+        A neighbour shows its symbol where it is revealed before the cell
+        (`strict`, the query stream) or no later (the content stream, the cell
+        itself included), else what it shows unrevealed; beyond the edges of a
+        grid that does not wrap around, nothing.
+        """
+        (H, W), n = self.grid_shapes[k], self.neighbourhood
+        mode, p = ("circular" if self.periodic else "constant"), n // 2
+
+        def padded(x_BL_):  # (B, L, C) -> (B, C, H + 2p, W + 2p)
+            return F.pad(x_BL_.unflatten(1, (H, W)).permute(0, 3, 1, 2), (p, p, p, p), mode=mode)
+
+        own, hidden, reveal = padded(own_BLD), padded(hidden_BLD), padded(reveal_BL[..., None].float())
+        at = reveal_BL.view(-1, 1, H, W).float()
+        seen = []
+        for di in range(n):
+            for dj in range(n):
+                window = (slice(None), slice(None), slice(di, di + H), slice(dj, dj + W))
+                before = reveal[window] < at if strict else reveal[window] <= at
+                seen.append(torch.where(before, own[window], hidden[window]))
+        return self.neighbours(torch.cat(seen, 1).flatten(2).transpose(1, 2))
+
+    def _masks(self, k, reveal_BL):
+        """Additive attention masks (content, query), (B, heads or 1, L, L), of level k's two streams."""
+        query, key = reveal_BL[:, None, :, None], reveal_BL[:, None, None, :]
+        blocked = torch.tensor(-math.inf, device=reveal_BL.device)
+        content, earlier = (torch.where(key <= query, 0.0, blocked), torch.where(key < query, 0.0, blocked))
+        bias = self._distance_bias(k, reveal_BL.device)
+        if bias is None:
+            return content, earlier
+        return content + bias, earlier + bias
 
     def _rotation(self, k, device):
         """The transformer's `rotate` (query and key turns) for the cells of level k; None without rotary."""
@@ -265,92 +264,66 @@ class MaskedPrior(nn.Module):
         None without locality."""
         if self.locality is None:
             return None
-        return -self.locality[k][:, None, None] * _grid_distance(*self.grid_shapes[k], device, self.periodic)
+        return -self.locality[k][:, None, None] * grid_distance(*self.grid_shapes[k], device, self.periodic)
 
     def _schedule(self, k):
-        """The fixed reveal schedule of level k: (round (L,) of each cell, lead (L,) bool).
+        """The fixed reveal schedule of level k: (round (L,) of each cell, lead (L,) bool, its lead's round (L,)).
 
         A region's lead is its first cell in the reveal order (round, then
-        raster place); it carries the region's grain decision.
+        raster place); it carries the region's grain decision, and a FINER
+        decision reveals the whole region at the lead's round.
         """
         H, W = self.grid_shapes[k]
         s = self.factors[-1] // self.factors[k]
         rounds = getattr(self, f"rounds_{k}")
         position = rounds * (H * W) + torch.arange(H * W, device=rounds.device)
-        first = _regions(position.view(1, H, W), s).argmin(-1)
-        return rounds, _cells(F.one_hot(first, s * s).bool(), s).flatten()
+        first = to_regions(position.view(1, H, W), s).argmin(-1)
+        lead_round = repeat_cells(to_regions(rounds.view(1, H, W), s).amin(-1), s).flatten()
+        return rounds, from_regions(F.one_hot(first, s * s).bool(), s).flatten(), lead_round
 
-    def _train_known(self, grid_BL, k):
-        """(B, L) bool: the cells known at a random round r of the schedule, one r per sample.
+    def _reveal(self, k, grid_BL):
+        """(B, L) the round at which each cell of level k is revealed: -1 when closed, its lead's when FINER.
 
-        Exactly a state that coding meets: the closed cells, the cells of rounds
-        before r, and every cell of a FINER region whose lead (its first round)
-        comes before r.
+        A cell not yet drawn (MASK) is given its own round, after every cell
+        its prediction depends on.
         """
-        rounds, _ = self._schedule(k)
-        r = torch.randint(self.level_rounds[k], (grid_BL.shape[0], 1), device=grid_BL.device)
-        s = self.factors[-1] // self.factors[k]
-        lead_round = repeat_cells(_regions(rounds.view(1, *self.grid_shapes[k]), s).amin(-1), s).flatten()
-        return (grid_BL < 0) | torch.where(grid_BL == self.FINER, lead_round < r, rounds < r)
+        rounds, _, lead_round = self._schedule(k)
+        return torch.where(grid_BL < 0, -1, torch.where(grid_BL == self.FINER, lead_round, rounds))
 
     def forward(self, tokens):
-        """Training objective (a random round of the schedule) in training mode, the exact code length in eval mode.
+        """The exact code length of ``bits``, in one pass per level; differentiable, with dropout when training.
 
-        In training mode, loss and parts are nats per masked cell and bits the
-        masked cells' bits per sample; a FINER cell is a cell, so these are per
-        cell, not per token. In eval mode they are the exact code length of
-        ``bits``, per token of ``tokens.count()`` and per sample.
-        parts = {"grain": the grain decisions, "code": the codes}; they sum to loss.
+        loss and parts are nats per token of ``tokens.count()``, bits the
+        bits of each sample. parts = {"grain": the grain decisions, "code":
+        the codes}; they sum to loss.
         """
         grids = self._level_grids(tokens)
         count = tokens.count()
-        if self.training:
-            grain = code = 0.0
-            n_predicted = 0
-            for k in reversed(range(self.num_levels)):
-                grid = grids[k].flatten(1)
-                known = self._train_known(grid, k)
-                g, c = _split_nll(self._logits(k, grid, known, self._context(grids, k)), grid)
-                grain = grain + torch.where(known, 0.0, g).sum(1)
-                code = code + torch.where(known, 0.0, c).sum(1)
-                n_predicted = n_predicted + (~known).sum()
-        else:
-            grain, code = (x.float() for x in self._code_length(grids))
-            n_predicted = count.sum()
-        n_predicted = torch.as_tensor(n_predicted).clamp(min=1)
+        grain, code = self._code_length(grids, torch.float32)
+        n = count.sum().clamp(min=1)
         return PriorOutput(
-            loss=(grain + code).sum() / n_predicted,
-            parts={"grain": grain.sum() / n_predicted, "code": code.sum() / n_predicted},
+            loss=(grain + code).sum() / n,
+            parts={"grain": grain.sum() / n, "code": code.sum() / n},
             bits=(grain + code) / math.log(2),
             count=count,
         )
 
-    def _code_length(self, grids):
-        """Exact code length of the level grids, in nats: (grain (B,), code (B,)) float64.
+    def _code_length(self, grids, dtype):
+        """Code length of the level grids in nats, (grain (B,), code (B,)) in `dtype`.
 
-        The decoder's replay: per level, per round, one transformer pass on the
-        cells known so far predicts, in parallel, the cells the schedule reveals.
+        Each cell pays with the distribution its prediction gives in the state
+        a decoder meets it in: a lead for its region's grain, a cell of a coded
+        region for its code.
         """
-        B = grids[0].shape[0]
-        grain = torch.zeros(B, dtype=torch.float64, device=grids[0].device)
-        code = torch.zeros_like(grain)
+        grain = code = 0.0
         for k in reversed(range(self.num_levels)):
-            s = self.factors[-1] // self.factors[k]
             grid = grids[k].flatten(1)
-            finer = grid == self.FINER
-            rounds, lead = self._schedule(k)
-            context = self._context(grids, k)
-            known = grid < 0
-            for r in range(self.level_rounds[k]):
-                now = ~known & (rounds == r)
-                if not now.any():
-                    continue
-                g, c = _split_nll(self._logits(k, grid, known, context).double(), grid)
-                grain = grain + torch.where(now & lead, g, 0.0).sum(1)
-                code = code + torch.where(now & ~finer, c, 0.0).sum(1)
-                # a lead revealed FINER reveals its whole region
-                decided = _regions((now & lead & finer).view_as(grids[k]), s).any(-1)
-                known = known | now | repeat_cells(decided, s).flatten(1)
+            _, lead, _ = self._schedule(k)
+            logits = self._logits(k, grid, self._reveal(k, grid), self._context(grids, k)).to(dtype)
+            g, c = _split_nll(logits, grid)
+            open_ = grid >= 0
+            grain = grain + torch.where(open_ & lead, g, 0.0).sum(1)
+            code = code + torch.where(open_ & (grid != self.FINER), c, 0.0).sum(1)
         return grain, code
 
     @torch.no_grad()
@@ -358,7 +331,7 @@ class MaskedPrior(nn.Module):
         """(B,) float64 exact code length in bits of each sample (grain and codes), deterministic."""
         grids = self._level_grids(tokens)
         with evaluating(self):
-            grain, code = self._code_length(grids)
+            grain, code = self._code_length(grids, torch.float64)
         return (grain + code) / math.log(2)
 
     @torch.no_grad()
@@ -387,19 +360,19 @@ class MaskedPrior(nn.Module):
             s = self.factors[-1] // self.factors[k]
             H, W = self.grid_shapes[k]
             grid = torch.where(repeat_cells(open_regions, s), self.MASK, -1).flatten(1)
-            rounds, lead = self._schedule(k)
+            rounds, lead, _ = self._schedule(k)
             context = self._context([*grids[:k], grid.view(n, H, W), *grids[k + 1:]], k)
             known = grid < 0
             for r in range(self.level_rounds[k]):
                 now = ~known & (rounds == r)
                 if not now.any():
                     continue
-                logits = self._logits(k, grid, known, context).float()
+                logits = self._logits(k, grid, self._reveal(k, grid), context).float()
                 drawn = torch.where(lead, _draw(logits, generator, temperature, top_k, top_p),
                                     _draw(logits[..., :N], generator, temperature, top_k, top_p))
-                finer = repeat_cells(_regions((now & lead & (drawn == N)).view(n, H, W), s).any(-1), s).flatten(1)
+                finer = repeat_cells(to_regions((now & lead & (drawn == N)).view(n, H, W), s).any(-1), s).flatten(1)
                 grid = torch.where(finer, N, torch.where(now, drawn, grid))
                 known = known | now | finer
             grids[k] = grid.view(n, H, W)
-            open_regions = _regions(grids[k], s).eq(N).all(-1)
+            open_regions = to_regions(grids[k], s).eq(N).all(-1)
         return grids_to_tokens(grids, self.factors, self.shape, N)

@@ -1,8 +1,9 @@
 """The transformer of the priors, with the attention biases that place their tokens in 2D.
 
 Pre-norm blocks over (B, T, D) states; the mask makes them causal (the
-autoregressive prior) or not (the bidirectional one); a key/value cache for
-one-token steps.
+autoregressive prior); a key/value cache for one-token steps; and a two-stream
+pass (``Transformer.two_stream``, the bidirectional prior's) that predicts
+every token in one pass from the tokens before it in any partial order.
 Two ways to tell attention where the tokens lie, both from each token's
 centre in coarsest-region units: an additive bias (the prior's distance
 penalty, passed as the mask) and rotary embeddings in 2D (``Rotary``), which
@@ -51,14 +52,41 @@ class SelfAttention(nn.Module):
         `rotate`: None or the (query, key) ``Rotary.turns`` of the T new
         tokens' places; keys are rotated before they are cached.
         """
+        q, k, v = self._split(x_BTD, rotate)
+        if cache is not None:
+            k, v = cache.extend(k, v)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        return self._merge(y)
+
+    def _split(self, x_BTD, rotate):
+        """Queries, keys and values of `x_BTD`, (B, heads, T, head_dim) each, queries and keys turned."""
         B, T, D = x_BTD.shape
         q, k, v = (z.view(B, T, self.heads, D // self.heads).transpose(1, 2) for z in self.qkv(x_BTD).split(D, -1))
         if rotate is not None:
             q, k = Rotary.rotate(q, rotate[0]), Rotary.rotate(k, rotate[1])
-        if cache is not None:
-            k, v = cache.extend(k, v)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(y.transpose(1, 2).reshape(B, T, D))
+        return q, k, v
+
+    def _merge(self, y_BHTd):
+        B, _, T, _ = y_BHTd.shape
+        return self.proj(y_BHTd.transpose(1, 2).reshape(B, T, -1))
+
+    def two_stream(self, content_BTD, query_BTD, content_mask, query_mask, rotate=None):
+        """Attention of both streams (``Transformer.two_stream``): (content update, query update).
+
+        Content tokens look at the content tokens `content_mask` allows;
+        query tokens at those `query_mask` allows and at their own query
+        token, so that no query is left with nothing to look at. Masks are
+        additive float biases, (B, 1 or heads, T, T).
+        """
+        drop = self.dropout if self.training else 0.0
+        q_c, k_c, v_c = self._split(content_BTD, rotate)
+        q_q, k_q, v_q = self._split(query_BTD, rotate)
+        content = F.scaled_dot_product_attention(q_c, k_c, v_c, attn_mask=content_mask, dropout_p=drop)
+        scale = q_q.shape[-1] ** -0.5
+        scores = torch.cat([q_q @ k_c.transpose(-2, -1) * scale + query_mask, (q_q * k_q).sum(-1, keepdim=True) * scale], -1)
+        weights = F.dropout(scores.softmax(-1), drop, self.training)
+        query = weights[..., :-1] @ v_c + weights[..., -1:] * v_q
+        return self._merge(content), self._merge(query)
 
 
 class Block(nn.Module):
@@ -74,6 +102,12 @@ class Block(nn.Module):
         x = x + self.attn(self.ln1(x), mask, cache, rotate)
         return x + self.mlp(self.ln2(x))
 
+    def two_stream(self, content, query, content_mask, query_mask, rotate=None):
+        """Both streams through the block, with the same weights (``SelfAttention.two_stream``)."""
+        dc, dq = self.attn.two_stream(self.ln1(content), self.ln1(query), content_mask, query_mask, rotate)
+        content, query = content + dc, query + dq
+        return content + self.mlp(self.ln2(content)), query + self.mlp(self.ln2(query))
+
 
 class Transformer(nn.Module):
     """A stack of `depth` blocks and a final LayerNorm (causal or not by the mask)."""
@@ -88,6 +122,21 @@ class Transformer(nn.Module):
         for i, block in enumerate(self.blocks):
             x_BTD = block(x_BTD, mask, None if caches is None else caches[i], rotate)
         return self.ln(x_BTD)
+
+    def two_stream(self, content_BTD, query_BTD, content_mask, query_mask, rotate=None):
+        """The query stream's final (B, T, D) states: each token predicted from the tokens before it.
+
+        Two-stream attention (XLNet's): the content stream carries each
+        token's own symbol and looks at the tokens up to it (`content_mask`:
+        itself and every token revealed no later); the query stream carries
+        only a token's place and looks at the content of the tokens strictly
+        before it (`query_mask`). One pass thus gives every token its
+        prediction from exactly the tokens a decoder knows when it reaches
+        that token, in any order where several tokens share a step.
+        """
+        for block in self.blocks:
+            content_BTD, query_BTD = block.two_stream(content_BTD, query_BTD, content_mask, query_mask, rotate)
+        return self.ln(query_BTD)
 
     def caches(self, B, length, like):
         """One empty `KVCache` per block for B sequences of up to `length` tokens (dtype/device of `like`)."""
