@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from dynfield.models.transformer import Rotary
+from dynfield.models.transformer import Rotary, Transformer
 
 
 def scores(rotary, q, k, q_at, k_at):
@@ -40,3 +40,30 @@ def test_markers_are_not_turned():
     angles = rotary.angles(at, torch.tensor([[True, False]]))
     assert angles[0, 0, 1].abs().max() == 0 and angles[0, 0, 0].abs().max() > 0
     assert math.isclose(float(rotary.freqs[0, 0]), 2 * math.pi / 0.5, rel_tol=1e-6)
+
+
+def two_stream_masks(rounds):
+    """The additive (content, query) masks of tokens revealed at `rounds` (B, T): no later, strictly earlier."""
+    query, key = rounds[:, None, :, None], rounds[:, None, None, :]
+    blocked = torch.tensor(-math.inf)
+    return torch.where(key <= query, 0.0, blocked), torch.where(key < query, 0.0, blocked)
+
+
+def test_two_stream_predicts_each_token_from_the_earlier_rounds_alone():
+    # the query output of a token must be what a decoder computes knowing only
+    # the tokens of earlier rounds: dropping every other token changes nothing
+    torch.manual_seed(0)
+    model = Transformer(16, depth=2, heads=2, dropout=0.0).eval()
+    T = 12
+    rounds = torch.randint(4, (1, T))  # several tokens share a round
+    content, query = torch.randn(2, 1, T, 16).unbind(0)
+    with torch.no_grad():
+        full = model.two_stream(content, query, *two_stream_masks(rounds))
+        for t in range(T):
+            keep = (rounds[0] < rounds[0, t]).nonzero()[:, 0].tolist() + [t]
+            alone = model.two_stream(content[:, keep], query[:, keep], *two_stream_masks(rounds[:, keep]))
+            assert torch.allclose(alone[0, -1], full[0, t], atol=1e-5)
+        # and the earlier tokens' content does reach it
+        later = rounds[0] > rounds[0].min()
+        moved = model.two_stream(content + torch.randn_like(content), query, *two_stream_masks(rounds))
+        assert not torch.allclose(moved[0, later], full[0, later], atol=1e-3)
