@@ -9,9 +9,10 @@ so the grain map is coded jointly with the codes. Cells of closed regions are
 context: they show the coarser code that covers them.
 
 One transformer, shared by the levels, predicts the cells of a level with
-context on all sides, because physical fields have no causal scan direction. The cells are revealed in a fixed interlaced order (Adam7's): a
-sparse lattice first, then the centres of its squares, then the midpoints of
-their edges, halving the step until every cell is known, one round per lattice
+context on all sides, because physical fields have no causal scan direction.
+The cells are revealed in a fixed interlaced order (Adam7's): a sparse
+lattice first, then the centres of its squares, then the midpoints of their
+edges, halving the step until every cell is known, one round per lattice
 offset. Every cell after the first few rounds has known neighbours on all
 sides, which a raster scan never gives. The coarsest level, which sees no
 coarser one, reveals its sparse lattice in the same order again, down to a
@@ -76,6 +77,18 @@ def _split_nll(logits_BLV, target_BL):
     return grain, code
 
 
+def _schedule(rounds, H, W, s):
+    """The lead of each region of s x s cells of an (H, W) grid whose cells are revealed at `rounds` (L,).
+
+    A region's lead is its first cell in the reveal order (round, then raster
+    place). Returns (lead (L,) bool, the round of each cell's lead (L,)).
+    """
+    position = rounds * (H * W) + torch.arange(H * W)
+    first = to_regions(position.view(1, H, W), s).argmin(-1)
+    lead_round = repeat_cells(to_regions(rounds.view(1, H, W), s).amin(-1), s).flatten()
+    return from_regions(F.one_hot(first, s * s).bool(), s).flatten(), lead_round
+
+
 def _draw(logits_BLV, generator, temperature, top_k, top_p):
     """(B, L) symbols, one drawn per cell."""
     p = filter_logits(logits_BLV, temperature, top_k, top_p).softmax(-1)
@@ -138,9 +151,11 @@ class MaskedPrior(nn.Module):
         self.region_shape = (-(-shape[0] // f_K), -(-shape[1] // f_K))  # (Hc, Wc)
         self.grid_shapes = [(self.region_shape[0] * f_K // f, self.region_shape[1] * f_K // f) for f in factors]
         self.level_rounds = []  # number of rounds of each level
-        for k, (H, W) in enumerate(self.grid_shapes):
+        for k, ((H, W), f) in enumerate(zip(self.grid_shapes, factors)):
             rounds = lattice_rounds(H, W, spacing, nested=k == len(factors) - 1)
-            self.register_buffer(f"rounds_{k}", rounds, persistent=False)
+            lead, lead_round = _schedule(rounds, H, W, f_K // f)
+            for name, value in (("rounds", rounds), ("lead", lead), ("lead_round", lead_round)):
+                self.register_buffer(f"{name}_{k}", value, persistent=False)
             self.level_rounds.append(int(rounds.max()) + 1)
         N, K = codebook_size, len(factors)
         self.FINER, self.MASK = N, N + 1
@@ -205,8 +220,8 @@ class MaskedPrior(nn.Module):
         row, col = self.row_emb[k].weight, self.col_emb[k].weight
         place_LD = (row[:, None] + col[None, :]).flatten(0, 1)  # (H * W, dim), raster order of the grid
         base = self.src_emb(source) + place_LD
-        content = own + self._near(k, own, hidden, reveal_BL, strict=False) + base
-        query = hidden + self._near(k, own, hidden, reveal_BL, strict=True) + base
+        near_content, near_query = self._near(k, own, hidden, reveal_BL)
+        content, query = own + near_content + base, hidden + near_query + base
         h = self.transformer.two_stream(content, query, *self._masks(k, reveal_BL),
                                         rotate=self._rotation(k, own.device))
         logits = self.tok_emb.add_scores(self.head(h), h)
@@ -214,12 +229,12 @@ class MaskedPrior(nn.Module):
             logits = logits.masked_fill(torch.arange(self.FINER + 1, device=logits.device) == self.FINER, -math.inf)
         return logits
 
-    def _near(self, k, own_BLD, hidden_BLD, reveal_BL, strict):
-        """(B, L, dim): what each cell of level k sees of its neighbourhood.
+    def _near(self, k, own_BLD, hidden_BLD, reveal_BL):
+        """What each cell of level k sees of its neighbourhood: (content, query), (B, L, dim) each.
 
-        A neighbour shows its symbol where it is revealed before the cell
-        (`strict`, the query stream) or no later (the content stream, the cell
-        itself included), else what it shows unrevealed; beyond the edges of a
+        A neighbour shows its symbol where it is revealed no later than the
+        cell (the content stream, the cell itself included) or before it (the
+        query stream), else what it shows unrevealed; beyond the edges of a
         grid that does not wrap around, nothing.
         """
         (H, W), n = self.grid_shapes[k], self.neighbourhood
@@ -230,13 +245,13 @@ class MaskedPrior(nn.Module):
 
         own, hidden, reveal = padded(own_BLD), padded(hidden_BLD), padded(reveal_BL[..., None].float())
         at = reveal_BL.view(-1, 1, H, W).float()
-        seen = []
+        content, query = [], []
         for di in range(n):
             for dj in range(n):
                 window = (slice(None), slice(None), slice(di, di + H), slice(dj, dj + W))
-                before = reveal[window] < at if strict else reveal[window] <= at
-                seen.append(torch.where(before, own[window], hidden[window]))
-        return self.neighbours(torch.cat(seen, 1).flatten(2).transpose(1, 2))
+                content.append(torch.where(reveal[window] <= at, own[window], hidden[window]))
+                query.append(torch.where(reveal[window] < at, own[window], hidden[window]))
+        return tuple(self.neighbours(torch.cat(seen, 1).flatten(2).transpose(1, 2)) for seen in (content, query))
 
     def _masks(self, k, reveal_BL):
         """Additive attention masks (content, query), (B, heads or 1, L, L), of level k's two streams."""
@@ -269,17 +284,10 @@ class MaskedPrior(nn.Module):
     def _schedule(self, k):
         """The fixed reveal schedule of level k: (round (L,) of each cell, lead (L,) bool, its lead's round (L,)).
 
-        A region's lead is its first cell in the reveal order (round, then
-        raster place); it carries the region's grain decision, and a FINER
+        A region's lead carries the region's grain decision, and a FINER
         decision reveals the whole region at the lead's round.
         """
-        H, W = self.grid_shapes[k]
-        s = self.factors[-1] // self.factors[k]
-        rounds = getattr(self, f"rounds_{k}")
-        position = rounds * (H * W) + torch.arange(H * W, device=rounds.device)
-        first = to_regions(position.view(1, H, W), s).argmin(-1)
-        lead_round = repeat_cells(to_regions(rounds.view(1, H, W), s).amin(-1), s).flatten()
-        return rounds, from_regions(F.one_hot(first, s * s).bool(), s).flatten(), lead_round
+        return getattr(self, f"rounds_{k}"), getattr(self, f"lead_{k}"), getattr(self, f"lead_round_{k}")
 
     def _reveal(self, k, grid_BL):
         """(B, L) the round at which each cell of level k is revealed: -1 when closed, its lead's when FINER.
