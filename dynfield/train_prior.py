@@ -27,8 +27,8 @@ PRIOR_SETTINGS = ("fine_ratio", "augment_passes", "train", "code_features")
 def build_prior(cfg_prior, tokenizer, shape, periodic=False):
     """The prior of a `prior` config, for the tokens `tokenizer` makes of (H, W) = `shape` fields.
 
-    The bidirectional prior also learns whether the fields wrap around
-    (`periodic`) and, with ``code_features``, sees the tokenizer's code vectors.
+    The prior also learns whether the fields wrap around (`periodic`) and,
+    with ``code_features``, sees the tokenizer's code vectors.
     """
     masked = cfg_prior["_target_"].endswith("MaskedPrior")
     if (cfg_prior.get("order") == "bidirectional") != masked:
@@ -37,9 +37,7 @@ def build_prior(cfg_prior, tokenizer, shape, periodic=False):
     code_features = bool(cfg_prior.get("code_features", False))
     args = OmegaConf.masked_copy(cfg_prior, [k for k in cfg_prior if k not in PRIOR_SETTINGS])
     codebook = tokenizer.quantizer.stages[0].embed  # the priors model the first stage's codes
-    extra = dict(code_dim=codebook.shape[1] if code_features else 0)
-    if masked:
-        extra["periodic"] = bool(periodic)
+    extra = dict(code_dim=codebook.shape[1] if code_features else 0, periodic=bool(periodic))
     # _convert_="all": the prior's config must hold plain lists, never OmegaConf containers
     prior = instantiate(args, _convert_="all", factors=list(tokenizer.factors), shape=list(shape),
                         codebook_size=tokenizer.config["codebook_size"], **extra)

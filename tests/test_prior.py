@@ -12,8 +12,10 @@ from test_sequences import FIELDS, ORDERS
 SHAPE = (40, 56)  # padded 40 x 56, a 5 x 7 grid of regions at f_K = 8
 
 
-# where the tokens lie: no bias, the distance bias of the content transformer, every bias and rotary embeddings
-LOCALITY = [{}, {"locality": True}, {"locality": True, "position_locality": True, "rotary": True}]
+# where the tokens lie: no bias, the distance bias of the content transformer, every bias and rotary
+# embeddings, and the neighbours' codes handed to the content transformer (on a grid that wraps around)
+LOCALITY = [{}, {"locality": True}, {"locality": True, "position_locality": True, "rotary": True},
+            {"locality": True, "rotary": True, "neighbourhood": 3, "periodic": True}]
 
 
 def tiny(order="coarse_to_fine", factors=(4, 8), shape=SHAPE, codebook_size=32, **kw):
@@ -184,7 +186,7 @@ def test_bits_is_a_complete_code(order, factors, shape):
     # distribution over valid tokens, nothing is spent on invalid grain maps
     from test_masked_prior import all_tokens
 
-    prior = tiny(order, factors=factors, shape=shape, codebook_size=2)
+    prior = tiny(order, factors=factors, shape=shape, codebook_size=2, neighbourhood=3)
     bits = prior.bits(all_tokens(factors, shape, 2))
     assert torch.allclose(torch.exp2(-bits).sum(), torch.tensor(1.0, dtype=torch.float64), atol=1e-9)
 

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .code_embedding import CodeEmbedding
+from .neighbour_map import NeighbourMap
 from .sequences import CODE, make_scan
 from .transformer import PlaceLog, Rotary, Transformer
 
@@ -127,7 +128,7 @@ class ARPrior(nn.Module):
 
     def __init__(self, *, order, factors, shape, codebook_size, dim=256, depth=4, heads=4, dropout=0.0,
                  position_depth=None, content_depth=None, code_dim=0, locality=False, position_locality=False,
-                 rotary=False):
+                 rotary=False, neighbourhood=0, periodic=False):
         super().__init__()
         self.scan = make_scan(order, factors, shape)
         position_depth = depth // 2 if position_depth is None else position_depth
@@ -141,8 +142,12 @@ class ARPrior(nn.Module):
             order=order, factors=list(self.scan.factors), shape=list(self.scan.shape),
             codebook_size=int(codebook_size), dim=dim, depth=position_depth + content_depth, heads=heads,
             dropout=dropout, position_depth=position_depth, content_depth=content_depth, code_dim=code_dim,
-            locality=locality, position_locality=position_locality, rotary=rotary,
+            locality=locality, position_locality=position_locality, rotary=rotary, neighbourhood=neighbourhood,
+            periodic=periodic,
         )
+        if neighbourhood < 0 or neighbourhood % 2 == 0 and neighbourhood:
+            raise ValueError(f"neighbourhood must be 0 or a positive odd size, got {neighbourhood}")
+        self.neighbourhood, self.periodic = neighbourhood, periodic
         self.codebook_size = int(codebook_size)
         grids = self.scan.grids
         # factorised row + column embeddings per level: each level's grid has its own tables
@@ -158,6 +163,7 @@ class ARPrior(nn.Module):
         self.content_transformer = Transformer(dim, content_depth, heads, dropout)
         self.position_head = nn.Linear(dim, self.scan.num_choices)
         self.code_head = nn.Linear(dim, self.codebook_size)
+        self.neighbours = nn.Linear(neighbourhood**2 * dim, dim) if neighbourhood else None
         self.apply(self._init_weights)
         # ALiBi slopes 1, 1/2, 1/4, ... per head: from the nearest regions to most of the grid
         slopes = [2.0 ** -h for h in range(heads)]
@@ -206,6 +212,18 @@ class ARPrior(nn.Module):
             return None
         return Rotary.turns(self.rotary.angles(*query)), Rotary.turns(self.rotary.angles(*key))
 
+    def _neighbour_map(self, n, device):
+        return NeighbourMap(self.scan, n, device, self.neighbourhood, self.periodic)
+
+    def _near(self, neighbours, level, kind, row, col, before):
+        """(B, T, D) what the codes to be predicted at places (level, kind, row, col) see of their
+        neighbourhoods from sequence index `before`, all (B, T); 0 without neighbourhood and on markers."""
+        if self.neighbours is None:
+            return 0
+        code, code_level, known = neighbours.gather(level, row, col, before)
+        seen = (self.code_emb(code) + self.level_emb(code_level)) * known[..., None]
+        return self.neighbours(seen.flatten(-2)) * (kind == CODE)[..., None]
+
     def _code_logits(self, z):
         """(..., N) code logits from content states z (..., D)."""
         return self.code_emb.add_scores(self.code_head(z), z)
@@ -229,7 +247,13 @@ class ARPrior(nn.Module):
         read = self._centre(*(p[:, :-1] for p in places))
         h = self.position_transformer(self.drop(x), self._distance_bias(self.position_locality, read, read, mask),
                                       rotate=self._rotation(read, read))
-        nxt = self._place(seq.level[:, 1:], seq.kind[:, 1:], seq.row[:, 1:], seq.col[:, 1:])
+        nxt = self._place(*(p[:, 1:] for p in places))
+        if self.neighbours is not None:
+            neighbours = self._neighbour_map(len(x), x.device)
+            b, t = ((seq.kind == CODE) & seq.valid).nonzero(as_tuple=True)
+            neighbours.paint(b, t, seq.level[b, t], seq.row[b, t], seq.col[b, t], seq.code[b, t])
+            before = torch.arange(1, T + 1, device=x.device).expand(len(x), T)
+            nxt = nxt + self._near(neighbours, *(p[:, 1:] for p in places), before)
         # content step t predicts the code at token t + 1's place from the tokens read up to t
         predicted = self._centre(*(p[:, 1:] for p in places))
         z = self.content_transformer(h + nxt, self._distance_bias(self.locality, predicted, read, mask),
@@ -294,6 +318,8 @@ class ARPrior(nn.Module):
         xs, us = [], []  # the prefixes, for the uncached path
         # the places of the tokens read and of the codes predicted, step by step
         read, predicted = PlaceLog(n, length, x.device), PlaceLog(n, length, x.device)
+        neighbours = self._neighbour_map(n, x.device)
+        b = torch.arange(n, device=x.device)
         with evaluating(self):
             for t in range(length - 1):  # the cursor says when every sequence has ended
                 if cursor.finished:
@@ -309,9 +335,16 @@ class ARPrior(nn.Module):
                     choice = pick_position(logits, t, free)
                 cursor.advance(choice)
                 predicted.append(self._centre(*cursor.place()))
-                z = self._step(self.content_transformer, h + self._place(*cursor.place()), us, caches[1], use_cache,
-                               self.locality, predicted, read)
-                cursor.emit(pick_code(self._code_logits(z), t, cursor.kind == CODE))
+                place = cursor.place()
+                seen = self._near(neighbours, *(p[:, None] for p in place), torch.full((n, 1), t + 1, device=x.device))
+                z = self._step(self.content_transformer, ((h + self._place(*place))[:, None] + seen)[:, 0], us,
+                               caches[1], use_cache, self.locality, predicted, read)
+                is_code = cursor.kind == CODE
+                cursor.emit(pick_code(self._code_logits(z), t, is_code))
+                if self.neighbours is not None:
+                    level, _, row, col = place
+                    c = is_code.nonzero()[:, 0]
+                    neighbours.paint(b[c], torch.full_like(c, t + 1), level[c], row[c], col[c], cursor.code[c])
                 x = self._embed(*cursor.place(), cursor.code)
         return cursor.sequence()
 

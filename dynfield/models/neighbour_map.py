@@ -1,0 +1,76 @@
+"""What the code an autoregressive prior predicts sees of its spatial neighbours, in any scan order.
+
+The content transformer can find a code's neighbours by attention, but a few
+thousand training steps teach that slowly, and in the coarse-to-fine order a
+neighbour may sit hundreds of tokens back. A `NeighbourMap` hands them over:
+the tokens of a sequence painted on the finest grid, each finest cell
+holding the code, level and sequence index of the token that covers it. For
+a code to be predicted at level k, cell (row, col), `gather` reads the n x n
+cells of level k's grid around it (each at its centre finest cell, so a finer
+region shows one of its codes, a coarser one its single code); a neighbour
+counts only where its token comes earlier in the sequence.
+"""
+
+import torch
+
+LATE = torch.iinfo(torch.long).max  # the sequence index of a cell no token has covered yet
+
+
+class NeighbourMap:
+    """Who covers each finest cell of `n` fields, and when (see the module docstring).
+
+    Parameters
+    ----------
+    scan : the prior's `Scan` (its levels' grids and scales).
+    n : number of sequences; device : where the maps live.
+    size : odd side of the square of neighbours `gather` reads.
+    periodic : the fields wrap around; else nothing lies beyond the edges.
+    """
+
+    def __init__(self, scan, n, device, size, periodic=False):
+        self.size, self.periodic = size, periodic
+        self.grids = scan.grids
+        self.H, self.W = scan.grids[0]
+        self.cell = torch.tensor([scan.scales[0] // s for s in scan.scales], device=device)  # finest cells per side
+        self.index = torch.full((n, self.H * self.W), LATE, dtype=torch.long, device=device)
+        self.code = torch.zeros(n, self.H * self.W, dtype=torch.long, device=device)
+        self.level = torch.zeros_like(self.code)
+
+    def paint(self, b, t, level, row, col, code):
+        """Record code tokens (flat tensors, one entry per token): sequence `b`, index `t`, its place and code."""
+        for k in range(len(self.grids)):
+            at = level == k
+            m = int(self.cell[k])
+            for dy in range(m):
+                for dx in range(m):
+                    flat = (row[at] * m + dy) * self.W + col[at] * m + dx
+                    self.index[b[at], flat] = t[at]
+                    self.code[b[at], flat] = code[at]
+                    self.level[b[at], flat] = k
+
+    def gather(self, level, row, col, before):
+        """The neighbourhoods of places (level, row, col), (B, T) each, seen from sequence index `before` (B, T).
+
+        Returns (code, level, known), (B, T, size**2) each: the neighbours'
+        codes and levels, and whether each is covered by a token whose index
+        is below `before` (the place itself never is, its own token coming at
+        `before`).
+        """
+        p = self.size // 2
+        m = self.cell[level]
+        heights = torch.tensor([h for h, _ in self.grids], device=level.device)[level]
+        widths = torch.tensor([w for _, w in self.grids], device=level.device)[level]
+        d = torch.arange(-p, p + 1, device=level.device)
+        r = row[..., None, None] + d[:, None]  # (B, T, size, 1) rows and (B, T, 1, size) columns, level-k cells
+        c = col[..., None, None] + d[None, :]
+        inside = (r >= 0) & (r < heights[..., None, None]) & (c >= 0) & (c < widths[..., None, None])
+        if self.periodic:
+            r, c, inside = r % heights[..., None, None], c % widths[..., None, None], torch.ones_like(inside)
+        centre = (m // 2)[..., None, None]
+        flat = ((r.clamp(min=0) * m[..., None, None] + centre).clamp(max=self.H - 1) * self.W
+                + (c.clamp(min=0) * m[..., None, None] + centre).clamp(max=self.W - 1))
+        flat = flat.flatten(2)
+        B, T = level.shape
+        index, code, lvl = (x.gather(1, flat.flatten(1)).view(B, T, -1) for x in (self.index, self.code, self.level))
+        known = inside.flatten(2) & (index < before[..., None])
+        return code, lvl, known
