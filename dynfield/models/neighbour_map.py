@@ -32,6 +32,7 @@ class NeighbourMap:
         self.grids = scan.grids
         self.H, self.W = scan.grids[0]
         self.cell = torch.tensor([scan.scales[0] // s for s in scan.scales], device=device)  # finest cells per side
+        self.heights, self.widths = (torch.tensor(d, device=device) for d in zip(*scan.grids))  # per level
         self.index = torch.full((n, self.H * self.W), LATE, dtype=torch.long, device=device)
         self.code = torch.zeros(n, self.H * self.W, dtype=torch.long, device=device)
         self.level = torch.zeros_like(self.code)
@@ -58,8 +59,7 @@ class NeighbourMap:
         """
         p = self.size // 2
         m = self.cell[level]
-        heights = torch.tensor([h for h, _ in self.grids], device=level.device)[level]
-        widths = torch.tensor([w for _, w in self.grids], device=level.device)[level]
+        heights, widths = self.heights[level], self.widths[level]
         d = torch.arange(-p, p + 1, device=level.device)
         r = row[..., None, None] + d[:, None]  # (B, T, size, 1) rows and (B, T, 1, size) columns, level-k cells
         c = col[..., None, None] + d[None, :]

@@ -213,12 +213,13 @@ class ARPrior(nn.Module):
         return Rotary.turns(self.rotary.angles(*query)), Rotary.turns(self.rotary.angles(*key))
 
     def _neighbour_map(self, n, device):
-        return NeighbourMap(self.scan, n, device, self.neighbourhood, self.periodic)
+        """An empty `NeighbourMap` of `n` sequences; None without neighbourhood."""
+        return NeighbourMap(self.scan, n, device, self.neighbourhood, self.periodic) if self.neighbourhood else None
 
     def _near(self, neighbours, level, kind, row, col, before):
         """(B, T, D) what the codes to be predicted at places (level, kind, row, col) see of their
         neighbourhoods from sequence index `before`, all (B, T); 0 without neighbourhood and on markers."""
-        if self.neighbours is None:
+        if neighbours is None:
             return 0
         code, code_level, known = neighbours.gather(level, row, col, before)
         seen = (self.code_emb(code) + self.level_emb(code_level)) * known[..., None]
@@ -248,8 +249,8 @@ class ARPrior(nn.Module):
         h = self.position_transformer(self.drop(x), self._distance_bias(self.position_locality, read, read, mask),
                                       rotate=self._rotation(read, read))
         nxt = self._place(*(p[:, 1:] for p in places))
-        if self.neighbours is not None:
-            neighbours = self._neighbour_map(len(x), x.device)
+        neighbours = self._neighbour_map(len(x), x.device)
+        if neighbours is not None:
             b, t = ((seq.kind == CODE) & seq.valid).nonzero(as_tuple=True)
             neighbours.paint(b, t, seq.level[b, t], seq.row[b, t], seq.col[b, t], seq.code[b, t])
             before = torch.arange(1, T + 1, device=x.device).expand(len(x), T)
@@ -334,14 +335,14 @@ class ARPrior(nn.Module):
                     logits = self.position_head(h).masked_fill(~allowed & free[:, None], -math.inf)
                     choice = pick_position(logits, t, free)
                 cursor.advance(choice)
-                predicted.append(self._centre(*cursor.place()))
                 place = cursor.place()
+                predicted.append(self._centre(*place))
                 seen = self._near(neighbours, *(p[:, None] for p in place), torch.full((n, 1), t + 1, device=x.device))
                 z = self._step(self.content_transformer, ((h + self._place(*place))[:, None] + seen)[:, 0], us,
                                caches[1], use_cache, self.locality, predicted, read)
                 is_code = cursor.kind == CODE
                 cursor.emit(pick_code(self._code_logits(z), t, is_code))
-                if self.neighbours is not None:
+                if neighbours is not None:
                     level, _, row, col = place
                     c = is_code.nonzero()[:, 0]
                     neighbours.paint(b[c], torch.full_like(c, t + 1), level[c], row[c], col[c], cursor.code[c])
