@@ -70,18 +70,22 @@ def test_neighbourhoods_wrap_around_on_periodic_fields():
 
 
 @pytest.mark.parametrize("order", ["raster", "coarse_to_fine"])
-def test_the_prior_cost_of_a_code_does_not_depend_on_later_codes(order):
+@pytest.mark.parametrize("place", [(0, 1, 2), (1, 0, 0)])
+def test_the_prior_cost_of_a_token_does_not_depend_on_later_codes(order, place):
     from test_prior import tiny
 
     prior = tiny(order, shape=SHAPE, neighbourhood=5, locality=True, rotary=True)
     tokens = make_tokens(GRAIN, (4, 8), SHAPE, B=1)
     seq = prior.scan.encode(tokens)
-    at = index_of(seq, 0, 1, 2)
+    at = index_of(seq, *place)
     changed = prior.scan.encode(tokens)
     later = (changed.kind[0] == CODE) & (torch.arange(changed.code.shape[1]) > at)
     changed.code[0, later] = (changed.code[0, later] + 1) % 32
     with torch.no_grad():
-        (_, before), (_, after) = prior._nats(seq), prior._nats(changed)
-    # step t predicts token t + 1: the steps up to the one predicting token `at` pay the same
-    assert torch.equal(before[0, :at], after[0, :at])
+        (decided, before), (moved, after) = prior._nats(seq), prior._nats(changed)
+    # step t predicts token t + 1: the steps up to the one predicting token `at` pay the same,
+    # for its code and for the position decisions (which see the regions around theirs)
+    assert torch.equal(before[0, :at], after[0, :at]) and torch.equal(decided[0, :at + 1], moved[0, :at + 1])
     assert not torch.equal(before[0, at:], after[0, at:])
+    if (seq.choice[0, at + 2:] >= 0).any():  # free decisions after it (none at coarse-to-fine's finest level)
+        assert not torch.equal(decided[0, at + 1:], moved[0, at + 1:])

@@ -117,11 +117,11 @@ def test_bits_is_the_sum_of_the_step_costs_and_deterministic(order, factors, cod
 
 
 def test_forced_positions_cost_nothing():
-    # all fine, two levels: the only free decision is ending the coarse level at once
+    # all fine, two levels: the only free decisions are the passes of the 35 regions at the coarse level
     prior = tiny("coarse_to_fine")
     tokens = make_tokens("fine", B=2)
     position, _ = prior._nats(prior.scan.encode(tokens), torch.float64)
-    assert position[:, 0].gt(0).all() and not position[:, 1:].any()
+    assert position[:, :35].gt(0).all() and not position[:, 35:].any()
     # one level, raster: no position bits at all, the plain VQ transformer
     prior = tiny("raster", (8,))
     tokens = make_tokens("random", (8,))
@@ -214,19 +214,21 @@ def train_on_diagonals(prior, steps):
         opt.step()
 
 
+@pytest.mark.slow
 def test_locality_finds_the_spatial_neighbours_of_codes_far_back_in_the_sequence():
-    # Coarse-to-fine lists the fine codes of a region after every coarse code,
-    # so a code's spatial neighbours sit anywhere in the sequence; with the
-    # distance bias the content transformer finds them sooner. After 60 steps
-    # on diagonal codes: 1.49 bit/token without, 1.31 with.
+    # Coarse-to-fine lists the fine codes of a region after every coarse code
+    # and pass, so a code's spatial neighbours sit anywhere in the sequence;
+    # with the distance bias the content transformer finds them sooner. After
+    # 220 steps on diagonal codes: 0.80 bit/token without, 0.63 with (the
+    # random grain maps cost 0.39 of both); at 60 steps neither has found them.
     factors, shape, N = (2, 4), (16, 32), 8
     held_out = diagonal_tokens(16, factors, shape, N, seed=999)
     rates = {}
     for locality in (False, True):
         prior = tiny("coarse_to_fine", factors=factors, shape=shape, codebook_size=N, locality=locality)
-        train_on_diagonals(prior, 60)
+        train_on_diagonals(prior, 220)
         rates[locality] = float(prior.bits(held_out).sum() / held_out.count().sum())
-    assert rates[True] < 0.95 * rates[False], rates
+    assert rates[True] < 0.9 * rates[False], rates
 
 
 @pytest.mark.parametrize("order", ["raster", "coarse_to_fine"])

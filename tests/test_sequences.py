@@ -3,7 +3,7 @@ import torch
 
 from conftest import make_tokens, same_tokens
 
-from dynfield.models.sequences import CODE, END, START, make_scan
+from dynfield.models.sequences import CODE, END, PASS, START, make_scan
 
 FIELDS = ["level", "kind", "row", "col", "code", "choice", "allowed", "valid"]
 ORDERS = ["coarse_to_fine", "raster"]
@@ -29,8 +29,10 @@ def test_round_trip_and_the_cursor_walks_the_same_sequence(order, factors, grain
     scan = make_scan(order, factors, tokens.shape)
     seq = scan.encode(tokens)
     assert same_tokens(scan.decode(seq, tokens.codebook_size).validate(), tokens)
-    markers = 2 * len(factors) if order == "coarse_to_fine" else 1
-    assert torch.equal(seq.valid.sum(1), tokens.count() + markers)
+    # coarse-to-fine: a start and an end per level, and a pass at each level coarser than a region's grain
+    passes = (len(factors) - 1 - tokens.grain).flatten(1).sum(1)
+    extra = 2 * len(factors) + passes if order == "coarse_to_fine" else 1
+    assert torch.equal(seq.valid.sum(1), tokens.count() + extra)
     # every free decision picks one of its (at least two) candidates
     free = seq.choice >= 0
     assert bool(seq.allowed[free].gather(1, seq.choice[free][:, None]).all())
@@ -45,7 +47,7 @@ def test_round_trip_and_the_cursor_walks_the_same_sequence(order, factors, grain
 def test_padding_is_at_the_end_only():
     grain = torch.stack([torch.full((5, 7), 1), torch.zeros(5, 7, dtype=torch.long)])
     seq = make_scan("coarse_to_fine", (4, 8), (40, 56)).encode(make_tokens(grain))
-    assert seq.valid.shape == (2, 4 + 35 * 4)  # 4 markers; all fine
+    assert seq.valid.shape == (2, 4 + 35 + 35 * 4)  # 4 markers; all fine: 35 passes, then 35 x 4 codes
     assert int(seq.valid[0].sum()) == 4 + 35 and bool(seq.valid[1].all())
     L = int(seq.valid[0].sum())
     assert bool(seq.valid[0, :L].all()) and not seq.valid[0, L:].any()
@@ -54,33 +56,35 @@ def test_padding_is_at_the_end_only():
 
 
 def test_coarse_to_fine_layout():
-    """Levels coarsest first, framed by markers; a region's cells follow its one decision."""
+    """Levels coarsest first, framed by markers; each open region is taken or passed, its cells follow."""
     grain = torch.tensor([[[1, 0, 1], [0, 0, 1]]])
     tokens = make_tokens(grain, (4, 8), (16, 24))
     seq = make_scan("coarse_to_fine", (4, 8), (16, 24)).encode(tokens)
-    R = 6
     kind, level, choice = seq.kind[0].tolist(), seq.level[0].tolist(), seq.choice[0].tolist()
-    assert kind == [START] + [CODE] * 3 + [END, START] + [CODE] * 12 + [END]
-    assert level == [1] * 5 + [0] * 14
-    # coarse: regions 0, 2, 5 chosen freely, then the end (no open region is left after 5: forced)
-    assert choice[:5] == [-1, 0, 2, 5, -1]
-    assert seq.allowed[0, 2].tolist() == [False, True, True, True, True, True, True]  # after region 0
+    assert kind == [START, CODE, PASS, CODE, PASS, PASS, CODE, END, START] + [CODE] * 12 + [END]
+    assert level == [1] * 8 + [0] * 14
+    # coarse: a take (0) or a pass (1) before each of the 6 regions; the end after the last is forced
+    assert choice[:8] == [-1, 0, 1, 0, 1, 1, 0, -1]
+    assert seq.allowed[0, 1:7].all() and not seq.allowed[0, 7].any()
+    # a pass sits at its region's place in the coarse grid
+    assert (seq.row[0, 2].item(), seq.col[0, 2].item()) == (0, 1)
+    assert (seq.row[0, 5].item(), seq.col[0, 5].item()) == (1, 1)
     # the finest level is all forced; regions 1, 3, 4 in raster order, 4 cells each in raster order
-    assert choice[5:] == [-1] * 14
-    rows, cols = seq.row[0, 6:18].tolist(), seq.col[0, 6:18].tolist()
+    assert choice[8:] == [-1] * 14
+    rows, cols = seq.row[0, 9:21].tolist(), seq.col[0, 9:21].tolist()
     assert list(zip(rows, cols))[:5] == [(0, 2), (0, 3), (1, 2), (1, 3), (2, 0)]
-    assert seq.code[0, 1:4].tolist() == tokens.codes[1][0][grain[0] == 1].tolist()
-    assert (seq.allowed.shape[-1], seq.choice.max().item()) == (R + 1, 5)
+    assert seq.code[0, [1, 3, 6]].tolist() == tokens.codes[1][0][grain[0] == 1].tolist()
+    assert seq.allowed.shape[-1] == 2
 
 
-@pytest.mark.parametrize("grain, free_decisions", [("fine", 1), ("coarse", 35)])
-def test_coarse_to_fine_forced_decisions(grain, free_decisions):
-    """All fine: one free decision (the coarse level ends at once, among 35 regions + end).
-    All coarse: one per region; the end after the last region is forced, and level 0 is empty."""
+@pytest.mark.parametrize("grain, choice", [("fine", 1), ("coarse", 0)])
+def test_coarse_to_fine_forced_decisions(grain, choice):
+    """One free decision per region at the coarse level, all passes (all fine) or all takes (all
+    coarse); the coarse level's end after the last region is forced, and so is all of level 0."""
     seq = make_scan("coarse_to_fine", (4, 8), (40, 56)).encode(make_tokens(grain, B=1))
-    assert int((seq.choice >= 0).sum()) == free_decisions
-    if grain == "fine":
-        assert seq.choice[0, 1].item() == 35 and int(seq.allowed[0, 1].sum()) == 36
+    free = seq.choice >= 0
+    assert int(free.sum()) == 35 and bool((seq.choice[free] == choice).all())
+    assert bool((seq.level[free] == 1).all())
 
 
 def test_raster_with_one_level_is_the_plain_raster_scan():

@@ -7,6 +7,10 @@ candidates; forced places are neither predicted nor sampled). The content
 transformer reads the position transformer's states, each plus the embedding
 of the place of the NEXT token, and predicts that token's code. Sampling runs
 both with a key/value cache, one token per step.
+
+With a neighbourhood, the code head is also handed what is already known
+around the place in question (``NeighbourMap``): the earlier codes of its own
+level's n x n cells.
 """
 
 import math
@@ -19,7 +23,7 @@ import torch.nn.functional as F
 
 from .code_embedding import CodeEmbedding
 from .neighbour_map import NeighbourMap
-from .sequences import CODE, make_scan
+from .sequences import CODE, PASS, make_scan
 from .transformer import PlaceLog, Rotary, Transformer
 
 
@@ -124,6 +128,9 @@ class ARPrior(nn.Module):
         turned by the place they read (position) or predict (content), keys by
         the place of the code they read, so that attention sees the offset
         between two places, direction included, across levels and orders.
+    neighbourhood : odd side n of the squares of neighbours handed to the
+        code head (see the module docstring); 0 for none.
+    periodic : the fields wrap around, so the neighbourhoods do too.
     """
 
     def __init__(self, *, order, factors, shape, codebook_size, dim=256, depth=4, heads=4, dropout=0.0,
@@ -154,7 +161,7 @@ class ARPrior(nn.Module):
         self.register_buffer("row_offset", torch.tensor([0] + [h for h, _ in grids[:-1]]).cumsum(0), persistent=False)
         self.register_buffer("col_offset", torch.tensor([0] + [w for _, w in grids[:-1]]).cumsum(0), persistent=False)
         self.level_emb = nn.Embedding(self.scan.num_levels, dim)
-        self.kind_emb = nn.Embedding(3, dim)
+        self.kind_emb = nn.Embedding(self.scan.num_kinds, dim)
         self.row_emb = nn.Embedding(sum(h for h, _ in grids), dim)
         self.col_emb = nn.Embedding(sum(w for _, w in grids), dim)
         self.code_emb = CodeEmbedding(self.codebook_size, dim, code_dim=code_dim)
@@ -181,19 +188,23 @@ class ARPrior(nn.Module):
 
     # -- embeddings --------------------------------------------------------------
     def _place(self, level, kind, row, col):
-        """(..., D) embedding of where a token sits: level, kind and, for codes, its row and column."""
-        is_code = (kind == CODE).unsqueeze(-1)
+        """(..., D) embedding of where a token sits: level, kind and, for codes and passes, its row and column."""
         grid = self.row_emb(self.row_offset[level] + row) + self.col_emb(self.col_offset[level] + col)
-        return self.level_emb(level) + self.kind_emb(kind) + grid * is_code
+        return self.level_emb(level) + self.kind_emb(kind) + grid * self._placed(kind).unsqueeze(-1)
+
+    @staticmethod
+    def _placed(kind):
+        """(...) bool: the token sits at a place of the grid (a code or a pass, not a marker)."""
+        return (kind == CODE) | (kind == PASS)
 
     def _embed(self, level, kind, row, col, code):
         """(..., D) embedding of a token: its place and, for codes, its code."""
         return self._place(level, kind, row, col) + self.code_emb(code.clamp(min=0)) * (code >= 0).unsqueeze(-1)
 
     def _centre(self, level, kind, row, col):
-        """((..., 2) centre of each token's cell in coarsest-region units, (...) bool: the token is a code)."""
+        """((..., 2) centre of each token's cell in coarsest-region units, (...) bool: the token has a place)."""
         scale = self.cells_per_region[level]
-        return torch.stack([(row + 0.5) / scale, (col + 0.5) / scale], -1), kind == CODE
+        return torch.stack([(row + 0.5) / scale, (col + 0.5) / scale], -1), self._placed(kind)
 
     @staticmethod
     def _distance_bias(slopes, query, key, causal=None):

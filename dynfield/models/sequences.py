@@ -11,14 +11,14 @@ among a candidate set, and the prior pays for them.
 Two orders:
 
 - `coarse_to_fine` (the DQ-Transformer's): one segment per level, coarsest
-  first, framed by start/end markers. At level k the decision picks the next
-  region (index in the coarsest grid, Hc x Wc) that takes level k, among the
-  regions no coarser level has taken that come after the previous one in
-  raster order, or ends the level. The region's (f_K / f_k)^2 level-k cells
-  then follow, in raster order inside the region, without decisions. At the
-  finest level every region still open must be coded, so all of it is forced.
-  Whether a decision is free depends only on its candidate count: the last
-  open region can always be taken, and its end of level is then forced.
+  first, framed by start/end markers. At level k every region no coarser
+  level has taken (an *open* region, index in the coarsest grid, Hc x Wc)
+  comes in raster order, and the decision before it says whether it takes
+  level k: its (f_K / f_k)^2 level-k cells then follow, in raster order inside
+  the region, without decisions; or it passes, and a PASS token at its place
+  stands for it, so that later decisions and codes see which regions went
+  finer. At the finest level every open region is taken, so all of it is
+  forced, as is each level's end after its last open region.
 - `raster`: one start marker, then the regions in raster order; the decision
   before each region is its grain level, then its cells follow in raster
   order inside the region. With one level there are no free decisions: the
@@ -34,7 +34,7 @@ import torch
 
 from .tokens import Tokens, check_factors
 
-CODE, START, END = 0, 1, 2  # token kinds
+CODE, START, END, PASS = 0, 1, 2, 3  # token kinds
 
 
 @dataclass
@@ -44,8 +44,8 @@ class TokenSequence:
     Attributes (all (B, T) unless noted)
     ----------
     level : level (segment) of each token, 0 = finest.
-    kind : CODE, START or END.
-    row, col : place in the level's grid (0 for markers).
+    kind : CODE, START, END or PASS.
+    row, col : place in the level's grid (for a pass, its region's first cell; 0 for markers).
     code : code index, -1 for markers and padding.
     choice : index of the free decision that placed this token among its
         candidates, -1 where the place was forced (and on padding).
@@ -79,6 +79,7 @@ class Scan:
     """
 
     name = None
+    num_kinds = 3  # CODE, START and END
 
     def __init__(self, factors, shape):
         self.factors = check_factors(factors)
@@ -91,9 +92,9 @@ class Scan:
         self.grids = [(self.Hc * s, self.Wc * s) for s in self.scales]
         level, kind, region, cell = torch.tensor(self._entries(), dtype=torch.long).T
         scale = torch.tensor(self.scales)[level]
-        is_code = kind == CODE
-        row = torch.where(is_code, region // self.Wc * scale + cell // scale, 0)
-        col = torch.where(is_code, region % self.Wc * scale + cell % scale, 0)
+        is_code, placed = kind == CODE, (kind == CODE) | (kind == PASS)
+        row = torch.where(placed, region // self.Wc * scale + cell // scale, 0)
+        col = torch.where(placed, region % self.Wc * scale + cell % scale, 0)
         offsets = torch.tensor([0] + [h * w for h, w in self.grids]).cumsum(0)
         width = torch.tensor([w for _, w in self.grids])[level]
         self.entries = {
@@ -103,7 +104,7 @@ class Scan:
             "last_cell": is_code & (cell == scale**2 - 1),
         }
         self.entries["terminal"] = self._terminal()
-        # the longest sequence: every marker and every region at the finest level
+        # the longest sequence: every marker and pass, and every region at the finest level
         self.max_length = int((kind != CODE).sum()) + self.num_regions * self.scales[0] ** 2
 
     # -- order-specific rules --------------------------------------------------
@@ -138,8 +139,8 @@ class Scan:
         """(...) long: the decision index that leads to entry `e`."""
         raise NotImplementedError
 
-    def jump(self, e, choice):
-        """(...) long: the entry that decision `choice`, taken after entry `e`, leads to."""
+    def jump(self, e, choice, open_R):
+        """(...) long: the entry that decision `choice`, taken after entry `e` with regions `open_R` open, leads to."""
         raise NotImplementedError
 
     # -- shared ----------------------------------------------------------------
@@ -162,7 +163,9 @@ class Scan:
         device = tokens.grain.device
         grain_BR = tokens.grain.flatten(1)
         level_N, kind_N, region_N = (self.table(n, device) for n in ("level", "kind", "region"))
-        keep_BN = (kind_N != CODE) | (grain_BR[:, region_N.clamp(min=0)] == level_N)
+        grain_BN = grain_BR[:, region_N.clamp(min=0)]
+        # codes where the region takes the level, passes where it goes finer, every marker
+        keep_BN = torch.where(kind_N == CODE, grain_BN == level_N, (kind_N != PASS) | (grain_BN < level_N))
         length_B = keep_BN.sum(1)
         T = int(length_B.max())
         # a stable sort brings the kept entries, in scan order, to the front of each row
@@ -183,8 +186,8 @@ class Scan:
         return TokenSequence(
             level=level_BT,
             kind=kind_BT,
-            row=torch.where(is_code, self.table("row", device)[e_BT], 0),
-            col=torch.where(is_code, self.table("col", device)[e_BT], 0),
+            row=torch.where(valid_BT, self.table("row", device)[e_BT], 0),
+            col=torch.where(valid_BT, self.table("col", device)[e_BT], 0),
             code=code_BT,
             # token 0, the first start marker, is always forced
             choice=torch.cat([torch.full_like(choice_BT[:, :1], -1), choice_BT], 1),
@@ -212,9 +215,10 @@ class Scan:
 
 
 class CoarseToFine(Scan):
-    """Levels coarsest first; at each level, the regions that take it (see the module docstring)."""
+    """Levels coarsest first; at each level, take or pass every open region (see the module docstring)."""
 
     name = "coarse_to_fine"
+    num_kinds = 4  # and PASS
 
     def __init__(self, factors, shape):
         super().__init__(factors, shape)
@@ -222,14 +226,17 @@ class CoarseToFine(Scan):
         starts = torch.zeros(self.num_levels, dtype=torch.long)
         starts[level[kind == START]] = (kind == START).nonzero()[:, 0]
         self.entries["level_start"] = starts[level]
-        self.entries["level_cells"] = torch.tensor(self.scales)[level] ** 2
+        # a level's entries: its start, one block per region (its cells, then its pass), its end
+        self.entries["level_block"] = torch.tensor(self.scales)[level] ** 2 + (level > 0)
+        self.entries["deciding"] = (kind == START) | (kind == PASS) | self.entries["last_cell"]
 
     def _entries(self):
-        R = self.num_regions
         rows = []
         for k in reversed(range(self.num_levels)):
             rows.append((k, START, -1, 0))
-            rows += [(k, CODE, r, j) for r in range(R) for j in range(self.scales[k] ** 2)]
+            for r in range(self.num_regions):
+                rows += [(k, CODE, r, j) for j in range(self.scales[k] ** 2)]
+                rows += [(k, PASS, r, 0)] if k > 0 else []
             rows.append((k, END, -1, 0))
         return rows
 
@@ -238,27 +245,29 @@ class CoarseToFine(Scan):
 
     @property
     def num_choices(self):
-        return self.num_regions + 1  # a region, or the end of the level
+        return 2  # take the level, or pass the region on to a finer one
+
+    def _next_open(self, e, open_R):
+        """(...) long: the first open region after entry `e`'s region; R where none is left."""
+        region = self.table("region", e.device)[e]  # -1 on markers: every region comes after
+        later = open_R & (torch.arange(self.num_regions, device=e.device) > region[..., None])
+        return torch.where(later.any(-1), later.byte().argmax(-1), self.num_regions)
 
     def options(self, e, open_R):
-        level, kind = self.table("level", e.device)[e], self.table("kind", e.device)[e]
-        region = self.table("region", e.device)[e]  # -1 on markers: every region comes after
-        deciding = (kind == START) | self.table("last_cell", e.device)[e]
-        later = torch.arange(self.num_regions, device=e.device) > region[..., None]
-        regions = open_R & later & deciding[..., None]
-        allowed = torch.cat([regions, deciding[..., None]], -1)  # the end is always a candidate
-        # the finest level codes every open region, in order: only the first candidate remains
-        first = allowed & (allowed.cumsum(-1) == 1)
-        return torch.where((level == 0)[..., None], first, allowed)
+        level = self.table("level", e.device)[e]
+        deciding = self.table("deciding", e.device)[e]
+        # the finest level takes every open region, and a level ends after its last one: forced
+        free = deciding & (level > 0) & (self._next_open(e, open_R) < self.num_regions)
+        return torch.stack([deciding, free], -1)
 
     def choice_of(self, e):
-        region, kind = self.table("region", e.device)[e], self.table("kind", e.device)[e]
-        return torch.where(kind == CODE, region, self.num_regions)
+        return (self.table("kind", e.device)[e] == PASS).long()
 
-    def jump(self, e, choice):
-        # a level's entries are its start, R blocks of s_k^2 cells and its end (choice R)
-        start = self.table("level_start", e.device)[e]
-        return start + 1 + choice * self.table("level_cells", e.device)[e]
+    def jump(self, e, choice, open_R):
+        start, block = self.table("level_start", e.device)[e], self.table("level_block", e.device)[e]
+        cells = block - (self.table("level", e.device)[e] > 0).long()
+        # past the last open region, either choice leads to the level's end (block R)
+        return start + 1 + self._next_open(e, open_R) * block + choice * cells
 
 
 class Raster(Scan):
@@ -288,7 +297,7 @@ class Raster(Scan):
     def choice_of(self, e):
         return self.table("level", e.device)[e]
 
-    def jump(self, e, choice):
+    def jump(self, e, choice, open_R):
         # region r's entries are its cells at level 0, then at level 1...: the first
         # cell of region r + 1 at level `choice` lies after r + 1 whole regions
         per_level = torch.tensor([s * s for s in self.scales], device=e.device)
@@ -358,7 +367,7 @@ class Cursor:
         deciding, free = allowed.any(-1), allowed.sum(-1) > 1
         choice = torch.where(free, choice, allowed.byte().argmax(-1))  # the only candidate
         self.valid &= ~self.field("terminal")
-        self.e = torch.where(deciding, self.scan.jump(self.e, choice), torch.where(self.valid, self.e + 1, self.e))
+        self.e = torch.where(deciding, self.scan.jump(self.e, choice, self.grain_BR < 0), torch.where(self.valid, self.e + 1, self.e))
         b = (deciding & (self.field("kind") == CODE)).nonzero()[:, 0]
         self.grain_BR[b, self.field("region")[b]] = self.field("level")[b]
         self.choice = torch.where(free, choice, -1)
@@ -370,10 +379,9 @@ class Cursor:
         self.code = torch.where(self.kind == CODE, code, -1)
 
     def _snapshot(self):
-        is_code = self.kind == CODE
         return dict(
             level=torch.where(self.valid, self.field("level"), 0), kind=self.kind,
-            row=torch.where(is_code, self.field("row"), 0), col=torch.where(is_code, self.field("col"), 0),
+            row=torch.where(self.valid, self.field("row"), 0), col=torch.where(self.valid, self.field("col"), 0),
             code=self.code, choice=self.choice, allowed=self.allowed, valid=self.valid.clone(),
         )
 
