@@ -142,9 +142,12 @@ class Coder(Layout):
         # every unit of the snapshot in one batch (per-variable coding: the variables side by side)
         x_UCHW = torch.from_numpy(np.stack([np.stack([normalise(xs[v], *norms[v]) for v in unit]) for unit in units]))
         fields = tokens_to_numpy(tokenize(self.model, x_UCHW.to(self.device), **self.rate))
+        # the residuals of bounded units are taken against their reconstructions
+        bounded = [any(self.bound(v) is not None for v in unit) for unit in units]
+        recons = self._reconstructions(units, [t if b else None for t, b in zip(fields, bounded)], xs[names[0]].shape)
         kept, sections = [], []
-        for unit, unit_tokens in zip(units, fields):
-            coded = self._sections(unit, xs, norms, unit_tokens)
+        for unit, unit_tokens, recon in zip(units, fields, recons):
+            coded = self._sections(unit, xs, norms, unit_tokens, recon)
             if all(self.bound(v) is not None for v in unit):
                 alone = self._sections(unit, xs, norms, None)
                 token_bytes = len(encode_tokens(unit_tokens, self.factors, self.usage_model()))
@@ -160,13 +163,13 @@ class Coder(Layout):
             self._derived["usage"] = TokenModel.from_quantizer(self.model)
         return self._derived["usage"]
 
-    def _sections(self, unit, xs, norms, unit_tokens):
-        """Value sections of a unit's variables against its tokens' reconstruction, or against 0 (None)."""
+    def _sections(self, unit, xs, norms, unit_tokens, recon=None):
+        """Value sections of a unit's variables against its tokens' reconstruction `recon` (C, H, W; given
+        where the unit has a bound), or against 0 (no tokens: None)."""
         shape = xs[unit[0]].shape
         if unit_tokens is None:
             preds = [np.zeros(shape)] * len(unit)
         elif any(self.bound(v) is not None for v in unit):
-            recon = reconstruct(self.decoder(unit), [unit_tokens], shape)[0].cpu().numpy()
             preds = [prediction(r, *norms[v]) for r, v in zip(recon, unit)]
         else:
             preds = [None] * len(unit)  # no residual: the decoder's reconstruction is not needed here
@@ -222,12 +225,12 @@ class Coder(Layout):
         """(group, snapshot, {variable: (H, W) array}) of a chunk."""
         g, i, streams, sections = self.parse(payload)
         shape = tuple(self.header["groups"][g]["shape"][-2:])
-        sections, out = iter(sections), {}
-        for unit, field_tokens in zip(self.units(g), self.tokens(g, streams)):
+        units, tokens = self.units(g), self.tokens(g, streams)
+        for unit, field_tokens in zip(units, tokens):
             if field_tokens is None and any(self.bound(v) is None for v in unit):
                 raise CodecError(f"a chunk has no tokens for {unit}, which has no error bound (corrupt file)")
-            recon = (None if field_tokens is None
-                     else reconstruct(self.decoder(unit), [field_tokens], shape)[0].cpu().numpy())
+        sections, out = iter(sections), {}
+        for unit, recon in zip(units, self._reconstructions(units, tokens, shape)):
             for c, v in enumerate(unit):
                 r, (mean, std) = self.section(v, next(sections), with_tokens=recon is not None)
                 pred = np.zeros(shape) if recon is None else prediction(recon[c], mean, std)
@@ -235,4 +238,16 @@ class Coder(Layout):
                 r.done()
         return g, i, out
 
-
+    def _reconstructions(self, units, tokens, shape):
+        """(C, H, W) reconstruction of each unit from its ``FieldTokens`` (None for a unit without tokens),
+        the units that share a decoder in one batch."""
+        out = [None] * len(units)
+        batches = {}
+        for j, (unit, field_tokens) in enumerate(zip(units, tokens)):
+            if field_tokens is not None:
+                batches.setdefault(id(self.decoder(unit)), []).append(j)
+        for js in batches.values():
+            recon = reconstruct(self.decoder(units[js[0]]), [tokens[j] for j in js], shape).cpu().numpy()
+            for j, r in zip(js, recon):
+                out[j] = r
+        return out
