@@ -1,10 +1,12 @@
 """Codec throughput: MB/s of input (the file's own dtype) for compress and decompress.
 
-Token-only compression at one fine ratio, with 1..N worker processes, then
-decompression of the result; the best of ``--repeat`` runs of each. Writes
+Token-only compression at one fine ratio (or, with ``--rel-error``,
+error-bounded compression), with 1..N worker processes, then decompression
+of the result; the best of ``--repeat`` runs of each. Writes
 ``throughput.json`` into ``--out``.
 
-    python benchmarks/throughput.py --data run.nc [--checkpoint C] [--workers 1,2] --out benchmarks/results
+    python benchmarks/throughput.py --data run.nc [--checkpoint C] [--workers 1,2] [--rel-error 1e-2] \
+        --out benchmarks/results
 """
 
 import argparse
@@ -33,6 +35,7 @@ def parser():
     p.add_argument("--data", required=True, help="a field file open_fields reads")
     p.add_argument("--checkpoint", help="tokenizer checkpoint (default: the one bundled with dynfield)")
     p.add_argument("--fine-ratio", type=float, default=0.5)
+    p.add_argument("--rel-error", type=float, help="bound every value within this fraction of its variable's range")
     p.add_argument("--workers", default="1,2", help="comma-separated worker counts to time")
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--out", default="benchmarks/results")
@@ -42,14 +45,14 @@ def parser():
 def main(argv=None):
     args = parser().parse_args(argv)
     result = {"machine": machine(), "data": str(args.data), "checkpoint": args.checkpoint or "bundled",
-              "fine_ratio": args.fine_ratio}
+              "fine_ratio": args.fine_ratio, "rel_error": args.rel_error}
     with tempfile.TemporaryDirectory() as tmp:
         dfz, restored = Path(tmp) / "data.dfz", Path(tmp) / "restored.nc"
         info = {}
 
         def compress(workers):
             info.update(compress_file(args.data, dfz, checkpoint=args.checkpoint, fine_ratio=args.fine_ratio,
-                                      workers=workers, progress=False))
+                                      rel_error=args.rel_error, workers=workers, progress=False))
             return info["seconds"]  # the compression itself, not the summary read back after it
 
         for workers in (int(w) for w in args.workers.split(",")):
@@ -61,7 +64,7 @@ def main(argv=None):
         seconds = best_seconds(decompress, args.repeat)
         result["decompress_mb_per_s"] = info["input_bytes"] / 1e6 / seconds
         result.update(model_hash=info["model"]["sha256"], input_mb=info["input_bytes"] / 1e6,
-                      bits_per_value=info["bits_per_value"])
+                      bits_per_value=info["bits_per_value"], compression_ratio=info["compression_ratio"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "throughput.json").write_text(json.dumps(result, indent=2))

@@ -9,6 +9,7 @@ bounded fields, its float64 copy.
 """
 
 import copy
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -24,6 +25,18 @@ from .header import PER_VARIABLE, RATE_SETTINGS, snapshots
 
 def unit_key(unit):
     return "+".join(unit)
+
+
+class Encoded(NamedTuple):
+    """A snapshot encoded, before entropy coding: its group and index, the ``FieldTokens`` of each unit (None
+    for a unit without tokens), each variable's value section, and the residual coder each bounded variable
+    chose ({variable: "integer" | "sperr" | "sz3"})."""
+
+    group: int
+    snapshot: int
+    tokens: list
+    sections: list
+    coders: dict
 
 
 class Layout:
@@ -43,7 +56,9 @@ class Layout:
         return [[v] for v in names] if self.header["mode"] == PER_VARIABLE else [names]
 
     def bound(self, v):
-        return self.meta[v]["max_abs_error"]
+        """The bound the coder keeps for v: tighter than the file's where v is packed again to integers."""
+        meta = self.meta[v]
+        return meta.get("coding_error", meta["max_abs_error"])
 
     def index(self, g, i):
         """{leading dim: index} of snapshot i of group g."""
@@ -94,6 +109,10 @@ class Layout:
         return out
 
 
+def _size(sections):
+    return sum(len(data) for data, _ in sections)
+
+
 class Coder(Layout):
     """Encodes and decodes the chunks of one file with the tokenizer and its float64 copy."""
 
@@ -109,6 +128,7 @@ class Coder(Layout):
         # the float64 copy and the usage model, made on first use; `shared` (a dict) keeps them
         # across the coders of one model (the zarr codec makes a coder per chunk)
         self._derived = {} if shared is None else shared
+        self.plan = None  # what later snapshots try (``plan_for``); None: every way
 
     def decoder(self, unit):
         """The model that reconstructs `unit`: its float64 copy when any of its variables has a bound."""
@@ -125,12 +145,13 @@ class Coder(Layout):
         return n["mean"], n["std"]
 
     def encode_snapshot(self, ds, g, i):
-        """Tokens per unit and value sections per variable of snapshot i of group g (before entropy coding).
+        """Snapshot i of group g, encoded (an ``Encoded``).
 
         A unit whose variables all have a bound may go without tokens: its
         residual is then the field itself (the prediction is 0), and whichever way
         costs fewer bytes (tokens priced under the codebook's usage) is kept,
-        so the tokens never cost more than they save.
+        so the tokens never cost more than they save. Under a ``plan`` (see
+        ``plan_for``) only the ways it names are tried.
         """
         units = self.units(g)
         names = [v for unit in units for v in unit]
@@ -139,23 +160,45 @@ class Coder(Layout):
         planes = ds[names].isel(self.index(g, i)).compute(scheduler="synchronous")
         xs = {v: np.asarray(planes[v].values) for v in names}  # (H, W) each
         norms = {v: self.normalisation(v, xs[v]) for v in names}
-        # every unit of the snapshot in one batch (per-variable coding: the variables side by side)
-        x_UCHW = torch.from_numpy(np.stack([np.stack([normalise(xs[v], *norms[v]) for v in unit]) for unit in units]))
-        fields = tokens_to_numpy(tokenize(self.model, x_UCHW.to(self.device), **self.rate))
+        fields = [None] * len(units)
+        tokenized = [j for j, unit in enumerate(units)
+                     if self.plan is None or self.plan["tokens"].get(unit_key(unit), True)]
+        if tokenized:  # those units of the snapshot in one batch (per-variable coding: the variables side by side)
+            x_UCHW = torch.from_numpy(np.stack([np.stack([normalise(xs[v], *norms[v]) for v in units[j]])
+                                                for j in tokenized]))
+            for j, t in zip(tokenized, tokens_to_numpy(tokenize(self.model, x_UCHW.to(self.device), **self.rate))):
+                fields[j] = t
         # the residuals of bounded units are taken against their reconstructions
         bounded = [any(self.bound(v) is not None for v in unit) for unit in units]
         recons = self._reconstructions(units, [t if b else None for t, b in zip(fields, bounded)], xs[names[0]].shape)
-        kept, sections = [], []
+        kept, sections, coders = [], [], {}
         for unit, unit_tokens, recon in zip(units, fields, recons):
-            coded = self._sections(unit, xs, norms, unit_tokens, recon)
+            coded = None if unit_tokens is None else self._sections(unit, xs, norms, unit_tokens, recon)
             if all(self.bound(v) is not None for v in unit):
                 alone = self._sections(unit, xs, norms, None)
-                token_bytes = len(encode_tokens(unit_tokens, self.factors, self.usage_model()))
-                if sum(map(len, alone)) <= sum(map(len, coded)) + token_bytes:
+                token_bytes = 0 if coded is None else len(encode_tokens(unit_tokens, self.factors, self.usage_model()))
+                if coded is None or _size(alone) <= _size(coded) + token_bytes:
                     unit_tokens, coded = None, alone
             kept.append(unit_tokens)
-            sections += coded
-        return g, i, kept, sections
+            sections += [data for data, _ in coded]
+            coders.update((v, family) for v, (_, family) in zip(unit, coded) if family is not None)
+        return Encoded(g, i, kept, sections, coders)
+
+    def plan_for(self, results):
+        """What the snapshots after `results` (the calibration snapshots, encoded every way) try.
+
+        A unit goes through the tokenizer only where one of them kept its
+        tokens, and a bounded variable tries only the residual coders one of
+        them chose. The plan is made from those snapshots alone, so a file
+        comes out the same whatever the number of workers.
+        """
+        tokens, coders = {}, {}
+        for r in results:
+            for unit, field_tokens in zip(self.units(r.group), r.tokens):
+                tokens[unit_key(unit)] = tokens.get(unit_key(unit), False) or field_tokens is not None
+            for v, family in r.coders.items():
+                coders.setdefault(v, set()).add(family)
+        return {"tokens": tokens, "coders": {v: sorted(f) for v, f in coders.items()}}
 
     def usage_model(self):
         """Token model from the codebook's usage: the price of tokens before the file's own models exist."""
@@ -164,8 +207,8 @@ class Coder(Layout):
         return self._derived["usage"]
 
     def _sections(self, unit, xs, norms, unit_tokens, recon=None):
-        """Value sections of a unit's variables against its tokens' reconstruction `recon` (C, H, W; given
-        where the unit has a bound), or against 0 (no tokens: None)."""
+        """(value section, residual coder or None) of each variable of a unit, against its tokens'
+        reconstruction `recon` (C, H, W; given where the unit has a bound), or against 0 (no tokens: None)."""
         shape = xs[unit[0]].shape
         if unit_tokens is None:
             preds = [np.zeros(shape)] * len(unit)
@@ -179,16 +222,17 @@ class Coder(Layout):
             if self.header["mode"] == PER_VARIABLE and unit_tokens is not None:
                 w.f64(norms[v][0])
                 w.f64(norms[v][1])
-            residual.encode_values(w, xs[v], pred, self.bound(v))
-            out.append(w.bytes())
+            coders = None if self.plan is None else self.plan["coders"].get(v)
+            info = residual.encode_values(w, xs[v], pred, self.bound(v), coders)
+            out.append((w.bytes(), info.get("family")))
         return out
 
     def calibrate(self, results):
         """Set the token models from the tokens of `results` (plus one count per symbol); return them as JSON."""
         hists = {unit_key(u): TokenCounts(len(self.factors), self.codebook_size, self.stages)
                  for g in range(len(self.header["groups"])) for u in self.units(g)}
-        for g, _, tokens, _ in results:
-            for unit, field_tokens in zip(self.units(g), tokens):
+        for r in results:
+            for unit, field_tokens in zip(self.units(r.group), r.tokens):
                 if field_tokens is not None:
                     hists[unit_key(unit)].add(field_tokens, self.factors)
         self.entropy = {k: TokenModel.from_histograms(h.grain, h.codes, h.depth) for k, h in hists.items()}
@@ -208,8 +252,9 @@ class Coder(Layout):
             out[j] = encode_tokens(tokens[j], self.factors, self.entropy[unit_key(units[j])])
         return out
 
-    def chunk(self, g, i, tokens, sections):
-        """Chunk payload of an encoded snapshot."""
+    def chunk(self, encoded):
+        """Chunk payload of an ``Encoded`` snapshot."""
+        g, i, tokens, sections, _ = encoded
         w = ByteWriter()
         w.uvarint(g)
         w.uvarint(i)

@@ -23,6 +23,12 @@ How a file is coded
   before the tokenizer sees them. With an error bound E, the residual
   against the token reconstruction is coded so that every decoded value is
   within E of the original (see ``residual``).
+- Plan. The calibration snapshots are coded every way the codec knows: with
+  and without tokens, under every residual coder. The snapshots after them
+  try only the ways those chose (``Coder.plan_for``): a unit that never kept
+  its tokens skips the tokenizer, a variable tries only the residual coders
+  that won. That is most of the bounded mode's time saved, and the file
+  does not depend on the number of workers.
 
 Determinism of the error bound
 ------------------------------
@@ -62,7 +68,7 @@ from .chunks import Coder, Layout, unit_key
 from .container import CodecError, ContainerReader, ContainerWriter, atomic_output
 from .entropy import TokenCounts, token_information_bits
 from .field import default_checkpoint, tokens_from_numpy
-from .header import CALIBRATION_CHUNKS, SNAPSHOT_CHUNKS, check_header, check_rate, job_order, make_header, snapshots
+from .header import CALIBRATION_CHUNKS, SNAPSHOT_CHUNKS, check_header, check_rate, job_phases, make_header
 from .netcdf import NetCDFWriter
 from .prior_coding import load_prior, open_prior, prior_for
 from .reading import cache_no_chunks, no_chunk_cache
@@ -71,8 +77,9 @@ from .reading import cache_no_chunks, no_chunk_cache
 _WORKER = {}
 
 
-def _encode_in_worker(spec, job):
-    """Encode one snapshot in a worker process; the coder and the open data set are made once per process."""
+def _encode_in_worker(spec, job, plan):
+    """Encode one snapshot in a worker process under `plan` (``Coder.plan_for``); the coder and the open data
+    set are made once per process."""
     if _WORKER.get("token") != spec["token"]:
         if spec["threads"]:
             torch.set_num_threads(spec["threads"])
@@ -82,14 +89,22 @@ def _encode_in_worker(spec, job):
             raise CodecError(f"{spec['checkpoint']} changed while compressing")
         _WORKER.update(token=spec["token"], coder=Coder(model, spec["header"], spec["device"]),
                        ds=open_fields(spec["in_path"], spec["variables"], spec["dims"], chunks=SNAPSHOT_CHUNKS))
+    _WORKER["coder"].plan = plan
     return _WORKER["coder"].encode_snapshot(_WORKER["ds"], *job)
 
 
-def _encode_all(coder, ds, jobs, workers, spec, client=None):
-    """Encoded snapshots in job order: here, from a pool of `workers` processes, or on a dask cluster."""
+def _encode_all(coder, ds, phases, workers, spec, client=None):
+    """Encoded snapshots, phase after phase (the calibration snapshots, then the rest): here, from a pool of
+    `workers` processes, or on a dask cluster.
+
+    Each phase is encoded under ``coder.plan`` as it stands when the phase
+    starts: the consumer sets it from the first phase's results before it
+    asks for the second phase's first.
+    """
     if client is None and workers <= 1:
-        for job in jobs:
-            yield coder.encode_snapshot(ds, *job)
+        for jobs in phases:
+            for job in jobs:
+                yield coder.encode_snapshot(ds, *job)
         return
     if client is not None:  # dask.distributed: the spec travels once to every worker
         executor, workers = client, max(1, len(client.scheduler_info()["workers"]))
@@ -102,14 +117,16 @@ def _encode_all(coder, ds, jobs, workers, spec, client=None):
         # OpenMP state or open file handle is inherited
         spec = {**spec, "threads": max(1, torch.get_num_threads() // workers)}
         executor = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pending = deque()
     try:
-        pending = deque()
-        for job in jobs:
-            pending.append(executor.submit(_encode_in_worker, spec, job))
-            if len(pending) >= 2 * workers:  # bounded look-ahead keeps memory flat
+        for jobs in phases:
+            plan = coder.plan
+            for job in jobs:
+                pending.append(executor.submit(_encode_in_worker, spec, job, plan))
+                if len(pending) >= 2 * workers:  # bounded look-ahead keeps memory flat
+                    yield pending.popleft().result()
+            while pending:
                 yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
     finally:
         if client is None:
             executor.shutdown(wait=True, cancel_futures=True)
@@ -193,8 +210,8 @@ def compress_file(in_path, out_path, checkpoint=None, variables=None, fine_ratio
         coder = Coder(model, header, device, prior=prior_coder)
         spec = {"checkpoint": str(checkpoint), "in_path": None if isinstance(in_path, xr.Dataset) else in_path, "variables": list(header["variables"]),
                 "dims": dims, "header": header, "device": device, "token": uuid.uuid4().hex}
-        jobs = job_order(header["groups"], CALIBRATION_CHUNKS)
-        _write(coder, _encode_all(coder, ds, jobs, workers, spec, client), out_path, progress)
+        phases = job_phases(header["groups"], CALIBRATION_CHUNKS)
+        _write(coder, _encode_all(coder, ds, phases, workers, spec, client), len(phases[0]), out_path, progress)
     seconds = time.perf_counter() - start
     summary = inspect_file(out_path)
     summary["seconds"] = seconds
@@ -202,10 +219,10 @@ def compress_file(in_path, out_path, checkpoint=None, variables=None, fine_ratio
     return summary
 
 
-def _write(coder, results, out_path, progress):
-    """Write the encoded snapshots `results` (calibration chunks first) as a .dfz file, atomically."""
+def _write(coder, results, n_calibration, out_path, progress):
+    """Write the encoded snapshots `results` (the `n_calibration` calibration chunks first) as a .dfz file,
+    atomically; the calibration chunks set the coder's entropy models and its plan for the rest."""
     header = coder.header
-    n_calibration = sum(min(CALIBRATION_CHUNKS, snapshots(grp)) for grp in header["groups"])
     with atomic_output(out_path) as tmp, open(tmp, "wb") as f, closing(results), \
             tqdm(total=header["n_chunks"], desc="compress", unit="snapshot", disable=not progress) as bar:
         writer = ContainerWriter(f)
@@ -213,14 +230,15 @@ def _write(coder, results, out_path, progress):
         for result in itertools.islice(results, n_calibration):
             calibration.append(result)
             bar.update()
+        coder.plan = coder.plan_for(calibration)
         if coder.prior_coder is None:  # a prior codes the tokens: no histograms to store
             header["entropy"] = coder.calibrate(calibration)
         writer.write_header(header)
         for result in calibration:
-            writer.write_chunk(coder.chunk(*result))
+            writer.write_chunk(coder.chunk(result))
         del calibration
         for result in results:
-            writer.write_chunk(coder.chunk(*result))
+            writer.write_chunk(coder.chunk(result))
             bar.update()
         writer.finish()
 

@@ -6,7 +6,6 @@ bound per variable, and ``make_header`` gathers it all, with the
 variables' attributes, encodings and coordinates kept exactly.
 """
 
-import itertools
 
 import dask
 import numpy as np
@@ -23,7 +22,8 @@ CALIBRATION_CHUNKS = 16
 PER_VARIABLE, JOINT = "per-variable", "joint"
 SNAPSHOT_CHUNKS = {SAMPLE: 1, TIME: 1, Z: 1}  # reading one 2D field reads nothing else
 RATE_SETTINGS = ("fine_ratio", "bits_per_value", "psnr")  # how the tokens of a field are chosen
-KEPT_ENCODING = ("_FillValue", "missing_value")  # masking survives; packing (scale_factor, ...) does not
+KEPT_ENCODING = ("_FillValue", "missing_value")  # masking, kept in every output (a .dfz file's and zarr's)
+PACKING = ("scale_factor", "add_offset")  # with the integer dtype: a .dfz file's variables are packed again
 
 
 def plan(ds, state):
@@ -108,14 +108,37 @@ def _bound_json(given):
     return None if given is None else float(given)
 
 
+def packing(encoding):
+    """The encoding that packs a variable stored as integers (their dtype, scale_factor and add_offset), and
+    the step between two of its values; ({}, None) for a variable stored as floats."""
+    stored = encoding.get("dtype")
+    if stored is None or np.dtype(stored).kind not in "iu":
+        return {}, None
+    packed = {"dtype": np.dtype(stored).newbyteorder("<").str, **{k: encoding[k] for k in PACKING if k in encoding}}
+    return packed, abs(float(packed.get("scale_factor", 1.0)))
+
+
+def coding_bound(bound, step):
+    """The bound the coder keeps so that its values, packed again to integers `step` apart, stay within `bound`.
+
+    Under half a step the packed integers must come back exact; above it,
+    half a step goes to the rounding. A hundredth of a step is left to the
+    float arithmetic of unpacking and packing.
+    """
+    return max(bound - 0.51 * step, min(bound, 0.49 * step))
+
+
 def _variable_meta(ds, v, mode, state, bound):
     da = ds[v]
     encoding = {k: da.encoding[k] for k in KEPT_ENCODING if k in da.encoding}
     if len(encoding) == 2 and not np.array_equal(*encoding.values(), equal_nan=True):
         del encoding["missing_value"]  # both were read as NaN; CF writers refuse two different markers
+    packed, step = packing(da.encoding)
     meta = {"dims": list(da.dims), "shape": list(da.shape), "dtype": np.dtype(da.dtype).newbyteorder("<").str,
             **_source_names(da),
-            "attrs": to_json(dict(da.attrs)), "encoding": to_json(encoding), "max_abs_error": bound}
+            "attrs": to_json(dict(da.attrs)), "encoding": to_json({**encoding, **packed}), "max_abs_error": bound}
+    if packed and bound is not None:
+        meta["coding_error"] = coding_bound(bound, step)
     if mode == JOINT:
         stats = state["stats"].get(v) or {}
         mean, std = float(stats.get("mean", np.nan)), float(stats.get("std", np.nan))
@@ -148,11 +171,11 @@ def snapshots(group):
     return int(np.prod(group["shape"][:-2], dtype=np.int64))
 
 
-def job_order(groups, calibration):
-    """(group, snapshot) pairs: the first `calibration` snapshots of every group, then the rest."""
-    first = ((g, i) for g, grp in enumerate(groups) for i in range(min(calibration, snapshots(grp))))
+def job_phases(groups, calibration):
+    """Two lists of (group, snapshot) pairs: the first `calibration` snapshots of every group, then the rest."""
+    first = [(g, i) for g, grp in enumerate(groups) for i in range(min(calibration, snapshots(grp)))]
     rest = ((g, i) for g, grp in enumerate(groups) for i in range(calibration, snapshots(grp)))
-    return itertools.chain(first, rest)
+    return first, rest
 
 
 def check_header(header, path):

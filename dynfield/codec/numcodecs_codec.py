@@ -134,7 +134,7 @@ class Dynfield(Codec):
             w.uvarint(s)
         w.f64(np.nan if bound is None else bound)
         for i in range(len(ds[SAMPLE])):
-            w.blob(coder.chunk(*coder.encode_snapshot(ds, 0, i)))
+            w.blob(coder.chunk(coder.encode_snapshot(ds, 0, i)))
         w.extend(struct.pack("<I", zlib.crc32(w.buf)))
         return w.bytes()
 

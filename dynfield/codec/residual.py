@@ -56,6 +56,7 @@ PLAIN, DIFF_X, DIFF_XY = 0, 1, 2  # the transforms of q (see the module docstrin
 SPERR, SZ3 = 3, 4  # the residual coded by an HDF5 filter instead
 FILTER_KINDS = {SPERR: "sperr", SZ3: "sz3"}
 CODER_NAMES = {PLAIN: "integer", DIFF_X: "integer-diff-x", DIFF_XY: "integer-lorenzo", **FILTER_KINDS}
+FAMILIES = {PLAIN: "integer", DIFF_X: "integer", DIFF_XY: "integer", **FILTER_KINDS}  # what `coders` names
 MAX_BITS = 52  # |q| < 2**52: exact in float64
 ESCAPE = 2 * MAX_BITS + 1  # symbols: 0, then 2c - 1 (q > 0) and 2c (q < 0) for c = 1..MAX_BITS, then escape
 
@@ -205,7 +206,7 @@ def reconstruct(pred, q, step, dtype):
         return cast(np.where(q == 0, pred, pred + step * q), dtype)
 
 
-def encode_values(writer, x, pred, bound=None):
+def encode_values(writer, x, pred, bound=None, coders=None):
     """Append one field's section to `writer` (a ``ByteWriter``).
 
     Parameters
@@ -214,10 +215,13 @@ def encode_values(writer, x, pred, bound=None):
     pred : (H, W) float64, finite: the prediction the decoder will also have.
     bound : maximum absolute error E >= 0, or None for the prediction alone
         (only non-finite values are then exact).
+    coders : the residual coders to try ("integer", "sperr", "sz3"); None for
+        all. The integer coder also codes what the filters cannot.
 
     Returns
     -------
-    dict : counts of non-finite values and escapes, the residual coder chosen.
+    dict : counts of non-finite values and escapes, the residual coder chosen
+        (its kind as ``transform``, its name in ``coders`` as ``family``).
     """
     dtype = check_dtype(x.dtype)
     finite = np.isfinite(x) if dtype.kind == "f" else np.ones(x.shape, dtype=bool)
@@ -229,12 +233,14 @@ def encode_values(writer, x, pred, bound=None):
     if bound is None:
         return {"nonfinite": n_nonfinite, "escapes": 0}
     inner = bound * (1 - MARGIN)
-    options = [_integer_residual(x, pred, finite, inner, dtype)]
-    if inner > 0:
-        options += [_filter_residual(x, pred, finite, inner, dtype, kind) for kind in FILTER_KINDS]
+    tried = set(FAMILIES.values()) if coders is None else set(coders)
+    options = [_filter_residual(x, pred, finite, inner, dtype, kind)
+               for kind, name in FILTER_KINDS.items() if name in tried and inner > 0]
+    if "integer" in tried or not any(options):  # first, so that it wins a tie
+        options.insert(0, _integer_residual(x, pred, finite, inner, dtype))
     kind, data, escapes = min((o for o in options if o is not None), key=lambda o: len(o[1]))
     writer.extend(data)
-    return {"nonfinite": n_nonfinite, "escapes": escapes, "transform": kind}
+    return {"nonfinite": n_nonfinite, "escapes": escapes, "transform": kind, "family": FAMILIES[kind]}
 
 
 def _integer_residual(x, pred, finite, inner, dtype):

@@ -1,0 +1,76 @@
+"""After its calibration snapshots, a file tries only the ways of coding that they chose."""
+
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import tiny_tokenizer
+
+from dynfield.codec import chunks, compress_file, decompress_file, residual
+
+SNAPSHOTS, CALIBRATION = 8, 2
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return tiny_tokenizer(tmp_path_factory.mktemp("ckpt") / "tokenizer.pt")
+
+
+def test_the_snapshots_after_calibration_try_only_what_it_chose(tmp_path, ckpt, monkeypatch):
+    monkeypatch.setattr("dynfield.codec.codec.CALIBRATION_CHUNKS", CALIBRATION)
+    # white noise: an untrained tokenizer's tokens never pay for themselves under a bound
+    noise = np.random.default_rng(0).normal(size=(SNAPSHOTS, 16, 24)).astype(np.float32)
+    src, out = tmp_path / "in.nc", tmp_path / "back.nc"
+    xr.Dataset({"w": (("time", "y", "x"), noise)}).to_netcdf(src)
+    batches, calls = [], []
+    tokenize, encode_values = chunks.tokenize, residual.encode_values
+
+    def counted_tokenize(model, x, **rate):
+        batches.append(len(x))
+        return tokenize(model, x, **rate)
+
+    def recorded(writer, x, pred, bound=None, coders=None):
+        info = encode_values(writer, x, pred, bound, coders)
+        calls.append((coders, info["family"], not pred.any()))
+        return info
+
+    monkeypatch.setattr(chunks, "tokenize", counted_tokenize)
+    monkeypatch.setattr(residual, "encode_values", recorded)
+    info = compress_file(src, tmp_path / "w.dfz", checkpoint=ckpt, rel_error=1e-2, progress=False)
+    assert info["tokens"]["units_without"] == SNAPSHOTS  # what the test sets out to make
+    # calibration: both ways (against the tokens, and alone), every coder; the tokens lost each time
+    first = [c for c in calls if c[0] is None]
+    assert len(first) == 2 * CALIBRATION and len(batches) == CALIBRATION
+    chosen = sorted({family for _, family, alone in first if alone})
+    # after it: no tokenizer, the field alone, only the coders chosen
+    later = calls[len(first):]
+    assert len(later) == SNAPSHOTS - CALIBRATION and all(alone for _, _, alone in later)
+    assert all(coders == chosen for coders, _, _ in later)
+    decompress_file(tmp_path / "w.dfz", out, checkpoint=ckpt, progress=False)
+    with xr.open_dataset(out) as back:
+        assert float(np.abs(back["w"].values - noise).max()) <= 1e-2 * float(noise.max() - noise.min())
+
+
+@pytest.mark.parametrize("coders, families", [(["sperr"], {"sperr"}), (["sz3"], {"sz3"}),
+                                              (["integer"], {"integer"}), (None, {"integer", "sperr", "sz3"})])
+def test_a_section_tries_the_coders_it_is_given_and_decodes_the_same(coders, families, monkeypatch):
+    from dynfield.codec.container import ByteReader, ByteWriter
+
+    x = np.cumsum(np.random.default_rng(1).normal(size=(32, 32)), axis=1)
+    tried = []
+    filter_residual, integer_residual = residual._filter_residual, residual._integer_residual
+    monkeypatch.setattr(residual, "_filter_residual",
+                        lambda *a: tried.append(residual.FILTER_KINDS[a[-1]]) or filter_residual(*a))
+    monkeypatch.setattr(residual, "_integer_residual", lambda *a: tried.append("integer") or integer_residual(*a))
+    w = ByteWriter()
+    info = residual.encode_values(w, x, np.zeros(x.shape), 0.05, coders)
+    assert set(tried) == families and info["family"] in families
+    back = residual.decode_values(ByteReader(w.bytes()), np.zeros(x.shape), 0.05, x.dtype)
+    assert np.abs(back - x).max() <= 0.05
+
+
+def test_the_integer_coder_takes_what_the_filters_cannot():
+    from dynfield.codec.container import ByteWriter
+
+    x = np.full((1, 40), 3.0)  # one value wide: the filters refuse it
+    info = residual.encode_values(ByteWriter(), x, np.zeros(x.shape), 0.1, ["sperr"])
+    assert info["family"] == "integer"
