@@ -43,6 +43,18 @@ def test_netcdf_opens_lazily_with_one_chunk_per_sample_and_time(tmp_path):
     assert ds["u"].attrs["units"] == "1"
 
 
+def test_without_chunks_a_netcdf_file_is_read_lazily_without_dask(tmp_path):
+    path = write_dummy_netcdf(tmp_path / "f.nc", N_SAMPLE, N_TIME, NY, NX)
+    ref = dummy_dataset(N_SAMPLE, N_TIME, NY, NX)
+    with open_fields(path, chunks=None) as ds:
+        assert list(ds.data_vars) == ["u", "v", "vorticity", "scalar"]
+        for name in ds.data_vars:
+            assert ds[name].chunks is None  # no dask
+            assert_values(ds[name], ref[name])
+        field = ds["u"].isel({SAMPLE: 1, TIME: 2}).values
+        np.testing.assert_array_equal(field, ref["u"].isel({SAMPLE: 1, TIME: 2}).values.astype(field.dtype))
+
+
 def test_well_layout_maps_vector_components_and_axis_order(tmp_path):
     path = write_dummy_well_hdf5(tmp_path / "w.h5", N_SAMPLE, N_TIME, NY, NX)
     ds = open_fields(path)
