@@ -203,9 +203,9 @@ def compress_file(in_path, out_path, checkpoint=None, variables=None, fine_ratio
     rate = check_rate(model, fine_ratio=fine_ratio, bits_per_value=bits_per_value, psnr=psnr)
     # the header's pass over the data (a relative bound's ranges) streams through dask; the snapshots are
     # read without it, each read a tenth of the time
-    with no_chunk_cache(), open_fields(in_path, variables, dims, chunks=SNAPSHOT_CHUNKS) as lazy, \
+    with no_chunk_cache(), open_fields(in_path, variables, dims, chunks=SNAPSHOT_CHUNKS) as chunked, \
             open_fields(in_path, variables, dims, chunks=None) as ds:
-        header = make_header(lazy, model, state, rate, max_abs_error, rel_error)
+        header = make_header(chunked, model, state, rate, max_abs_error, rel_error)
         header["model"]["path_hint"] = str(Path(checkpoint).resolve())  # where decompress may find it again
         prior_coder = None
         if prior is not None:
