@@ -5,7 +5,9 @@ router: ``rd`` (rate-distortion allocation of grains and depths at each
 budget), and ``learned``, ``enstrophy`` and ``random`` at every exact fine
 ratio and uniform depth (their upper envelope is their curve, so each gets
 its best mix of grain and depth at every rate). Fixed-grain checkpoints,
-trained with the same compute, are evaluated at every depth. Every model
+trained with the same compute, are evaluated at every uniform depth and with
+the ``rd`` allocation of depths (``fixed f=F rd``), so that what the grains
+buy is told apart from what allocating depths buys. Every model
 sees the same held-out fields (a solver seed used neither in training nor in
 validation). Writes ``tokenizer.json`` and ``tokenizer.png`` into ``--out``.
 
@@ -165,6 +167,9 @@ def main(argv=None):
             raise ValueError(f"{path} was trained on {state['variables']}, the dq model on {dq_state['variables']}")
         for depth in range(1, model.quantizer.num_stages + 1):
             record(f"fixed f={model.factors[0]}", model, state, dict(depth=depth), depth=depth)
+        for bits in args.budgets if model.quantizer.num_stages > 1 else ():
+            record(f"fixed f={model.factors[0]} rd", model, state, dict(encode=rd_allocate, bits_per_value=bits),
+                   target_bits=bits)
 
     models = {"dq": args.dq, "fixed": args.fixed}
     provenance = {k: checkpoint.read_checkpoint(v).get("metrics") for k, v in

@@ -54,6 +54,10 @@ def test_tokenizer_benchmark_writes_every_router_rate_and_depth(tmp_path, monkey
             assert r["bits_per_value"] == pytest.approx((codes * 4 + 16 * 2) / (32 * 32 * 4))
     fixed = sorted(r["tokens_per_field"] for r in results if r["name"] == "fixed f=8")
     assert fixed == [16, 32]
+    # the fixed model also gets the rd allocation of depths, within the same budgets
+    fixed_rd = [r for r in results if r["name"] == "fixed f=8 rd"]
+    assert [r["target_bits"] for r in fixed_rd] == [0.05, 0.2]
+    assert all(r["bits_per_value"] <= r["target_bits"] + 1e-9 for r in fixed_rd)
     targets = summary["targets"]
     assert set(targets["psnr at 0.1"]) >= {"dq rd", "fixed f=8"}
     assert "best router - best fixed at 0.1 (dB)" in targets

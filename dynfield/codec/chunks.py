@@ -47,6 +47,7 @@ class Layout:
         config = header["model"]["config"]
         self.factors, self.codebook_size = tuple(config["factors"]), int(config["codebook_size"])
         self.stages = int(config.get("stages", 1))
+        self.nested = bool(config.get("nested", False))
         self.entropy = {k: TokenModel.from_json(m) for k, m in header.get("entropy", {}).items()}
         self.prior_coder = None  # a ``PriorCoder`` where the header names a prior (``prior_coding``)
 
@@ -105,7 +106,7 @@ class Layout:
         units = self.units(g)
         for j in coded:
             out[j] = decode_tokens(streams[j], token_grid(shape, self.factors), self.factors,
-                                   self.entropy[unit_key(units[j])])
+                                   self.entropy[unit_key(units[j])], self.nested)
         return out
 
 
@@ -120,8 +121,9 @@ class Coder(Layout):
         super().__init__(header)
         self.prior_coder = prior
         if (tuple(model.factors) != self.factors or model.quantizer.codebook_size != self.codebook_size
-                or model.quantizer.num_stages != self.stages):
-            raise CodecError("the model does not have the factors, codebook size and stages the file was made with")
+                or model.quantizer.num_stages != self.stages or model.nested != self.nested):
+            raise CodecError("the model does not have the factors, codebook size, stages and nesting the file was "
+                             "made with")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.rate = {k: header["settings"].get(k) for k in RATE_SETTINGS}

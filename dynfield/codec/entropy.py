@@ -78,9 +78,9 @@ def repeat_cells(x, scale):
     return x.repeat(scale, axis=0).repeat(scale, axis=1) if scale > 1 else x
 
 
-def level_masks(grain, factors):
-    """Per level k, the bool mask of the level-k grid where the grain map selects level k."""
-    return [repeat_cells(grain == k, factors[-1] // f) for k, f in enumerate(factors)]
+def level_masks(grain, factors, nested=False):
+    """Per level k, the bool mask of the level-k grid where the grain map selects level k (reaches it, when nested)."""
+    return [repeat_cells(grain <= k if nested else grain == k, factors[-1] // f) for k, f in enumerate(factors)]
 
 
 class FieldTokens(NamedTuple):
@@ -88,19 +88,23 @@ class FieldTokens(NamedTuple):
 
     grain : (Hc, Wc) level per coarsest region; depth : (Hc, Wc) residual
     stages per region (>= 1); codes : per level k an (S, Hk, Wk) array, -1
-    where level k is unused or a stage lies past the region's depth.
+    where level k is unused or a stage lies past the region's depth. nested :
+    the levels refine each other (``Tokens.nested``): a region also carries
+    every coarser level's codes, to every stage.
     """
 
     grain: np.ndarray
     depth: np.ndarray
     codes: list
+    nested: bool = False
 
     def used(self, factors):
         """Per level k and stage s, the bool mask of the codes that are stored."""
         out = []
-        for mask, f, c in zip(level_masks(self.grain, factors), factors, self.codes):
+        for k, (mask, f, c) in enumerate(zip(level_masks(self.grain, factors), factors, self.codes)):
             cell_depth = repeat_cells(self.depth, factors[-1] // f)
-            out.append([mask & (cell_depth > s) for s in range(len(c))])
+            above = repeat_cells(self.grain < k, factors[-1] // f) if self.nested else False
+            out.append([(mask & (cell_depth > s)) | above for s in range(len(c))])
         return out
 
 
@@ -189,7 +193,7 @@ def encode_tokens(tokens, factors, model):
     return writer.bytes()
 
 
-def decode_tokens(data, grid, factors, model):
+def decode_tokens(data, grid, factors, model, nested=False):
     """Inverse of ``encode_tokens`` for a coarsest grid `grid` = (Hc, Wc): ``FieldTokens``."""
     K, f_K, S = len(factors), factors[-1], model.stages
     reader = SymbolReader(data)
@@ -198,7 +202,7 @@ def decode_tokens(data, grid, factors, model):
         raise CodecError(f"decoded grain level {grain.max()} for a {K}-level model (corrupt file)")
     depth = reader.take(model.depth, grid[0] * grid[1]).reshape(grid) + 1
     codes = [np.full((S, grid[0] * f_K // f, grid[1] * f_K // f), -1, dtype=np.int64) for f in factors]
-    tokens = FieldTokens(grain, depth, codes)
+    tokens = FieldTokens(grain, depth, codes, nested)
     for c, used, counts in zip(codes, tokens.used(factors), model.codes):
         for s, (u, n) in enumerate(zip(used, counts)):
             c[s][u] = reader.take(n, int(u.sum()))

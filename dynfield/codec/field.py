@@ -69,7 +69,7 @@ def tokens_to_numpy(tokens):
     """One ``FieldTokens`` (int64 numpy) per sample of a batch of ``Tokens``."""
     grain, depth = tokens.grain.cpu().numpy(), tokens.depth.cpu().numpy()
     codes = [c.cpu().numpy() for c in tokens.stage_codes()]  # (B, S, Hk, Wk) per level
-    return [FieldTokens(grain[b], depth[b], [c[b] for c in codes]) for b in range(len(grain))]
+    return [FieldTokens(grain[b], depth[b], [c[b] for c in codes], tokens.nested) for b in range(len(grain))]
 
 
 def tokens_from_numpy(fields, factors, shape, codebook_size, device="cpu"):
@@ -80,7 +80,7 @@ def tokens_from_numpy(fields, factors, shape, codebook_size, device="cpu"):
     codes = [stack([f.codes[k] for f in fields]) for k in range(len(factors))]  # (B, S, Hk, Wk)
     residual = [c[:, 1:] for c in codes] if codes[0].shape[1] > 1 else ()
     return Tokens(stack([f.grain for f in fields]), [c[:, 0] for c in codes], factors, shape, codebook_size,
-                  depth=stack([f.depth for f in fields]), residual=residual)
+                  depth=stack([f.depth for f in fields]), residual=residual, nested=fields[0].nested)
 
 
 @torch.no_grad()
@@ -116,7 +116,7 @@ def decompress_field(model, strings, shape, entropy=None):
     """Reconstruction (B, C, H, W) from ``compress_field``'s strings and shape (same model and entropy)."""
     entropy = entropy or TokenModel.from_quantizer(model)
     grid = token_grid(shape, model.factors)
-    fields = [decode_tokens(s, grid, model.factors, entropy) for s in strings[0]]
+    fields = [decode_tokens(s, grid, model.factors, entropy, model.nested) for s in strings[0]]
     return reconstruct(model, fields, shape)
 
 

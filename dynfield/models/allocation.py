@@ -3,7 +3,8 @@
 The encoder has the field, so it can measure what each choice buys. For every
 option o = (grain level k, depth d) the field is decoded with every region at
 o, which gives each region's squared error e_r(o) and its cost
-c(o) = (f_K / f_k)^2 d log2(codebook_size) bits. Per region the options on
+c(o) = (f_K / f_k)^2 d log2(codebook_size) bits (with nested levels, plus
+the coarser levels' codes at full depth). Per region the options on
 the lower convex hull of (c, e) form a ladder of upgrades, each with a slope
 (error removed per bit); the allocation takes upgrades in order of falling
 slope, the greedy solution of the Lagrangian problem min sum e + lambda c,
@@ -26,9 +27,9 @@ import torch.nn.functional as F
 
 def _options(model):
     """[(level, depth)] of every choice, and the (O,) code count each costs per region."""
-    f_K, S = model.factors[-1], model.quantizer.num_stages
+    S = model.quantizer.num_stages
     options = [(k, d) for k in range(model.num_levels) for d in range(1, S + 1)]
-    codes = np.array([(f_K // model.factors[k]) ** 2 * d for k, d in options], dtype=np.float64)
+    codes = np.array([model.region_codes(k, d) for k, d in options], dtype=np.float64)
     return options, codes
 
 

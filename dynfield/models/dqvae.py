@@ -5,6 +5,11 @@ transform with ``linear_patches``) -> router (one level per coarsest-grid
 region) -> quantize each level's vectors against one codebook, counting only
 the vectors of the chosen level -> copy the chosen codes onto the finest token
 grid -> decoder (plus the inverse block transform) -> crop.
+
+With ``nested`` the levels refine instead of replacing: the coarsest level is
+coded in every region, and each finer level, where the grain map reaches it,
+codes what the coarser ones left (its encoder map minus their codes) with a
+ladder of its own; the decoder gets the sum.
 """
 
 from dataclasses import dataclass
@@ -53,6 +58,9 @@ class DQVAE(GrainRouting, nn.Module):
         encoder and decoder (``LinearPatches``): the codes are its output plus
         the encoder's, the field its inverse plus the decoder's.
     code_dim, codebook_size : the shared codebook (of every residual stage).
+    nested : every region carries the coarsest level's codes, and a finer
+        grain adds refinements (``Tokens.nested``); each finer level gets
+        codebooks of its own.
     stages : residual quantization stages (see ``ResidualVQ``); a region's
         depth is how many of them code it. Training draws every region's depth
         uniformly from 1..stages, so the decoder serves every depth map.
@@ -88,6 +96,7 @@ class DQVAE(GrainRouting, nn.Module):
         code_dim=64,
         codebook_size=1024,
         stages=1,
+        nested=False,
         train_fine_ratio=None,
         router="learned",
         target_ratios=None,
@@ -123,7 +132,7 @@ class DQVAE(GrainRouting, nn.Module):
             in_channels=in_channels, factors=list(factors), hidden=hidden,
             channel_mult=list(channel_mult) if channel_mult is not None else None,
             num_res_blocks=num_res_blocks, code_dim=code_dim, codebook_size=codebook_size, stages=stages,
-            train_fine_ratio=list(train_fine_ratio) if train_fine_ratio is not None else None, router=router,
+            nested=bool(nested), train_fine_ratio=list(train_fine_ratio) if train_fine_ratio is not None else None, router=router,
             target_ratios=list(target_ratios), budget_mode=budget_mode, periodic=periodic, attention=attention,
             linear_patches=bool(linear_patches), commitment=commitment, ema_decay=ema_decay,
             dead_code_threshold=dead_code_threshold, fixed_level=fixed_level, vorticity_channel=vorticity_channel,
@@ -134,6 +143,7 @@ class DQVAE(GrainRouting, nn.Module):
         self.periodic, self.fixed_level, self.seed = periodic, fixed_level, seed
         self.vorticity_channel = vorticity_channel
         self.train_fine_ratio = train_fine_ratio
+        self.nested = bool(nested) and K > 1
         arch = dict(factors=factors, hidden=hidden, channel_mult=channel_mult, num_res_blocks=num_res_blocks,
                     code_dim=code_dim, periodic=periodic)
         self.encoder = Encoder(in_channels, **arch, attention=attention)
@@ -141,9 +151,10 @@ class DQVAE(GrainRouting, nn.Module):
         self.patches = LinearPatches(in_channels, factors, code_dim) if linear_patches else None
         # only the learned router has parameters; the others are rules applied on the fly
         self.router = Router(factors, code_dim) if router == "learned" and K > 1 else None
-        self.quantizer = ResidualVQ(
-            stages, codebook_size, code_dim, commitment, ema_decay, dead_code_threshold=dead_code_threshold
-        )
+        ladder = dict(stages=stages, codebook_size=codebook_size, dim=code_dim, commitment=commitment,
+                      decay=ema_decay, dead_code_threshold=dead_code_threshold)
+        self.quantizer = ResidualVQ(**ladder)  # every level's, or the coarsest level's when nested
+        self.refiners = nn.ModuleList(ResidualVQ(**ladder) for _ in range(K - 1)) if self.nested else None
         self._train_generator = torch.Generator().manual_seed(seed)
 
     @property
@@ -170,8 +181,14 @@ class DQVAE(GrainRouting, nn.Module):
             feats = [f + p for f, p in zip(feats, self.patches.encode(x_pad))]
         return feats
 
+    def level_quantizer(self, k):
+        """The ResidualVQ that codes level k."""
+        return self.refiners[k] if self.nested and k < self.num_levels - 1 else self.quantizer
+
     def _synthesize(self, gate_BKHW, q_levels, grain, shape):
-        """The field (B, C, H, W) of per-level quantized codes, each region at its gated level."""
+        """The field (B, C, H, W) of per-level quantized codes, each region at its gated level (and coarser ones when nested)."""
+        if self.nested:
+            gate_BKHW = gate_BKHW.cumsum(1)  # a region at level g uses every level k >= g
         recon = self.decoder(self._merge(gate_BKHW, q_levels), grain)
         if self.patches is not None:
             recon = recon + self.patches.decode(gate_BKHW, q_levels)
@@ -193,12 +210,12 @@ class DQVAE(GrainRouting, nn.Module):
         """Tokens from per-level (B, Hk, Wk, stages) indices, masked by the grain and depth maps."""
         S = self.quantizer.num_stages
         codes, residual = [], []
-        for used, idx in zip(stage_masks(grain, depth, self.factors, S), idx_levels):
+        for used, idx in zip(stage_masks(grain, depth, self.factors, S, self.nested), idx_levels):
             idx = torch.where(used, idx.permute(0, 3, 1, 2), -1)  # (B, S, Hk, Wk)
             codes.append(idx[:, 0])
             residual.append(idx[:, 1:])
         return Tokens(grain, codes, self.factors, tuple(shape), self.quantizer.codebook_size,
-                      depth=depth, residual=residual if S > 1 else ())
+                      depth=depth, residual=residual if S > 1 else (), nested=self.nested)
 
     def _depth_map(self, grain, depth):
         """(B, Hc, Wc) long depth per region from None (every stage), an int or a map."""
@@ -227,6 +244,8 @@ class DQVAE(GrainRouting, nn.Module):
         the chosen level count, so a coarse vector is one code however many
         cells it covers.
         """
+        if self.nested:
+            return self._quantize_nested(feats, grain, depth)
         f_K = self.factors[-1]
         z_ND = torch.cat([f.permute(0, 2, 3, 1).reshape(-1, self.code_dim) for f in feats])
         chosen_N = torch.cat([mask.flatten() for mask in self._level_masks(grain)])
@@ -235,6 +254,32 @@ class DQVAE(GrainRouting, nn.Module):
         sizes = [f[:, 0].numel() for f in feats]
         q_levels = [q.view(f.shape[0], *f.shape[2:], -1).permute(0, 3, 1, 2) for q, f in zip(q_ND.split(sizes), feats)]
         idx_levels = [i.view(f.shape[0], *f.shape[2:], -1) for i, f in zip(idx_NS.split(sizes), feats)]
+        return q_levels, idx_levels, loss
+
+    def _quantize_nested(self, feats, grain, depth):
+        """``_quantize`` for nested levels, coarsest first: each finer level codes its map minus the codes above it.
+
+        A level's vectors count where the grain map reaches it; they are coded
+        to the region's depth at the region's own level and to the full depth
+        under a finer region. The residual a finer level codes is taken from
+        the coarser codes without gradient, so the coarser encoder maps learn
+        from every region that uses them.
+        """
+        f_K, S = self.factors[-1], self.quantizer.num_stages
+        q_levels, idx_levels, loss, above = [None] * self.num_levels, [None] * self.num_levels, 0.0, None
+        for k in reversed(range(self.num_levels)):
+            z = feats[k] if above is None else feats[k] - above.detach()
+            scale = f_K // self.factors[k]
+            used = repeat_cells(grain <= k, scale).flatten()
+            depth_N = torch.where(repeat_cells(grain == k, scale), repeat_cells(depth, scale), S).flatten()
+            z_ND = z.permute(0, 2, 3, 1).reshape(-1, self.code_dim)
+            q_ND, idx_NS, level_loss = self.level_quantizer(k)(z_ND, used, depth_N)
+            q_levels[k] = q_ND.view(z.shape[0], *z.shape[2:], -1).permute(0, 3, 1, 2)
+            idx_levels[k] = idx_NS.view(z.shape[0], *z.shape[2:], -1)
+            loss = loss + level_loss
+            if k:
+                coded = q_levels[k] if above is None else q_levels[k] + above
+                above = repeat_cells(coded, self.factors[k] // self.factors[k - 1])
         return q_levels, idx_levels, loss
 
     def forward(self, x, temperature=1.0):
@@ -293,22 +338,38 @@ class DQVAE(GrainRouting, nn.Module):
 
     @torch.no_grad()
     def stage_indices(self, feats):
-        """Per level, the (B, Hk, Wk, stages) code indices of every vector of encoder features `feats`."""
-        return [self.quantizer.encode(f.permute(0, 2, 3, 1)) for f in feats]
+        """Per level, the (B, Hk, Wk, stages) code indices of every vector of encoder features `feats`.
+
+        Nested levels code their map minus the coarser levels' codes at full depth.
+        """
+        if not self.nested:
+            return [self.quantizer.encode(f.permute(0, 2, 3, 1)) for f in feats]
+        indices, above = [None] * self.num_levels, None
+        for k in reversed(range(self.num_levels)):
+            z = (feats[k] if above is None else feats[k] - above).permute(0, 2, 3, 1)
+            vq = self.level_quantizer(k)
+            indices[k] = vq.encode(z)
+            if k:
+                coded = vq.lookup(indices[k]).permute(0, 3, 1, 2) + (0 if above is None else above)
+                above = repeat_cells(coded, self.factors[k] // self.factors[k - 1])
+        return indices
 
     @torch.no_grad()
     def decode(self, tokens):
         """Field (B, C, H, W) from tokens; deterministic for given tokens in eval mode."""
         if (tokens.factors != self.factors or tokens.codebook_size != self.quantizer.codebook_size
-                or tokens.stages > self.quantizer.num_stages):
+                or tokens.stages > self.quantizer.num_stages or tokens.nested != self.nested):
+            kind = {True: "nested", False: "alternative"}
             raise ValueError(
-                f"tokens were made with factors {tokens.factors}, {tokens.codebook_size} codes and "
-                f"{tokens.stages} stages; this model has factors {self.factors}, "
-                f"{self.quantizer.codebook_size} codes and {self.quantizer.num_stages} stages"
+                f"tokens were made with factors {tokens.factors}, {tokens.codebook_size} codes, "
+                f"{tokens.stages} stages and {kind[tokens.nested]} levels; this model has factors {self.factors}, "
+                f"{self.quantizer.codebook_size} codes, {self.quantizer.num_stages} stages and "
+                f"{kind[self.nested]} levels"
             )
         tokens.validate()
         H, W = tokens.shape
-        q_levels = [self.quantizer.lookup(c.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) for c in tokens.stage_codes()]
+        q_levels = [self.level_quantizer(k).lookup(c.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+                    for k, c in enumerate(tokens.stage_codes())]
         gate = F.one_hot(tokens.grain, self.num_levels).permute(0, 3, 1, 2).to(q_levels[0].dtype)
         return self._synthesize(gate, q_levels, tokens.grain, (H, W))
 
@@ -325,8 +386,14 @@ class DQVAE(GrainRouting, nn.Module):
             ratios = [float(k == level) for k in range(K)]
         else:
             ratios = self.target_ratios if fine_ratio is None else budget_ratios(fine_ratio, self.target_ratios)
-        per_stage = sum(n * (f_K // f) ** 2 for n, f in zip(level_counts(regions, ratios), self.factors))
-        return per_stage * (self.quantizer.num_stages if depth is None else int(depth))
+        depth = self.quantizer.num_stages if depth is None else int(depth)
+        return sum(n * self.region_codes(k, depth) for k, n in enumerate(level_counts(regions, ratios)))
+
+    def region_codes(self, level, depth):
+        """Codes one region carries at grain `level` and `depth` (with nested levels, the coarser ones' too)."""
+        f_K, S = self.factors[-1], self.quantizer.num_stages
+        above = sum((f_K // f) ** 2 for f in self.factors[level + 1 :]) * S if self.nested else 0
+        return (f_K // self.factors[level]) ** 2 * depth + above
 
 
 def vqvae(factor=8, **kwargs):

@@ -31,7 +31,8 @@ def level_grids(tokens):
     at level k, FINER (= codebook_size) where it goes to a finer level, -1 where
     a coarser level has taken it.
     """
-    f_K = tokens.require_single_stage("the bidirectional prior").factors[-1]
+    user = "the bidirectional prior"
+    f_K = tokens.require_single_stage(user).require_alternative(user).factors[-1]
     grids = []
     for k, (codes, f) in enumerate(zip(tokens.codes, tokens.factors)):
         grain = repeat_cells(tokens.grain, f_K // f)

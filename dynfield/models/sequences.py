@@ -155,7 +155,8 @@ class Scan:
                 f"tokens have factors {tokens.factors} and shape {tokens.shape}, "
                 f"expected factors {self.factors} and shape {self.shape}"
             )
-        return tokens.validate().require_single_stage(f"the {type(self).__name__} order")
+        user = f"the {type(self).__name__} order"
+        return tokens.validate().require_single_stage(user).require_alternative(user)
 
     def encode(self, tokens):
         """TokenSequence of a batch of `Tokens` (padded at the end to the longest)."""

@@ -7,6 +7,12 @@ Hc x Wc). Each region has one grain level k; at level k it carries
 quantization each region also has a depth d >= 1: each of its cells carries
 d codes, one per stage of the ladder, the first in ``codes`` and the others
 in ``residual``.
+
+Nested tokens (``nested=True``) refine instead of replacing: a region at
+level g carries the codes of every level k >= g, those of the levels coarser
+than g to the full depth and those of level g to the region's depth. Every
+region then has its coarsest-level codes, and a finer level codes what the
+coarser ones left.
 """
 
 from dataclasses import dataclass
@@ -21,16 +27,22 @@ def repeat_cells(x, scale):
     return x.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
 
 
-def stage_masks(grain, depth, factors, stages):
+def stage_masks(grain, depth, factors, stages, nested=False):
     """Per level k, the (B, S, Hp / f_k, Wp / f_k) bool mask of the codes tokens carry.
 
     A cell of level k holds a code at stage s where its region is at level k
-    and its depth exceeds s.
+    and its depth exceeds s; with `nested`, also at every stage where its
+    region is at a finer level than k.
     """
     f_K = factors[-1]
     stage = torch.arange(stages, device=grain.device)[None, :, None, None]
-    return [repeat_cells(grain == k, f_K // f)[:, None] & (stage < repeat_cells(depth, f_K // f)[:, None])
-            for k, f in enumerate(factors)]
+    masks = []
+    for k, f in enumerate(factors):
+        used = repeat_cells(grain == k, f_K // f)[:, None] & (stage < repeat_cells(depth, f_K // f)[:, None])
+        if nested:
+            used = used | repeat_cells(grain < k, f_K // f)[:, None]
+        masks.append(used)
+    return masks
 
 
 def check_factors(factors):
@@ -62,6 +74,8 @@ class Tokens:
     residual : per level k a (B, S - 1, Hp / f_k, Wp / f_k) long tensor of the
         codes of stages 1 .. S-1, -1 where the level is not used or the stage
         lies past the region's depth; empty for single-stage tokens.
+    nested : the codes of a region refine those of the coarser levels, which it
+        also carries (see the module docstring).
     """
 
     grain: torch.Tensor
@@ -71,6 +85,7 @@ class Tokens:
     codebook_size: int
     depth: torch.Tensor | None = None
     residual: tuple = ()
+    nested: bool = False
 
     def __post_init__(self):
         self.codes = tuple(self.codes)
@@ -80,6 +95,7 @@ class Tokens:
         self.factors = tuple(int(f) for f in self.factors)
         self.shape = tuple(int(s) for s in self.shape)
         self.codebook_size = int(self.codebook_size)
+        self.nested = bool(self.nested)
 
     @property
     def num_levels(self):
@@ -115,7 +131,15 @@ class Tokens:
 
     def level_mask(self, k):
         """(B, Hp / f_k, Wp / f_k) bool: where level k carries codes."""
-        return repeat_cells(self.grain == k, self.factors[-1] // self.factors[k])
+        used = self.grain <= k if self.nested else self.grain == k
+        return repeat_cells(used, self.factors[-1] // self.factors[k])
+
+    def require_alternative(self, user):
+        """Raise ValueError naming `user` if these are nested tokens; return self."""
+        if self.nested:
+            raise ValueError(f"{user} models tokens with one grain per region; these are nested tokens "
+                             f"(a coarse code in every region, finer codes as refinements)")
+        return self
 
     def count(self):
         """(B,) long: number of codes actually used per sample."""
@@ -134,7 +158,7 @@ class Tokens:
         codes = tuple(c.to(device) for c in self.codes)
         residual = tuple(r.to(device) for r in self.residual)
         return Tokens(self.grain.to(device), codes, self.factors, self.shape, self.codebook_size,
-                      self.depth.to(device), residual)
+                      self.depth.to(device), residual, self.nested)
 
     def validate(self):
         """Raise ValueError if grain map, codes, factors and shape disagree; return self."""
@@ -159,9 +183,8 @@ class Tokens:
                 bounds = f"[{codes.min()}, {codes.max()}]"
                 raise ValueError(f"level {k} codes must lie in [-1, {self.codebook_size}), got {bounds}")
             if not torch.equal(codes >= 0, self.level_mask(k)):
-                raise ValueError(
-                    f"level {k} codes are set (>= 0) where the grain map does not select level {k}, or missing where it does"
-                )
+                raise ValueError(f"level {k} codes are set (>= 0) where the grain map does not use level {k}, "
+                                 f"or missing where it does")
         self._validate_depth()
         return self
 
@@ -174,7 +197,7 @@ class Tokens:
             raise ValueError(f"depths must lie in [1, {S}] for {S}-stage tokens, got [{self.depth.min()}, {self.depth.max()}]")
         if self.residual and len(self.residual) != self.num_levels:
             raise ValueError(f"expected residual codes for each of the {self.num_levels} levels, got {len(self.residual)}")
-        used = stage_masks(self.grain, self.depth, self.factors, S)
+        used = stage_masks(self.grain, self.depth, self.factors, S, self.nested)
         for k, (codes, residual) in enumerate(zip(self.codes, self.residual)):
             expected = (codes.shape[0], S - 1, *codes.shape[1:])
             if tuple(residual.shape) != expected or residual.dtype != torch.long:
