@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from dynfield.models import precision
+
 FORMAT = "dynfield-checkpoint"
 VERSION = 1
 
@@ -98,13 +100,14 @@ def read_checkpoint(path, map_location="cpu"):
 
 
 def build_model(state, map_location="cpu", where="checkpoint"):
-    """The model of a checkpoint dictionary, in eval mode; `where` names it in errors."""
+    """The model of a checkpoint dictionary, in eval mode (on a CPU channels-last, ``precision.prepare``);
+    `where` names it in errors."""
     name = state["model_class"]
     if name not in MODEL_CLASSES:
         raise ValueError(f"unknown model class {name!r} in {where}; known: {sorted(MODEL_CLASSES)}")
     model = getattr(importlib.import_module(MODEL_CLASSES[name]), name)(**state["model_config"])
     model.load_state_dict(state["state_dict"])
-    return model.to(map_location).eval()
+    return precision.prepare(model, map_location)
 
 
 def load_model(path, map_location="cpu"):

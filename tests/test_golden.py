@@ -9,13 +9,18 @@ import pytest
 import xarray as xr
 
 from dynfield.codec import CodecError, codec, decompress_file, inspect_file
+from dynfield.models import precision
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "golden.dfz"  # made by tests/data/make_golden.py with the bundled tokenizer
 BOUNDS = {"u": 0.01, "v": 0.01}
 
 
-def test_the_golden_file_decodes_as_it_did(tmp_path):
+@pytest.mark.parametrize("bfloat16", ["0", "1"])
+def test_the_golden_file_decodes_as_it_did(tmp_path, monkeypatch, bfloat16):
+    monkeypatch.setenv(precision.ENV, bfloat16)
+    # the file was decoded in float32; a CPU with bfloat16 decodes token-only fields in it (``precision``)
+    token_tolerance = 1e-2 if precision.bfloat16_on_cpu() else 1e-4
     out = decompress_file(GOLDEN, tmp_path / "back.nc", progress=False)
     with xr.open_dataset(out) as back, xr.open_dataset(DATA / "golden_decoded.nc") as then, \
             xr.open_dataset(DATA / "golden_source.nc") as source:
@@ -26,8 +31,8 @@ def test_the_golden_file_decodes_as_it_did(tmp_path):
             if v in BOUNDS:  # float64 reconstruction: at most the last bit of a float32 may differ on another CPU
                 assert np.nanmax(np.abs(a - b) - np.spacing(np.abs(b))) <= 0
                 assert np.nanmax(np.abs(a - source[v].values)) <= BOUNDS[v]
-            else:  # token-only, decoded in float32
-                assert np.nanmax(np.abs(a - b)) <= 1e-4 * float(np.nanmax(b) - np.nanmin(b))
+            else:  # token-only
+                assert np.nanmax(np.abs(a - b)) <= token_tolerance * float(np.nanmax(b) - np.nanmin(b))
     info = inspect_file(GOLDEN)
     assert info["format_version"] == 3 and info["tokens"]["units_without"] == 4  # u and v went without tokens
     assert info["variables"]["v"]["residual_coders"] == {"integer-lorenzo": 1, "sz3": 1}

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from dynfield.data import field_stats
+from dynfield.models import precision
 
 from . import residual
 from .container import ByteReader, ByteWriter, CodecError
@@ -125,7 +126,7 @@ class Coder(Layout):
             raise CodecError("the model does not have the factors, codebook size, stages and nesting the file was "
                              "made with")
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        self.model = precision.prepare(model, self.device)
         self.rate = {k: header["settings"].get(k) for k in RATE_SETTINGS}
         # the float64 copy and the usage model, made on first use; `shared` (a dict) keeps them
         # across the coders of one model (the zarr codec makes a coder per chunk)
@@ -152,8 +153,12 @@ class Coder(Layout):
         A unit whose variables all have a bound may go without tokens: its
         residual is then the field itself (the prediction is 0), and whichever way
         costs fewer bytes (tokens priced under the codebook's usage) is kept,
-        so the tokens never cost more than they save. Under a ``plan`` (see
-        ``plan_for``) only the ways it names are tried.
+        so the tokens never cost more than they save. The tokens' way is priced
+        first against the fast float32 reconstruction; only where it wins there
+        is the float64 reconstruction made (the bounded mode's slowest step),
+        its residual coded by the coders that won, and the two ways compared
+        again. Under a ``plan`` (see ``plan_for``) only the ways it names are
+        tried.
         """
         units = self.units(g)
         names = [v for unit in units for v in unit]
@@ -170,21 +175,41 @@ class Coder(Layout):
                                                 for j in tokenized]))
             for j, t in zip(tokenized, tokens_to_numpy(tokenize(self.model, x_UCHW.to(self.device), **self.rate))):
                 fields[j] = t
-        # the residuals of bounded units are taken against their reconstructions
+        shape = xs[names[0]].shape
+        # a unit whose variables all have a bound may do better without tokens: priced first against the
+        # model's fast reconstruction, so that the float64 one is made only where the tokens may win
+        optional = [t is not None and all(self.bound(v) is not None for v in unit) for unit, t in zip(units, fields)]
+        estimates = self._reconstructions(units, [t if o else None for t, o in zip(fields, optional)], shape,
+                                          exact=False)
+        alone, families = {}, {}
+        for j, (unit, estimate) in enumerate(zip(units, estimates)):
+            if estimate is None:
+                continue
+            alone[j] = self._sections(unit, xs, norms, None)
+            guess = self._sections(unit, xs, norms, fields[j], estimate)
+            if _size(alone[j]) <= _size(guess) + self._token_bytes(fields[j]):
+                fields[j] = None
+            else:  # the exact reconstruction's residual tries only the coders that won against the estimate
+                families[j] = {v: [family] for v, (_, family) in zip(unit, guess)}
+        # the residuals of bounded units are taken against their exact reconstructions
         bounded = [any(self.bound(v) is not None for v in unit) for unit in units]
-        recons = self._reconstructions(units, [t if b else None for t, b in zip(fields, bounded)], xs[names[0]].shape)
+        recons = self._reconstructions(units, [t if b else None for t, b in zip(fields, bounded)], shape)
         kept, sections, coders = [], [], {}
-        for unit, unit_tokens, recon in zip(units, fields, recons):
-            coded = None if unit_tokens is None else self._sections(unit, xs, norms, unit_tokens, recon)
-            if all(self.bound(v) is not None for v in unit):
-                alone = self._sections(unit, xs, norms, None)
-                token_bytes = 0 if coded is None else len(encode_tokens(unit_tokens, self.factors, self.usage_model()))
-                if coded is None or _size(alone) <= _size(coded) + token_bytes:
-                    unit_tokens, coded = None, alone
+        for j, (unit, unit_tokens, recon) in enumerate(zip(units, fields, recons)):
+            if unit_tokens is None:
+                coded = alone[j] if j in alone else self._sections(unit, xs, norms, None)
+            else:
+                coded = self._sections(unit, xs, norms, unit_tokens, recon, families.get(j))
+                if j in alone and _size(alone[j]) <= _size(coded) + self._token_bytes(unit_tokens):
+                    unit_tokens, coded = None, alone[j]
             kept.append(unit_tokens)
             sections += [data for data, _ in coded]
             coders.update((v, family) for v, (_, family) in zip(unit, coded) if family is not None)
         return Encoded(g, i, kept, sections, coders)
+
+    def _token_bytes(self, unit_tokens):
+        """What a unit's tokens cost, priced under the codebook's usage (the file's own models come later)."""
+        return len(encode_tokens(unit_tokens, self.factors, self.usage_model()))
 
     def plan_for(self, results):
         """What the snapshots after `results` (the calibration snapshots, encoded every way) try.
@@ -208,9 +233,10 @@ class Coder(Layout):
             self._derived["usage"] = TokenModel.from_quantizer(self.model)
         return self._derived["usage"]
 
-    def _sections(self, unit, xs, norms, unit_tokens, recon=None):
+    def _sections(self, unit, xs, norms, unit_tokens, recon=None, families=None):
         """(value section, residual coder or None) of each variable of a unit, against its tokens'
-        reconstruction `recon` (C, H, W; given where the unit has a bound), or against 0 (no tokens: None)."""
+        reconstruction `recon` (C, H, W; given where the unit has a bound), or against 0 (no tokens: None).
+        `families` ({variable: [residual coder]}) narrows the coders the plan lets a variable try."""
         shape = xs[unit[0]].shape
         if unit_tokens is None:
             preds = [np.zeros(shape)] * len(unit)
@@ -225,6 +251,8 @@ class Coder(Layout):
                 w.f64(norms[v][0])
                 w.f64(norms[v][1])
             coders = None if self.plan is None else self.plan["coders"].get(v)
+            if families is not None:
+                coders = families[v]
             info = residual.encode_values(w, xs[v], pred, self.bound(v), coders)
             out.append((w.bytes(), info.get("family")))
         return out
@@ -285,16 +313,18 @@ class Coder(Layout):
                 r.done()
         return g, i, out
 
-    def _reconstructions(self, units, tokens, shape):
+    def _reconstructions(self, units, tokens, shape, exact=True):
         """(C, H, W) reconstruction of each unit from its ``FieldTokens`` (None for a unit without tokens),
-        the units that share a decoder in one batch."""
+        the units that share a decoder in one batch; with `exact` False all by the fast model (an estimate of
+        what a bounded unit's float64 decoder gives)."""
         out = [None] * len(units)
         batches = {}
         for j, (unit, field_tokens) in enumerate(zip(units, tokens)):
             if field_tokens is not None:
-                batches.setdefault(id(self.decoder(unit)), []).append(j)
+                batches.setdefault(id(self.decoder(unit)) if exact else 0, []).append(j)
         for js in batches.values():
-            recon = reconstruct(self.decoder(units[js[0]]), [tokens[j] for j in js], shape).cpu().numpy()
+            model = self.decoder(units[js[0]]) if exact else self.model
+            recon = reconstruct(model, [tokens[j] for j in js], shape).cpu().numpy()
             for j, r in zip(js, recon):
                 out[j] = r
         return out

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from dynfield import paths
 from dynfield.models import Tokens
 from dynfield.models.allocation import rd_allocate
+from dynfield.models.precision import autocast
 
 from .container import CodecError
 from .entropy import FieldTokens, TokenModel, decode_tokens, encode_tokens
@@ -28,9 +29,6 @@ def default_checkpoint():
         raise CodecError(f"no checkpoint given and the bundled default tokenizer is not installed ({path}); "
                          f"pass a tokenizer checkpoint")
     return path
-
-
-
 
 
 def token_shape(shape, factors):
@@ -54,15 +52,17 @@ def tokenize(model, x_BCHW, fine_ratio=None, bits_per_value=None, psnr=None):
 
     The router chooses the grains (at `fine_ratio` if given) and every region
     gets the full depth, unless `bits_per_value` or `psnr` asks for the
-    rate-distortion allocation of grains and depths (``rd_allocate``).
+    rate-distortion allocation of grains and depths (``rd_allocate``). On a
+    CPU with bfloat16 the model runs in it (``dynfield.models.precision``).
     """
     H, W = x_BCHW.shape[-2:]
     Ht, Wt = token_shape((H, W), model.factors)
     if (Ht, Wt) != (H, W):
         x_BCHW = F.pad(x_BCHW, (0, Wt - W, 0, Ht - H), mode="replicate")
-    if bits_per_value is not None or psnr is not None:
-        return rd_allocate(model, x_BCHW, bits_per_value=bits_per_value, psnr=psnr)
-    return model.encode(x_BCHW, fine_ratio=fine_ratio)
+    with autocast(model):
+        if bits_per_value is not None or psnr is not None:
+            return rd_allocate(model, x_BCHW, bits_per_value=bits_per_value, psnr=psnr)
+        return model.encode(x_BCHW, fine_ratio=fine_ratio)
 
 
 def tokens_to_numpy(tokens):
@@ -85,11 +85,14 @@ def tokens_from_numpy(fields, factors, shape, codebook_size, device="cpu"):
 
 @torch.no_grad()
 def reconstruct(model, fields, shape):
-    """Decode ``FieldTokens`` of (H, W) fields with `model` (on its device and dtype): (B, C, H, W)."""
-    device = next(model.decoder.parameters()).device
+    """Decode ``FieldTokens`` of (H, W) fields with `model` (on its device and dtype; a float32 model on a CPU
+    with bfloat16 in that): (B, C, H, W) in the model's dtype."""
+    weight = next(model.decoder.parameters())
     tokens = tokens_from_numpy(fields, model.factors, token_shape(shape, model.factors),
-                                model.quantizer.codebook_size, device)
-    return model.decode(tokens)[..., : shape[0], : shape[1]]
+                                model.quantizer.codebook_size, weight.device)
+    with autocast(model):
+        recon = model.decode(tokens)
+    return recon.to(weight.dtype)[..., : shape[0], : shape[1]]
 
 
 def compress_field(model, x_BCHW, fine_ratio=None, entropy=None):
