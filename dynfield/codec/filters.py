@@ -1,10 +1,11 @@
 """SPERR and SZ3, the error-bounded compressors of the HDF5 filter world, as residual coders.
 
 Both come as HDF5 filters in ``hdf5plugin``. A 2D float64 array is written as
-one chunk of a dataset in an in-memory HDF5 file and the chunk's compressed
-bytes are read back raw (``read_direct_chunk``); decoding writes those bytes
-as the chunk of a dataset with the same filter (``write_direct_chunk``) and
-reads the array. Only the chunk's bytes are kept, none of HDF5's own
+one chunk of a dataset in an in-memory HDF5 file (HDF5's own memory driver,
+without a chunk cache, so that the chunk goes through the filter at once)
+and the chunk's compressed bytes are read back raw (``read_direct_chunk``);
+decoding writes those bytes as the chunk of a dataset with the same filter
+(``write_direct_chunk``) and reads the array. Only the chunk's bytes are kept, none of HDF5's own
 metadata, so a field costs what the compressor produces.
 
 Each guarantees an absolute error bound on what it codes; the value layer
@@ -12,7 +13,7 @@ Each guarantees an absolute error bound on what it codes; the value layer
 its bound costs escapes, never accuracy.
 """
 
-import io
+import uuid
 
 import h5py
 import hdf5plugin
@@ -31,6 +32,12 @@ def _filter(name, bound):
     return make(absolute=float(bound))
 
 
+def _memory_file():
+    """A new HDF5 file in memory, never written to disk, without a chunk cache (so a chunk written is filtered
+    at once, and a chunk read comes through the filter)."""
+    return h5py.File(uuid.uuid4().hex, "w", driver="core", backing_store=False, rdcc_nbytes=0)
+
+
 def fits(r_HW, bound):
     """Whether the filters may be asked to code `r_HW` at `bound`: the range where they are safe.
 
@@ -46,11 +53,9 @@ def fits(r_HW, bound):
 def encode(r_HW, name, bound):
     """Bytes of the float64 array `r_HW` under filter `name` with absolute error `bound` (> 0)."""
     r_HW = np.ascontiguousarray(r_HW, dtype=np.float64)
-    buf = io.BytesIO()
-    with h5py.File(buf, "w") as f:
-        f.create_dataset("r", data=r_HW, chunks=r_HW.shape, **_filter(name, bound))
-    with h5py.File(buf, "r") as f:  # reopened: the writing handle would read back its cached, uncompressed chunk
-        mask, data = f["r"].id.read_direct_chunk((0,) * r_HW.ndim)
+    with _memory_file() as f:
+        d = f.create_dataset("r", data=r_HW, chunks=r_HW.shape, **_filter(name, bound))
+        mask, data = d.id.read_direct_chunk((0,) * r_HW.ndim)
     if mask:
         raise CodecError(f"the {name} filter left the chunk uncompressed")
     return bytes(data)
@@ -59,12 +64,10 @@ def encode(r_HW, name, bound):
 def decode(data, name, shape, bound):
     """The float64 array of `shape` that ``encode`` coded as `data`."""
     shape = tuple(int(s) for s in shape)
-    buf = io.BytesIO()
     try:
-        with h5py.File(buf, "w") as f:
+        with _memory_file() as f:
             d = f.create_dataset("r", shape=shape, dtype=np.float64, chunks=shape, **_filter(name, bound))
             d.id.write_direct_chunk((0,) * len(shape), data, 0)
-        with h5py.File(buf, "r") as f:
-            return f["r"][()]
+            return d[()]
     except (OSError, ValueError) as e:
         raise CodecError(f"the {name} section does not decode ({e}; corrupt file)") from None
