@@ -20,9 +20,10 @@ from dynfield.models.tokens import Tokens, repeat_cells
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_tokens(grain="random", factors=(4, 8), shape=(40, 56), codebook_size=32, B=3, seed=0):
+def make_tokens(grain="random", factors=(4, 8), shape=(40, 56), codebook_size=32, B=3, seed=0, nested=False):
     """Valid tokens; `grain` is "random", "coarse" (every region at the coarsest level),
-    "fine" (every region at the finest) or a (B, Hc, Wc) grain map."""
+    "fine" (every region at the finest) or a (B, Hc, Wc) grain map; `nested`: a region also carries the
+    codes of every coarser level."""
     g = torch.Generator().manual_seed(seed)
     f_K, K = factors[-1], len(factors)
     Hc, Wc = -(-shape[0] // f_K), -(-shape[1] // f_K)
@@ -34,9 +35,9 @@ def make_tokens(grain="random", factors=(4, 8), shape=(40, 56), codebook_size=32
         grain_map = torch.full((B, Hc, Wc), K - 1 if grain == "coarse" else 0)
     codes = []
     for k, f in enumerate(factors):
-        used = repeat_cells(grain_map == k, f_K // f)
+        used = repeat_cells(grain_map <= k if nested else grain_map == k, f_K // f)
         codes.append(torch.where(used, torch.randint(codebook_size, used.shape, generator=g), -1))
-    return Tokens(grain_map, tuple(codes), factors, shape, codebook_size).validate()
+    return Tokens(grain_map, tuple(codes), factors, shape, codebook_size, nested=nested).validate()
 
 
 def same_tokens(a, b):
@@ -86,10 +87,11 @@ def smoke_run(tmp_path_factory, env):
     return run_dir, proc, cwd
 
 
-def tiny_tokenizer(path, in_channels=1, variables=("field",), seed=0):
+def tiny_tokenizer(path, in_channels=1, variables=("field",), seed=0, nested=False):
     """A randomly initialised tokenizer whose codebook is initialised from data, so codes get used."""
     torch.manual_seed(seed)
-    model = DQVAE(in_channels=in_channels, factors=(2, 4), hidden=8, code_dim=8, codebook_size=32, periodic=False)
+    model = DQVAE(in_channels=in_channels, factors=(2, 4), hidden=8, code_dim=8, codebook_size=32, periodic=False,
+                  nested=nested)
     model.train()
     model(torch.randn(4, in_channels, 16, 16))
     model.eval()

@@ -117,14 +117,14 @@ def test_training_loss_is_the_code_length_and_trains_the_cells_that_pay():
     assert idle > 0
 
 
-def all_tokens(factors, shape, N):
-    """Every valid token set of a tiny field, as one batch."""
+def all_tokens(factors, shape, N, nested=False):
+    """Every valid token set of a tiny field, as one batch (`nested`: a region also carries the coarser codes)."""
     K, f_K = len(factors), factors[-1]
     Hc, Wc = shape[0] // f_K, shape[1] // f_K
     grains, codes = [], [[] for _ in factors]
     for grain in itertools.product(range(K), repeat=Hc * Wc):
         grain = torch.tensor(grain).view(1, Hc, Wc)
-        used = [repeat_cells(grain == k, f_K // f) for k, f in enumerate(factors)]
+        used = [repeat_cells(grain <= k if nested else grain == k, f_K // f) for k, f in enumerate(factors)]
         slots = [u.nonzero() for u in used]
         for values in itertools.product(range(N), repeat=sum(len(s) for s in slots)):
             values = iter(values)
@@ -134,7 +134,7 @@ def all_tokens(factors, shape, N):
                 for i in s:
                     c[tuple(i)] = next(values)
                 codes[k].append(c)
-    return Tokens(torch.cat(grains), [torch.cat(c) for c in codes], factors, shape, N).validate()
+    return Tokens(torch.cat(grains), [torch.cat(c) for c in codes], factors, shape, N, nested=nested).validate()
 
 
 @pytest.mark.parametrize("factors, shape, extra", [((2,), (4, 4), {}), ((2, 4), (8, 4), {}),

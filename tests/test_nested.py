@@ -122,7 +122,9 @@ def test_checkpoint_round_trip_keeps_the_refiners(tmp_path):
     loaded, _ = checkpoint.load_model(path)
     x = torch.randn(1, 2, 16, 16)
     t = m.encode(x, fine_ratio=0.5, router="random")
-    assert loaded.nested and torch.equal(loaded.decode(t), m.decode(t))
+    assert loaded.nested and all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), m.state_dict().values()))
+    # the loaded model runs channels-last on a CPU, which changes the convolutions' rounding only
+    assert torch.allclose(loaded.decode(t), m.decode(t), rtol=1e-5, atol=1e-5)
 
 
 def test_nested_tokens_survive_the_codec(tmp_path):

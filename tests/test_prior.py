@@ -99,15 +99,16 @@ def test_samples_are_valid_seeded_and_the_config_rebuilds_the_prior():
 
 
 @pytest.mark.parametrize(
-    "order, factors, code_dim",
-    [("coarse_to_fine", (4, 8), 0), ("coarse_to_fine", (2, 4, 8), 0), ("raster", (4, 8), 0), ("raster", (4, 8), 5)],
+    "order, factors, code_dim, nested",
+    [("coarse_to_fine", (4, 8), 0, False), ("coarse_to_fine", (2, 4, 8), 0, False), ("raster", (4, 8), 0, False),
+     ("raster", (4, 8), 5, False), ("coarse_to_fine", (2, 4, 8), 0, True), ("raster", (2, 4, 8), 0, True)],
 )
 @pytest.mark.parametrize("locality", LOCALITY)
-def test_bits_is_the_sum_of_the_step_costs_and_deterministic(order, factors, code_dim, locality):
-    prior = tiny(order, factors, dropout=0.2, code_dim=code_dim, **locality).train()  # bits: eval mode
+def test_bits_is_the_sum_of_the_step_costs_and_deterministic(order, factors, code_dim, nested, locality):
+    prior = tiny(order, factors, dropout=0.2, code_dim=code_dim, nested=nested, **locality).train()  # bits: eval
     if code_dim:
         prior.code_emb.set_vectors(torch.randn(32, code_dim))
-    tokens = make_tokens("random", factors)
+    tokens = make_tokens("random", factors, nested=nested)
     bits = prior.bits(tokens)
     assert bits.dtype == torch.float64 and torch.equal(bits, prior.bits(tokens)) and prior.training
     stepwise, walked, seq = stepwise_bits(prior, tokens)
@@ -180,14 +181,15 @@ def test_filter_logits_keeps_the_top_k_and_the_nucleus():
 
 
 @pytest.mark.parametrize("order", ORDERS)
-@pytest.mark.parametrize("factors, shape", [((2,), (4, 4)), ((2, 4), (8, 4))])
-def test_bits_is_a_complete_code(order, factors, shape):
+@pytest.mark.parametrize("factors, shape, nested", [((2,), (4, 4), False), ((2, 4), (8, 4), False),
+                                                    ((2, 4), (8, 4), True)])
+def test_bits_is_a_complete_code(order, factors, shape, nested):
     # Kraft's equality over every valid token set: the prior is a normalised
     # distribution over valid tokens, nothing is spent on invalid grain maps
     from test_masked_prior import all_tokens
 
-    prior = tiny(order, factors=factors, shape=shape, codebook_size=2, neighbourhood=3)
-    bits = prior.bits(all_tokens(factors, shape, 2))
+    prior = tiny(order, factors=factors, shape=shape, codebook_size=2, neighbourhood=3, nested=nested)
+    bits = prior.bits(all_tokens(factors, shape, 2, nested))
     assert torch.allclose(torch.exp2(-bits).sum(), torch.tensor(1.0, dtype=torch.float64), atol=1e-9)
 
 

@@ -24,14 +24,19 @@ def walk(scan, choose, n):
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("factors", FACTORS)
 @pytest.mark.parametrize("grain", ["random", "coarse", "fine"])
-def test_round_trip_and_the_cursor_walks_the_same_sequence(order, factors, grain):
-    tokens = make_tokens(grain, factors)  # (40, 56) with f_K = 8: a 5 x 7 grid, no padding
-    scan = make_scan(order, factors, tokens.shape)
+@pytest.mark.parametrize("nested", [False, True])
+def test_round_trip_and_the_cursor_walks_the_same_sequence(order, factors, grain, nested):
+    tokens = make_tokens(grain, factors, nested=nested)  # (40, 56) with f_K = 8: a 5 x 7 grid, no padding
+    scan = make_scan(order, factors, tokens.shape, nested=nested)
     seq = scan.encode(tokens)
     assert same_tokens(scan.decode(seq, tokens.codebook_size).validate(), tokens)
-    # coarse-to-fine: a start and an end per level, and a pass at each level coarser than a region's grain
-    passes = (len(factors) - 1 - tokens.grain).flatten(1).sum(1)
-    extra = 2 * len(factors) + passes if order == "coarse_to_fine" else 1
+    K = len(factors)
+    if order == "raster":  # a start (nested: and an end)
+        extra = 1 + int(nested and K > 1)
+    elif nested:  # a start and an end per level, and a pass where a region stops above the finest level
+        extra = 2 * K + (tokens.grain > 0).flatten(1).sum(1)
+    else:  # a start and an end per level, and a pass at each level coarser than a region's grain
+        extra = 2 * K + (K - 1 - tokens.grain).flatten(1).sum(1)
     assert torch.equal(seq.valid.sum(1), tokens.count() + extra)
     # every free decision picks one of its (at least two) candidates
     free = seq.choice >= 0
@@ -105,8 +110,9 @@ def test_raster_decides_each_regions_grain():
 
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("factors", [(4, 8), (2, 4, 8)])
-def test_random_walks_give_valid_tokens_and_every_region_takes_every_level(order, factors):
-    scan = make_scan(order, factors, (16, 24))
+@pytest.mark.parametrize("nested", [False, True])
+def test_random_walks_give_valid_tokens_and_every_region_takes_every_level(order, factors, nested):
+    scan = make_scan(order, factors, (16, 24), nested=nested)
     g = torch.Generator().manual_seed(0)
 
     def uniform(t, allowed):
@@ -134,6 +140,37 @@ def test_tokens_of_another_tokenizer_are_refused(change, message):
     tokens = make_tokens("random", change.get("factors", (4, 8)), change.get("shape", (40, 56)))
     with pytest.raises(ValueError, match=message):
         scan.encode(tokens)
+
+
+def test_nested_coarse_to_fine_codes_the_coarse_level_whole_then_refines():
+    """Nested: every region's coarse code first, without decisions; then each region refines or stops."""
+    grain = torch.tensor([[[1, 0, 1], [0, 0, 1]]])
+    tokens = make_tokens(grain, (4, 8), (16, 24), nested=True)
+    seq = make_scan("coarse_to_fine", (4, 8), (16, 24), nested=True).encode(tokens)
+    kind, level, choice = seq.kind[0].tolist(), seq.level[0].tolist(), seq.choice[0].tolist()
+    assert kind == [START] + [CODE] * 6 + [END, START, PASS] + [CODE] * 4 + [PASS] + [CODE] * 8 + [PASS, END]
+    assert level == [1] * 8 + [0] * 17
+    assert choice[:8] == [-1] * 8  # the coarse level is forced
+    # regions 0, 2 and 5 stop (1), regions 1, 3 and 4 take the fine level (0); the end is forced
+    assert choice[8:] == [-1, 1, 0, -1, -1, -1, 1, 0, -1, -1, -1, 0, -1, -1, -1, 1, -1]
+    assert seq.code[0, 1:7].tolist() == tokens.codes[1][0].flatten().tolist()
+
+
+def test_nested_raster_decides_after_each_coarser_level_whether_to_go_finer():
+    grain = torch.tensor([[[1, 0], [0, 1]]])
+    tokens = make_tokens(grain, (4, 8), (16, 16), nested=True)
+    seq = make_scan("raster", (4, 8), (16, 16), nested=True).encode(tokens)
+    assert seq.kind[0].tolist() == [START] + [CODE] * 12 + [END]
+    assert seq.level[0].tolist() == [1, 1, 1] + [0] * 4 + [1] + [0] * 4 + [1, 0]
+    free = seq.choice[0] >= 0
+    assert seq.choice[0][free].tolist() == [0, 1, 1, 0]  # stop, finer, finer, stop (to the end)
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_nested_and_alternative_tokens_are_not_mistaken(nested):
+    scan = make_scan("raster", (4, 8), (40, 56), nested=nested)
+    with pytest.raises(ValueError, match="nested tokens|one grain per region"):
+        scan.encode(make_tokens("random", nested=not nested))
 
 
 def test_unknown_order_is_refused():

@@ -160,18 +160,37 @@ def test_an_order_that_does_not_fit_the_prior_class_says_which_config_to_use():
             assert build_prior(cfg.prior, tokenizer, (16, 16)).config["periodic"] is False
 
 
+def test_a_nested_tokenizer_takes_the_autoregressive_orders_without_code_vectors():
+    from dynfield.models import DQVAE
+    from dynfield.train_prior import build_prior
+
+    tokenizer = DQVAE(in_channels=1, factors=(2, 4), hidden=8, code_dim=8, codebook_size=16, nested=True)
+    for order in ORDERS:
+        cfg = compose_config(["stage=prior", f"prior={order}", "prior.dim=16", "prior.depth=2", "prior.heads=1"])
+        with pytest.raises(ValueError, match="prior.code_features=false"):
+            build_prior(cfg.prior, tokenizer, (16, 16))
+        cfg.prior.code_features = False
+        if order == "bidirectional":
+            with pytest.raises(ValueError, match="autoregressive orders"):
+                build_prior(cfg.prior, tokenizer, (16, 16))
+        else:
+            assert build_prior(cfg.prior, tokenizer, (16, 16)).scan.nested
+
+
 @pytest.mark.slow
-def test_a_prior_over_a_channel_agnostic_tokenizer_codes_its_files(tmp_path, env):
+@pytest.mark.parametrize("order, nested", [("raster", False), ("coarse_to_fine", True)])
+def test_a_prior_over_a_channel_agnostic_tokenizer_codes_its_files(tmp_path, env, order, nested):
     """stage=prior takes every variable as a field of its own for a one-channel tokenizer, and compress --prior
-    then codes the tokens of a file of such fields under it, decoding to what the histograms give."""
+    then codes the tokens of a file of such fields under it, decoding to what the histograms give; nested
+    tokens too."""
     from conftest import tiny_tokenizer
 
     from dynfield.codec import decompress_file
 
-    agnostic = tiny_tokenizer(tmp_path / "agnostic.pt")
+    agnostic = tiny_tokenizer(tmp_path / "agnostic.pt", nested=nested)
     run_dir = tmp_path / "prior"
-    train(run_dir, env, "stage=prior", "prior=raster", f"tokenizer={agnostic}", "prior.augment_passes=1",
-          "prior.train.epochs=1", cwd=tmp_path)
+    train(run_dir, env, "stage=prior", f"prior={order}", f"tokenizer={agnostic}", "prior.augment_passes=1",
+          "prior.train.epochs=1", f"prior.code_features={not nested}", cwd=tmp_path)
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert summary["steps"] == 32 * 4 // 8  # 32 samples x 4 variables, one field each
     val = summary["val"]
@@ -181,7 +200,7 @@ def test_a_prior_over_a_channel_agnostic_tokenizer_codes_its_files(tmp_path, env
     compress_file(src, tmp_path / "plain.dfz", agnostic, variables=["u", "scalar"], progress=False)
     compress_file(src, tmp_path / "prior.dfz", agnostic, variables=["u", "scalar"], prior=run_dir / "prior.pt",
                   progress=False)
-    assert inspect_file(tmp_path / "prior.dfz")["token_prior"]["order"] == "raster"
+    assert inspect_file(tmp_path / "prior.dfz")["token_prior"]["order"] == order
     a = decompress_file(tmp_path / "plain.dfz", tmp_path / "plain.nc", agnostic, progress=False)
     b = decompress_file(tmp_path / "prior.dfz", tmp_path / "prior.nc", agnostic, progress=False)
     with xr.open_dataset(a) as x, xr.open_dataset(b) as y:

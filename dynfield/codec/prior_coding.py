@@ -191,7 +191,8 @@ class PriorCoder:
         out = []
         for b in range(len(streams)):
             grain = tokens.grain[b].numpy()
-            out.append(FieldTokens(grain, np.ones_like(grain), [c[b].numpy()[None] for c in tokens.codes]))
+            out.append(FieldTokens(grain, np.ones_like(grain), [c[b].numpy()[None] for c in tokens.codes],
+                                   tokens.nested))
         return out
 
 

@@ -9,6 +9,10 @@ a code to be predicted at level k, cell (row, col), `gather` reads the n x n
 cells of level k's grid around it (each at its centre finest cell, so a finer
 region shows one of its codes, a coarser one its single code); a neighbour
 counts only where its token comes earlier in the sequence.
+
+With nested tokens a cell is covered once per level it reached, so the map
+keeps one layer per level, and a neighbour shows the finest of its codes
+that comes earlier than the code predicted.
 """
 
 import torch
@@ -33,21 +37,22 @@ class NeighbourMap:
         self.H, self.W = scan.grids[0]
         self.cell = torch.tensor([scan.scales[0] // s for s in scan.scales], device=device)  # finest cells per side
         self.heights, self.widths = (torch.tensor(d, device=device) for d in zip(*scan.grids))  # per level
-        self.index = torch.full((n, self.H * self.W), LATE, dtype=torch.long, device=device)
-        self.code = torch.zeros(n, self.H * self.W, dtype=torch.long, device=device)
+        self.layers = len(scan.grids) if scan.nested else 1
+        self.index = torch.full((self.layers, n, self.H * self.W), LATE, dtype=torch.long, device=device)
+        self.code = torch.zeros(self.layers, n, self.H * self.W, dtype=torch.long, device=device)
         self.level = torch.zeros_like(self.code)
 
     def paint(self, b, t, level, row, col, code):
         """Record code tokens (flat tensors, one entry per token): sequence `b`, index `t`, its place and code."""
         for k in range(len(self.grids)):
             at = level == k
-            m = int(self.cell[k])
+            m, layer = int(self.cell[k]), k if self.layers > 1 else 0
             for dy in range(m):
                 for dx in range(m):
                     flat = (row[at] * m + dy) * self.W + col[at] * m + dx
-                    self.index[b[at], flat] = t[at]
-                    self.code[b[at], flat] = code[at]
-                    self.level[b[at], flat] = k
+                    self.index[layer, b[at], flat] = t[at]
+                    self.code[layer, b[at], flat] = code[at]
+                    self.level[layer, b[at], flat] = k
 
     def gather(self, level, row, col, before):
         """The neighbourhoods of places (level, row, col), (B, T) each, seen from sequence index `before` (B, T).
@@ -71,6 +76,12 @@ class NeighbourMap:
                 + (c.clamp(min=0) * m[..., None, None] + centre).clamp(max=self.W - 1))
         flat = flat.flatten(2)
         B, T = level.shape
-        index, code, lvl = (x.gather(1, flat.flatten(1)).view(B, T, -1) for x in (self.index, self.code, self.level))
-        known = inside.flatten(2) & (index < before[..., None])
+        code = lvl = known = None
+        for layer in reversed(range(self.layers)):  # coarsest first: a finer code known earlier covers it
+            index, c, v = (x[layer].gather(1, flat.flatten(1)).view(B, T, -1) for x in (self.index, self.code, self.level))
+            seen = inside.flatten(2) & (index < before[..., None])
+            if known is None:
+                code, lvl, known = c, v, seen
+            else:
+                code, lvl, known = torch.where(seen, c, code), torch.where(seen, v, lvl), known | seen
         return code, lvl, known

@@ -131,13 +131,14 @@ class ARPrior(nn.Module):
     neighbourhood : odd side n of the squares of neighbours handed to the
         code head (see the module docstring); 0 for none.
     periodic : the fields wrap around, so the neighbourhoods do too.
+    nested : the tokenizer's grains are nested (``Tokens.nested``; see ``sequences``).
     """
 
     def __init__(self, *, order, factors, shape, codebook_size, dim=256, depth=4, heads=4, dropout=0.0,
                  position_depth=None, content_depth=None, code_dim=0, locality=False, position_locality=False,
-                 rotary=False, neighbourhood=0, periodic=False):
+                 rotary=False, neighbourhood=0, periodic=False, nested=False):
         super().__init__()
-        self.scan = make_scan(order, factors, shape)
+        self.scan = make_scan(order, factors, shape, nested)
         position_depth = depth // 2 if position_depth is None else position_depth
         content_depth = depth - position_depth if content_depth is None else content_depth
         if position_depth < 1 or content_depth < 1:
@@ -150,7 +151,7 @@ class ARPrior(nn.Module):
             codebook_size=int(codebook_size), dim=dim, depth=position_depth + content_depth, heads=heads,
             dropout=dropout, position_depth=position_depth, content_depth=content_depth, code_dim=code_dim,
             locality=locality, position_locality=position_locality, rotary=rotary, neighbourhood=neighbourhood,
-            periodic=periodic,
+            periodic=periodic, nested=self.scan.nested,
         )
         if neighbourhood < 0 or neighbourhood % 2 == 0 and neighbourhood:
             raise ValueError(f"neighbourhood must be 0 or a positive odd size, got {neighbourhood}")

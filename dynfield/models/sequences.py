@@ -24,6 +24,15 @@ Two orders:
   order inside the region. With one level there are no free decisions: the
   sequence is the plain VQ raster scan of the codes.
 
+With nested tokens (``Tokens.nested``: every region carries the coarsest
+level's codes and a finer region adds refinements) the same two orders list
+a region's levels coarsest first. `coarse_to_fine` then codes the whole
+coarsest level without decisions, and at each finer level every region that
+reached the level above takes the level (its cells follow) or stops there (a
+PASS at its place); `raster` lists each region's coarsest cells, then after
+the last cell of each level decides whether the region goes finer or stops
+(one END marker closes the sequence).
+
 Places inside a level go region by region (not row by row through the level's
 grid) so that one decision opens a region and all its cells follow at once.
 """
@@ -76,14 +85,16 @@ class Scan:
     ----------
     factors : ascending downsampling factors, one per level.
     shape : (H, W) of the fields, before padding.
+    nested : the tokens are nested (see the module docstring).
     """
 
     name = None
     num_kinds = 3  # CODE, START and END
 
-    def __init__(self, factors, shape):
+    def __init__(self, factors, shape, nested=False):
         self.factors = check_factors(factors)
         self.shape = tuple(int(s) for s in shape)
+        self.nested = bool(nested) and len(self.factors) > 1
         f_K = self.factors[-1]
         self.num_levels = len(self.factors)
         self.Hc, self.Wc = -(-self.shape[0] // f_K), -(-self.shape[1] // f_K)
@@ -104,8 +115,9 @@ class Scan:
             "last_cell": is_code & (cell == scale**2 - 1),
         }
         self.entries["terminal"] = self._terminal()
-        # the longest sequence: every marker and pass, and every region at the finest level
-        self.max_length = int((kind != CODE).sum()) + self.num_regions * self.scales[0] ** 2
+        # the longest sequence: every marker and pass, and every region at the finest level (nested: at every level)
+        finest = sum(s * s for s in self.scales) if self.nested else self.scales[0] ** 2
+        self.max_length = int((kind != CODE).sum()) + self.num_regions * finest
 
     # -- order-specific rules --------------------------------------------------
     def _entries(self):
@@ -139,6 +151,19 @@ class Scan:
         """(...) long: the decision index that leads to entry `e`."""
         raise NotImplementedError
 
+    def open_regions(self, level, grain_R):
+        """(..., R) bool: the regions a decision at `level` (...) may still place, from grain map `grain_R`
+        (..., R): those no coarser level took, or with nested tokens those that reached the level above.
+
+        A ``Cursor``'s partial grain map works as well as the whole one: it
+        holds -1 for a region not placed yet (K, nested: no level reached).
+        """
+        return grain_R <= (level + int(self.nested))[..., None]
+
+    def unplaced(self):
+        """The grain a ``Cursor`` gives a region before any of its codes."""
+        return self.num_levels if self.nested else -1
+
     def jump(self, e, choice, open_R):
         """(...) long: the entry that decision `choice`, taken after entry `e` with regions `open_R` open, leads to."""
         raise NotImplementedError
@@ -156,7 +181,11 @@ class Scan:
                 f"expected factors {self.factors} and shape {self.shape}"
             )
         user = f"the {type(self).__name__} order"
-        return tokens.validate().require_single_stage(user).require_alternative(user)
+        tokens = tokens.validate().require_single_stage(user)
+        if tokens.nested != self.nested and len(self.factors) > 1:
+            kinds = {True: "nested tokens", False: "tokens with one grain per region"}
+            raise ValueError(f"{user} was built for {kinds[self.nested]}; these are {kinds[tokens.nested]}")
+        return tokens
 
     def encode(self, tokens):
         """TokenSequence of a batch of `Tokens` (padded at the end to the longest)."""
@@ -165,8 +194,12 @@ class Scan:
         grain_BR = tokens.grain.flatten(1)
         level_N, kind_N, region_N = (self.table(n, device) for n in ("level", "kind", "region"))
         grain_BN = grain_BR[:, region_N.clamp(min=0)]
-        # codes where the region takes the level, passes where it goes finer, every marker
-        keep_BN = torch.where(kind_N == CODE, grain_BN == level_N, (kind_N != PASS) | (grain_BN < level_N))
+        # codes where the region takes the level (nested: reaches it), passes where it goes finer (nested:
+        # where it stops just above), every marker
+        if self.nested:
+            keep_BN = torch.where(kind_N == CODE, grain_BN <= level_N, (kind_N != PASS) | (grain_BN == level_N + 1))
+        else:
+            keep_BN = torch.where(kind_N == CODE, grain_BN == level_N, (kind_N != PASS) | (grain_BN < level_N))
         length_B = keep_BN.sum(1)
         T = int(length_B.max())
         # a stable sort brings the kept entries, in scan order, to the front of each row
@@ -177,10 +210,9 @@ class Scan:
         is_code = kind_BT == CODE
         codes_BF = torch.cat([c.flatten(1) for c in tokens.codes], 1)
         code_BT = torch.where(is_code, codes_BF.gather(1, self.table("flat", device)[e_BT]), -1)
-        # the decision that placed token t follows token t - 1, with the regions
-        # open at token t - 1's level: those no coarser level took
+        # the decision that placed token t follows token t - 1, with the regions open at token t - 1's level
         prev_BT = e_BT[:, :-1]
-        open_BTR = grain_BR[:, None, :] <= level_N[prev_BT][..., None]
+        open_BTR = self.open_regions(level_N[prev_BT], grain_BR[:, None, :])
         allowed_BTV = self.options(prev_BT, open_BTR) & valid_BT[:, 1:, None]
         free_BT = allowed_BTV.sum(-1) > 1
         choice_BT = torch.where(free_BT, self.choice_of(e_BT[:, 1:]), -1)
@@ -200,15 +232,16 @@ class Scan:
         """`Tokens` listed by a TokenSequence (its code tokens; markers and padding are skipped)."""
         B, device = seq.level.shape[0], seq.level.device
         grain = torch.full((B, self.num_regions), -1, dtype=torch.long, device=device)
-        codes = []
-        for k, ((h, w), s) in enumerate(zip(self.grids, self.scales)):
+        codes = [None] * self.num_levels
+        for k in reversed(range(self.num_levels)):  # coarsest first: a nested region's grain is its finest level
+            (h, w), s = self.grids[k], self.scales[k]
             b, t = ((seq.kind == CODE) & (seq.level == k) & seq.valid).nonzero(as_tuple=True)
             row, col = seq.row[b, t], seq.col[b, t]
-            c = torch.full((B, h, w), -1, dtype=torch.long, device=device)
-            c[b, row, col] = seq.code[b, t]
+            codes[k] = torch.full((B, h, w), -1, dtype=torch.long, device=device)
+            codes[k][b, row, col] = seq.code[b, t]
             grain[b, row // s * self.Wc + col // s] = k
-            codes.append(c)
-        return Tokens(grain.view(B, self.Hc, self.Wc), tuple(codes), self.factors, self.shape, codebook_size)
+        return Tokens(grain.view(B, self.Hc, self.Wc), tuple(codes), self.factors, self.shape, codebook_size,
+                      nested=self.nested)
 
     def cursor(self, n, device):
         """A `Cursor` at the start of `n` sequences."""
@@ -221,15 +254,21 @@ class CoarseToFine(Scan):
     name = "coarse_to_fine"
     num_kinds = 4  # and PASS
 
-    def __init__(self, factors, shape):
-        super().__init__(factors, shape)
+    def __init__(self, factors, shape, nested=False):
+        super().__init__(factors, shape, nested)
         level, kind = self.entries["level"], self.entries["kind"]
         starts = torch.zeros(self.num_levels, dtype=torch.long)
         starts[level[kind == START]] = (kind == START).nonzero()[:, 0]
         self.entries["level_start"] = starts[level]
+        self.entries["deciding_level"] = torch.tensor([self._decides(k) for k in range(self.num_levels)])[level]
         # a level's entries: its start, one block per region (its cells, then its pass), its end
-        self.entries["level_block"] = torch.tensor(self.scales)[level] ** 2 + (level > 0)
+        self.entries["level_block"] = torch.tensor(self.scales)[level] ** 2 + self.entries["deciding_level"]
         self.entries["deciding"] = (kind == START) | (kind == PASS) | self.entries["last_cell"]
+
+    def _decides(self, k):
+        """Whether level k takes or passes each open region: every level but the finest (nested: the coarsest),
+        which takes them all."""
+        return k < self.num_levels - 1 if self.nested else k > 0
 
     def _entries(self):
         rows = []
@@ -237,7 +276,7 @@ class CoarseToFine(Scan):
             rows.append((k, START, -1, 0))
             for r in range(self.num_regions):
                 rows += [(k, CODE, r, j) for j in range(self.scales[k] ** 2)]
-                rows += [(k, PASS, r, 0)] if k > 0 else []
+                rows += [(k, PASS, r, 0)] if self._decides(k) else []
             rows.append((k, END, -1, 0))
         return rows
 
@@ -255,10 +294,9 @@ class CoarseToFine(Scan):
         return torch.where(later.any(-1), later.byte().argmax(-1), self.num_regions)
 
     def options(self, e, open_R):
-        level = self.table("level", e.device)[e]
         deciding = self.table("deciding", e.device)[e]
-        # the finest level takes every open region, and a level ends after its last one: forced
-        free = deciding & (level > 0) & (self._next_open(e, open_R) < self.num_regions)
+        # a level that takes every open region, and a level's end after its last one, are forced
+        free = deciding & self.table("deciding_level", e.device)[e] & (self._next_open(e, open_R) < self.num_regions)
         return torch.stack([deciding, free], -1)
 
     def choice_of(self, e):
@@ -266,55 +304,72 @@ class CoarseToFine(Scan):
 
     def jump(self, e, choice, open_R):
         start, block = self.table("level_start", e.device)[e], self.table("level_block", e.device)[e]
-        cells = block - (self.table("level", e.device)[e] > 0).long()
+        cells = block - self.table("deciding_level", e.device)[e].long()
         # past the last open region, either choice leads to the level's end (block R)
         return start + 1 + self._next_open(e, open_R) * block + choice * cells
 
 
 class Raster(Scan):
-    """Regions in raster order, each its grain decision then its cells (see the module docstring)."""
+    """Regions in raster order, each its grain decision then its cells (see the module docstring).
+
+    Nested: each region's cells coarsest level first, a decision after each
+    level but the finest (stop, or go finer), and an END after the last region.
+    """
 
     name = "raster"
 
     def _entries(self):
         rows = [(self.num_levels - 1, START, -1, 0)]
+        levels = list(reversed(range(self.num_levels))) if self.nested else list(range(self.num_levels))
         for r in range(self.num_regions):
-            for k in range(self.num_levels):
+            for k in levels:
                 rows += [(k, CODE, r, j) for j in range(self.scales[k] ** 2)]
-        return rows
+        return rows + [(0, END, -1, 0)] if self.nested else rows
 
     def _terminal(self):
+        if self.nested:
+            return self.entries["kind"] == END
         return self.entries["last_cell"] & (self.entries["region"] == self.num_regions - 1)
 
     @property
     def num_choices(self):
-        return self.num_levels  # the grain level of the next region
+        # the grain level of the next region; nested: stop (0) or go finer (1)
+        return 2 if self.nested else self.num_levels
 
     def options(self, e, open_R):
         kind, region = self.table("kind", e.device)[e], self.table("region", e.device)[e]
-        deciding = ((kind == START) | self.table("last_cell", e.device)[e]) & (region < self.num_regions - 1)
-        return deciding[..., None].expand(*e.shape, self.num_levels)
+        last_cell = self.table("last_cell", e.device)[e]
+        if self.nested:
+            deciding = last_cell & (self.table("level", e.device)[e] > 0)
+        else:
+            deciding = ((kind == START) | last_cell) & (region < self.num_regions - 1)
+        return deciding[..., None].expand(*e.shape, self.num_choices)
 
     def choice_of(self, e):
-        return self.table("level", e.device)[e]
+        level = self.table("level", e.device)[e]
+        if self.nested:  # a finer cell of the same region: the region went on
+            return ((self.table("kind", e.device)[e] == CODE) & (level < self.num_levels - 1)).long()
+        return level
 
     def jump(self, e, choice, open_R):
+        per_level = torch.tensor([s * s for s in self.scales], device=e.device)
+        region = self.table("region", e.device)[e] + 1
+        if self.nested:  # on to the region's next level, or to the next region's first cell (the END after the last)
+            return torch.where(choice > 0, e + 1, 1 + region * per_level.sum())
         # region r's entries are its cells at level 0, then at level 1...: the first
         # cell of region r + 1 at level `choice` lies after r + 1 whole regions
-        per_level = torch.tensor([s * s for s in self.scales], device=e.device)
         before = torch.cat([per_level.new_zeros(1), per_level.cumsum(0)])
-        region = self.table("region", e.device)[e] + 1
         return 1 + region * before[-1] + before[choice]
 
 
 SCANS = {s.name: s for s in (CoarseToFine, Raster)}
 
 
-def make_scan(order, factors, shape):
-    """The `Scan` of an autoregressive order name ("coarse_to_fine" or "raster")."""
+def make_scan(order, factors, shape, nested=False):
+    """The `Scan` of an autoregressive order name ("coarse_to_fine" or "raster"), for nested tokens or not."""
     if order not in SCANS:
         raise ValueError(f"unknown autoregressive order {order!r}, expected one of {sorted(SCANS)}")
-    return SCANS[order](factors, shape)
+    return SCANS[order](factors, shape, nested)
 
 
 class Cursor:
@@ -332,7 +387,7 @@ class Cursor:
         self.scan, self.device = scan, device
         self.e = torch.zeros(n, dtype=torch.long, device=device)  # every scan starts at entry 0
         self.valid = torch.ones(n, dtype=torch.bool, device=device)
-        self.grain_BR = torch.full((n, scan.num_regions), -1, dtype=torch.long, device=device)
+        self.grain_BR = torch.full((n, scan.num_regions), scan.unplaced(), dtype=torch.long, device=device)
         self.code = torch.full((n,), -1, dtype=torch.long, device=device)
         self.choice = torch.full((n,), -1, dtype=torch.long, device=device)
         self.allowed = torch.zeros(n, scan.num_choices, dtype=torch.bool, device=device)
@@ -359,7 +414,10 @@ class Cursor:
     def options(self):
         """(n, V) bool candidates of the next decision; all False where the scan forces the next token."""
         live = self.valid & ~self.field("terminal")
-        return self.scan.options(self.e, self.grain_BR < 0) & live[:, None]
+        return self.scan.options(self.e, self._open()) & live[:, None]
+
+    def _open(self):
+        return self.scan.open_regions(self.field("level"), self.grain_BR)
 
     def advance(self, choice):
         """Move every sequence to its next token; `choice` (n,) counts where it is free."""
@@ -368,8 +426,9 @@ class Cursor:
         deciding, free = allowed.any(-1), allowed.sum(-1) > 1
         choice = torch.where(free, choice, allowed.byte().argmax(-1))  # the only candidate
         self.valid &= ~self.field("terminal")
-        self.e = torch.where(deciding, self.scan.jump(self.e, choice, self.grain_BR < 0), torch.where(self.valid, self.e + 1, self.e))
-        b = (deciding & (self.field("kind") == CODE)).nonzero()[:, 0]
+        self.e = torch.where(deciding, self.scan.jump(self.e, choice, self._open()), torch.where(self.valid, self.e + 1, self.e))
+        # a region's grain is the level of its latest code (levels come coarsest first within a nested region)
+        b = (self.valid & (self.field("kind") == CODE)).nonzero()[:, 0]
         self.grain_BR[b, self.field("region")[b]] = self.field("level")[b]
         self.choice = torch.where(free, choice, -1)
         self.allowed = allowed & free[:, None]
