@@ -409,3 +409,15 @@ def test_a_users_file_comes_back_with_its_own_names_order_and_attributes(tmp_pat
             assert back[c].attrs == ref[c].attrs and np.array_equal(back[c], ref[c])
         assert np.array_equal(back["time"].values, times) and back.attrs["title"] == "a reanalysis"
         assert back["t2m"].encoding["_FillValue"] == -9999.0
+
+
+def test_the_range_pass_sees_finite_values_only_in_every_chunk():
+    from dynfield.codec.header import _finite_ranges
+
+    x = np.arange(24, dtype=np.float32).reshape(4, 2, 3)
+    x[0, 0, 0], x[1] = np.nan, np.inf  # a chunk with a NaN, a chunk of Inf only
+    x[3, 1, 2] = -np.inf
+    ds = xr.Dataset({"f": (("t", "y", "x"), x), "i": (("t", "y", "x"), np.arange(24, dtype=np.int16).reshape(4, 2, 3)),
+                     "nan": (("t", "y", "x"), np.full((4, 2, 3), np.nan))}).chunk({"t": 1})
+    assert _finite_ranges(ds, ["f", "i", "nan"]) == {"f": (1.0, 22.0), "i": (0.0, 23.0), "nan": (np.inf, -np.inf)}
+    assert _finite_ranges(ds.compute(), ["f"]) == {"f": (1.0, 22.0)}  # numpy-backed: one block
