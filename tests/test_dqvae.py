@@ -145,6 +145,21 @@ def test_encode_decode_deterministic_and_match_forward():
     assert torch.allclose(out.recon, y1, atol=1e-5)
 
 
+@pytest.mark.parametrize("factors, stages", [((4, 8), 1), ((2, 4, 8), 3)])
+def test_encode_searches_the_codebook_only_where_the_grain_needs_it_and_finds_the_same_codes(factors, stages):
+    m = model(factors=factors, stages=stages)
+    x = field()
+    m.train()
+    m(x)  # initialise the codebooks from data
+    m.eval()
+    tokens = m.encode(x, fine_ratio=0.5, router="random")
+    # every vector searched, then masked by the grain and depth maps: the same tokens
+    feats = m.features(m._pad(x))
+    full = m._tokens(tokens.grain, tokens.depth, m.stage_indices(feats), x.shape[-2:])
+    assert all(torch.equal(a, b) for a, b in zip(tokens.stage_codes(), full.stage_codes()))
+    assert all((c[:, 0] >= 0).any() for c in tokens.stage_codes())  # every level is used somewhere
+
+
 def test_periodic_model_commutes_with_rolls_by_whole_regions():
     m = model(factors=(2, 4, 8), periodic=True).eval()
     x = field(H=32, W=48)
