@@ -177,17 +177,19 @@ class Coder(Layout):
                 fields[j] = t
         shape = xs[names[0]].shape
         # a unit whose variables all have a bound may do better without tokens: priced first against the
-        # model's fast reconstruction, so that the float64 one is made only where the tokens may win
+        # model's fast reconstruction, so that the float64 one is made only where the tokens may win (tokens
+        # priced under the codebook's usage: the file's own models come later)
         optional = [t is not None and all(self.bound(v) is not None for v in unit) for unit, t in zip(units, fields)]
         estimates = self._reconstructions(units, [t if o else None for t, o in zip(fields, optional)], shape,
                                           exact=False)
-        alone, families = {}, {}
+        alone, families, token_bytes = {}, {}, {}
         for j, (unit, estimate) in enumerate(zip(units, estimates)):
             if estimate is None:
                 continue
             alone[j] = self._sections(unit, xs, norms, None)
             guess = self._sections(unit, xs, norms, fields[j], estimate)
-            if _size(alone[j]) <= _size(guess) + self._token_bytes(fields[j]):
+            token_bytes[j] = len(encode_tokens(fields[j], self.factors, self.usage_model()))
+            if _size(alone[j]) <= _size(guess) + token_bytes[j]:
                 fields[j] = None
             else:  # the exact reconstruction's residual tries only the coders that won against the estimate
                 families[j] = {v: [family] for v, (_, family) in zip(unit, guess)}
@@ -200,16 +202,12 @@ class Coder(Layout):
                 coded = alone[j] if j in alone else self._sections(unit, xs, norms, None)
             else:
                 coded = self._sections(unit, xs, norms, unit_tokens, recon, families.get(j))
-                if j in alone and _size(alone[j]) <= _size(coded) + self._token_bytes(unit_tokens):
+                if j in alone and _size(alone[j]) <= _size(coded) + token_bytes[j]:
                     unit_tokens, coded = None, alone[j]
             kept.append(unit_tokens)
             sections += [data for data, _ in coded]
             coders.update((v, family) for v, (_, family) in zip(unit, coded) if family is not None)
         return Encoded(g, i, kept, sections, coders)
-
-    def _token_bytes(self, unit_tokens):
-        """What a unit's tokens cost, priced under the codebook's usage (the file's own models come later)."""
-        return len(encode_tokens(unit_tokens, self.factors, self.usage_model()))
 
     def plan_for(self, results):
         """What the snapshots after `results` (the calibration snapshots, encoded every way) try.

@@ -5,8 +5,9 @@ one chunk of a dataset in an in-memory HDF5 file (HDF5's own memory driver,
 without a chunk cache, so that the chunk goes through the filter at once)
 and the chunk's compressed bytes are read back raw (``read_direct_chunk``);
 decoding writes those bytes as the chunk of a dataset with the same filter
-(``write_direct_chunk``) and reads the array. Only the chunk's bytes are kept, none of HDF5's own
-metadata, so a field costs what the compressor produces.
+(``write_direct_chunk``) and reads the array. Only the chunk's bytes are
+kept, none of HDF5's own metadata, so a field costs what the compressor
+produces.
 
 Each guarantees an absolute error bound on what it codes; the value layer
 (``residual``) still checks every decoded value, so a compressor that misses

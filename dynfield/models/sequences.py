@@ -337,11 +337,11 @@ class Raster(Scan):
         return 2 if self.nested else self.num_levels
 
     def options(self, e, open_R):
-        kind, region = self.table("kind", e.device)[e], self.table("region", e.device)[e]
         last_cell = self.table("last_cell", e.device)[e]
-        if self.nested:
+        if self.nested:  # after each level but the finest
             deciding = last_cell & (self.table("level", e.device)[e] > 0)
-        else:
+        else:  # before each region but the first, and at the start
+            kind, region = self.table("kind", e.device)[e], self.table("region", e.device)[e]
             deciding = ((kind == START) | last_cell) & (region < self.num_regions - 1)
         return deciding[..., None].expand(*e.shape, self.num_choices)
 
