@@ -31,12 +31,13 @@ from dynfield.checkpoint import read_checkpoint  # noqa: E402
 from dynfield.codec import compress_file, decompress_file  # noqa: E402
 
 
-def code(data, out_dir, checkpoint, prior, variables):
+def code(data, out_dir, checkpoint, prior, variables, fine_ratio):
     """Figures of one file coded one way (prior None: per-file histograms)."""
     name = "prior" if prior else "histograms"
     dfz, nc = out_dir / f"{Path(data).stem}_{name}.dfz", out_dir / f"{Path(data).stem}_{name}.nc"
     t0 = time.perf_counter()
-    info = compress_file(data, dfz, checkpoint=checkpoint, variables=variables, prior=prior, progress=False)
+    info = compress_file(data, dfz, checkpoint=checkpoint, variables=variables, fine_ratio=fine_ratio, prior=prior,
+                         progress=False)
     encode_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     decompress_file(dfz, nc, checkpoint=checkpoint, prior=prior, progress=False)
@@ -57,6 +58,8 @@ def parser():
     p.add_argument("--data", nargs="+", required=True, help="held-out field files")
     p.add_argument("--checkpoint", help="tokenizer (default: the bundled one)")
     p.add_argument("--variables", nargs="*", help="variables to code (default: all)")
+    p.add_argument("--fine-ratio", type=float,
+                   help="fine fraction of the tokens (default: the one the prior was trained at, else the router's)")
     p.add_argument("--out", default="benchmarks/results")
     return p
 
@@ -65,10 +68,12 @@ def main(argv=None):
     args = parser().parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    state = read_checkpoint(args.prior)
+    fine_ratio = args.fine_ratio if args.fine_ratio is not None else state["tokenizer"]["fine_ratio"]
     rows = []
     for data in args.data:
-        hist, a = code(data, out, args.checkpoint, None, args.variables)
-        prior, b = code(data, out, args.checkpoint, args.prior, args.variables)
+        hist, a = code(data, out, args.checkpoint, None, args.variables, fine_ratio)
+        prior, b = code(data, out, args.checkpoint, args.prior, args.variables, fine_ratio)
         row = {"data": str(data), "histograms": hist, "prior": prior,
                "same_values": all(np.array_equal(a[v], b[v], equal_nan=True) for v in a),
                "token_bits_ratio": prior["token_bits"] / hist["token_bits"],
@@ -78,9 +83,9 @@ def main(argv=None):
         print(f"{data}: token bits under the prior / per-file histograms = {row['token_bits_ratio']:.3f} "
               f"({row['with_model_ratio']:.3f} with the headers); prior decode {prior['decode_fields_per_s']:.2f} "
               f"fields/s; same values: {row['same_values']}")
-    state = read_checkpoint(args.prior)
     total = {k: sum(r[k]["token_bits"] for r in rows) for k in ("histograms", "prior")}
     summary = {"machine": machine(), "prior": str(args.prior), "prior_order": state["model_config"]["order"],
+               "fine_ratio": fine_ratio,
                "prior_metrics": state.get("metrics"), "tokenizer": args.checkpoint or "bundled", "rows": rows,
                "token_bits_ratio": total["prior"] / total["histograms"]}
     (out / "prior_codec.json").write_text(json.dumps(summary, indent=2))

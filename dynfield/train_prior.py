@@ -36,15 +36,12 @@ def build_prior(cfg_prior, tokenizer, shape, periodic=False):
                          f"order with the config group, prior=coarse_to_fine, prior=raster or prior=bidirectional")
     code_features = bool(cfg_prior.get("code_features", False))
     nested = bool(getattr(tokenizer, "nested", False))
-    if nested and (masked or code_features):
-        raise ValueError("a nested tokenizer (model.nested=true) has a codebook per level: its tokens take the "
-                         "autoregressive orders without code vectors (prior=raster or prior=coarse_to_fine with "
-                         "prior.code_features=false)")
+    if nested and code_features:
+        raise ValueError("a nested tokenizer (model.nested=true) has a codebook per level: its priors take no "
+                         "code vectors (prior.code_features=false)")
     args = OmegaConf.masked_copy(cfg_prior, [k for k in cfg_prior if k not in PRIOR_SETTINGS])
     codebook = tokenizer.quantizer.stages[0].embed  # the priors model the first stage's codes
-    extra = dict(code_dim=codebook.shape[1] if code_features else 0, periodic=bool(periodic))
-    if not masked:
-        extra["nested"] = nested
+    extra = dict(code_dim=codebook.shape[1] if code_features else 0, periodic=bool(periodic), nested=nested)
     # _convert_="all": the prior's config must hold plain lists, never OmegaConf containers
     prior = instantiate(args, _convert_="all", factors=list(tokenizer.factors), shape=list(shape),
                         codebook_size=tokenizer.config["codebook_size"], **extra)

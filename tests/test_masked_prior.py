@@ -16,9 +16,9 @@ from dynfield.models.tokens import Tokens, repeat_cells
 TINY = dict(dim=32, depth=2, heads=2, spacing=2)
 
 
-def make_tokens(factors=(2, 4), shape=(10, 18), codebook_size=4, B=3, grain="random", seed=0):
+def make_tokens(factors=(2, 4), shape=(10, 18), codebook_size=4, B=3, grain="random", seed=0, nested=False):
     """Small tokens: the sizes these tests enumerate and overfit."""
-    return shared_tokens(grain, factors, shape, codebook_size, B, seed)
+    return shared_tokens(grain, factors, shape, codebook_size, B, seed, nested)
 
 
 def prior(factors=(2, 4), shape=(10, 18), codebook_size=4, **kw):
@@ -28,16 +28,20 @@ def prior(factors=(2, 4), shape=(10, 18), codebook_size=4, **kw):
 
 @pytest.mark.parametrize("factors, shape", [((8,), (16, 24)), ((4, 8), (40, 56)), ((2, 4, 8), (16, 24))])
 @pytest.mark.parametrize("grain", ["random", "coarse", "fine"])
-def test_level_grids_round_trip(factors, shape, grain):
-    t = make_tokens(factors, shape, codebook_size=8, grain=grain)
+@pytest.mark.parametrize("nested", [False, True])
+def test_level_grids_round_trip(factors, shape, grain, nested):
+    t = make_tokens(factors, shape, codebook_size=8, grain=grain, nested=nested)
     grids = level_grids(t)
     for k, grid in enumerate(grids):
-        # FINER where the region goes finer, closed (-1) where a coarser level took it
         g = repeat_cells(t.grain, factors[-1] // factors[k])
-        assert torch.equal(grid == 8, g < k) and torch.equal(grid == -1, g > k)
-    assert not (grids[0] == 8).any()
-    back = grids_to_tokens(grids, factors, shape, 8).validate()
-    assert same_tokens(back, t) and back.shape == t.shape
+        if nested:  # codes down to the region's level, PASS just below it, closed further down
+            assert torch.equal(grid == 8, g == k + 1) and torch.equal(grid == -1, g > k + 1)
+            assert torch.equal((grid >= 0) & (grid < 8), g <= k)
+        else:  # PASS where the region goes finer, closed (-1) where a coarser level took it
+            assert torch.equal(grid == 8, g < k) and torch.equal(grid == -1, g > k)
+    assert not (grids[-1 if nested else 0] == 8).any()
+    back = grids_to_tokens(grids, factors, shape, 8, nested).validate()
+    assert same_tokens(back, t) and back.shape == t.shape and back.nested == nested
 
 
 def test_lattice_order_is_coarse_first_and_complete():
@@ -70,11 +74,12 @@ def test_nested_lattice_reveals_the_coarsest_cells_one_at_a_time():
     assert torch.equal(lattice_rounds(3, 3, 4, nested=True).sort().values, torch.arange(9))
 
 
-def test_each_cell_is_predicted_from_the_cells_revealed_before_it():
+@pytest.mark.parametrize("nested", [False, True])
+def test_each_cell_is_predicted_from_the_cells_revealed_before_it(nested):
     # one pass predicts every cell; what the cells of round r and later hold
     # must not reach the predictions of round r, what earlier cells hold must
-    m = prior(codebook_size=6, spacing=4)
-    t = make_tokens(codebook_size=6, B=8, seed=5)
+    m = prior(codebook_size=6, spacing=4, nested=nested)
+    t = make_tokens(codebook_size=6, B=8, seed=5, nested=nested)
     grids = level_grids(t)
     g = torch.Generator().manual_seed(0)
     for k in range(m.num_levels):
@@ -83,7 +88,7 @@ def test_each_cell_is_predicted_from_the_cells_revealed_before_it():
         with torch.no_grad():
             clean = m._logits(k, grid, reveal, context)
             for r in range(m.level_rounds[k]):
-                garbage = torch.randint(m.FINER + 1, grid.shape, generator=g)
+                garbage = torch.randint(m.PASS + 1, grid.shape, generator=g)
                 later = torch.where((reveal >= r) & (grid >= 0), garbage, grid)
                 now = reveal == r
                 assert torch.allclose(m._logits(k, later, reveal, context)[now], clean[now], atol=1e-5)
@@ -92,9 +97,10 @@ def test_each_cell_is_predicted_from_the_cells_revealed_before_it():
                     assert not torch.allclose(m._logits(k, earlier, reveal, context)[now], clean[now], atol=1e-3)
 
 
-def test_training_loss_is_the_code_length_and_trains_the_cells_that_pay():
-    m = prior(codebook_size=6)
-    t = make_tokens(codebook_size=6, seed=1)
+@pytest.mark.parametrize("nested", [False, True])
+def test_training_loss_is_the_code_length_and_trains_the_cells_that_pay(nested):
+    m = prior(codebook_size=6, nested=nested)
+    t = make_tokens(codebook_size=6, seed=1, nested=nested)
     bits = m.bits(t)
     logits = []
 
@@ -111,7 +117,7 @@ def test_training_loss_is_the_code_length_and_trains_the_cells_that_pay():
     for k, z in zip(reversed(range(2)), logits):  # levels go coarse to fine
         grid = level_grids(t)[k].flatten(1)
         _, lead, _ = m._schedule(k)
-        pays = (grid >= 0) & (lead | (grid != m.FINER))  # a region's lead, and every cell of a coded region
+        pays = (grid >= 0) & (lead | (grid != m.PASS))  # a region's lead, and every cell of a coded region
         assert torch.equal(z.grad.abs().sum(-1) > 0, pays)
         idle += (~pays).sum()
     assert idle > 0
@@ -138,13 +144,15 @@ def all_tokens(factors, shape, N, nested=False):
 
 
 @pytest.mark.parametrize("factors, shape, extra", [((2,), (4, 4), {}), ((2, 4), (8, 4), {}),
-                                                   ((2, 4), (8, 4), {"rotary": True, "periodic": True})])
+                                                   ((2, 4), (8, 4), {"rotary": True, "periodic": True}),
+                                                   ((2, 4), (8, 4), {"nested": True}),
+                                                   ((2, 4), (8, 4), {"nested": True, "periodic": True})])
 def test_bits_is_a_complete_code(factors, shape, extra):
     # the code lengths of all valid token sets satisfy Kraft's equality: the
     # prior is a normalised distribution over valid tokens, so the code is
     # achievable and wastes nothing on invalid grain maps
     m = prior(factors, shape, codebook_size=2, **extra)
-    bits = m.bits(all_tokens(factors, shape, 2))
+    bits = m.bits(all_tokens(factors, shape, 2, extra.get("nested", False)))
     assert torch.allclose(torch.exp2(-bits).sum(), torch.tensor(1.0, dtype=torch.float64), atol=1e-9)
 
 
@@ -195,12 +203,12 @@ def replay_bits(m, t):
 
 
 @pytest.mark.parametrize("extra", [{}, {"code_dim": 3, "periodic": True},
-                                   {"code_dim": 3, "periodic": True, "rotary": True}])
+                                   {"code_dim": 3, "periodic": True, "rotary": True}, {"nested": True}])
 def test_bits_deterministic_replayable_and_rebuilt(extra):
     m = prior(codebook_size=6, **extra)
-    if extra:
+    if "code_dim" in extra:
         m.tok_emb.set_vectors(torch.randn(6, 3))
-    t = make_tokens(codebook_size=6, seed=2)
+    t = make_tokens(codebook_size=6, seed=2, nested=extra.get("nested", False))
     m.train()
     bits = m.bits(t)
     assert m.training and torch.equal(bits, m.bits(t)) and bits.dtype == torch.float64
@@ -341,32 +349,34 @@ def test_samples_keep_one_phase_across_the_field():
 
 
 @pytest.mark.parametrize("factors, shape", [((2, 4), (10, 18)), ((2, 4, 8), (16, 24)), ((4,), (12, 8))])
-def test_sample_valid_seeded_and_within_budget(factors, shape):
-    m = prior(factors, shape)
+@pytest.mark.parametrize("nested", [False, True])
+def test_sample_valid_seeded_and_within_budget(factors, shape, nested):
+    m = prior(factors, shape, nested=nested)
     calls = []
     m.head.register_forward_hook(lambda *args: calls.append(1))  # one transformer pass, one call
     a = m.sample(5, seed=1).validate()
     assert 0 < len(calls) <= sum(m.level_rounds)
-    assert a.shape == shape and a.factors == factors and a.batch_size == 5
+    assert a.shape == shape and a.factors == factors and a.batch_size == 5 and a.nested == nested
     assert same_tokens(a, m.sample(5, seed=1))
     assert not same_tokens(a, m.sample(5, seed=2))
     m.sample(5, seed=1, temperature=0.5, top_k=2, top_p=0.8).validate()
     assert m.training  # the mode is restored
 
 
-def test_samples_follow_the_distribution_bits_measures():
-    # one region, coarse (2 token sets) or fine (16): sampling must draw each of
-    # the 18 token sets with probability 2 ** -bits
-    factors, shape, N = (2, 4), (4, 4), 2
-    m = prior(factors, shape, codebook_size=N)
+@pytest.mark.parametrize("nested", [False, True])
+def test_samples_follow_the_distribution_bits_measures(nested):
+    # one region, coarse (2 token sets) or fine (16, nested 32): sampling must
+    # draw each of the 18 (34) token sets with probability 2 ** -bits
+    factors, shape, N, n = (2, 4), (4, 4), 2, 20000
+    m = prior(factors, shape, codebook_size=N, nested=nested)
     with torch.no_grad():
         m.head.weight.normal_(std=0.5)  # a distribution far from uniform
-    every = all_tokens(factors, shape, N)
+    every = all_tokens(factors, shape, N, nested)
     p = torch.exp2(-m.bits(every))
-    a = m.sample(8000, seed=3)
+    a = m.sample(n, seed=3)
     key = lambda t: [tuple(x) for x in torch.cat([t.grain.flatten(1)] + [c.flatten(1) for c in t.codes], 1).tolist()]
     index = {k: i for i, k in enumerate(key(every))}
-    freq = torch.bincount(torch.tensor([index[k] for k in key(a)]), minlength=len(p)).double() / 8000
+    freq = torch.bincount(torch.tensor([index[k] for k in key(a)]), minlength=len(p)).double() / n
     uniform = torch.full_like(p, 1 / len(p))
     assert (p - uniform).abs().sum() / 2 > 0.15  # the test can tell distributions apart
     assert (freq - p).abs().sum() / 2 < 0.04, (freq, p)
@@ -374,7 +384,8 @@ def test_samples_follow_the_distribution_bits_measures():
 
 def test_mismatch_refused():
     m = prior()
-    for t in (make_tokens(shape=(12, 18)), make_tokens(factors=(4, 8)), make_tokens(codebook_size=5)):
+    for t in (make_tokens(shape=(12, 18)), make_tokens(factors=(4, 8)), make_tokens(codebook_size=5),
+              make_tokens(nested=True)):
         for call in (m, m.bits):
             with pytest.raises(ValueError, match="the prior models"):
                 call(t)

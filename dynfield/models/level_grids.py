@@ -1,8 +1,12 @@
 """The bidirectional prior's view of tokens: one symbol grid per grain level, and the cells' places.
 
 At level k every cell of the level-k grid (Hp / f_k, Wp / f_k) holds a code in
-[0, N), FINER (= N) where its region goes to a finer level, or -1 where a
-coarser level has taken it.
+[0, N), PASS (= N) where the grain map gives its region no code at level k
+although the region is still open there, or -1 where the region is closed.
+With alternative grains a region is open at level k until a coarser level
+takes it, and PASS means it goes finer. With nested grains every region is
+open at the coarsest level and at the level below each level it has codes
+at, and PASS means it stops at the level above.
 """
 
 import torch
@@ -27,28 +31,30 @@ def level_grids(tokens):
 
     Returns
     -------
-    list of (B, Hp / f_k, Wp / f_k) long tensors: the code where the region is
-    at level k, FINER (= codebook_size) where it goes to a finer level, -1 where
-    a coarser level has taken it.
+    list of (B, Hp / f_k, Wp / f_k) long tensors: the code where the region has
+    one at level k, PASS (= codebook_size) where it is open at level k without
+    a code there, -1 where it is closed.
     """
-    user = "the bidirectional prior"
-    f_K = tokens.require_single_stage(user).require_alternative(user).factors[-1]
+    f_K = tokens.require_single_stage("the bidirectional prior").factors[-1]
     grids = []
     for k, (codes, f) in enumerate(zip(tokens.codes, tokens.factors)):
         grain = repeat_cells(tokens.grain, f_K // f)
-        grids.append(torch.where(grain < k, tokens.codebook_size, torch.where(grain == k, codes, -1)))
+        passes = grain == k + 1 if tokens.nested else grain < k
+        grids.append(torch.where(passes, tokens.codebook_size, codes))  # codes are -1 where unused
     return grids
 
 
-def grids_to_tokens(grids, factors, shape, codebook_size):
+def grids_to_tokens(grids, factors, shape, codebook_size, nested=False):
     """Inverse of ``level_grids``: Tokens from the symbol grids of every level."""
     factors = tuple(factors)
     K, f_K = len(factors), factors[-1]
-    # a region at level g goes FINER at each of the K - 1 - g coarser levels
-    finer = [grid[:, :: f_K // f, :: f_K // f] == codebook_size for grid, f in zip(grids, factors)]
-    grain = (K - 1) - torch.stack(finer).long().sum(0)
+    corner = [grid[:, :: f_K // f, :: f_K // f] for grid, f in zip(grids, factors)]
+    if nested:  # a region at level g has codes at the K - g levels from g up
+        grain = K - torch.stack([(c >= 0) & (c < codebook_size) for c in corner]).long().sum(0)
+    else:  # a region at level g passes at each of the K - 1 - g coarser levels
+        grain = (K - 1) - torch.stack([c == codebook_size for c in corner]).long().sum(0)
     codes = [torch.where((grid >= 0) & (grid < codebook_size), grid, -1) for grid in grids]
-    return Tokens(grain, codes, factors, shape, codebook_size)
+    return Tokens(grain, codes, factors, shape, codebook_size, nested=nested)
 
 
 def grid_distance(H, W, device, periodic=False):

@@ -2,11 +2,15 @@
 
 The tokens of a field are taken level by level, from the coarsest (K-1) to the
 finest (0). At level k every cell of the level-k grid (Hp / f_k, Wp / f_k)
-whose region is still open (not taken by a coarser level) carries one symbol:
-a code in [0, N), or FINER when its region goes to a finer level (there is no
-FINER at level 0). All level-k cells of a region are codes or all are FINER,
-so the grain map is coded jointly with the codes. Cells of closed regions are
-context: they show the coarser code that covers them.
+whose region is still open carries one symbol: a code in [0, N), or PASS when
+the region has no code at level k (``level_grids``). With alternative grains a
+region is open until a coarser level takes it, and PASS sends it finer (there
+is no PASS at level 0); with nested grains every region has its coarsest
+codes (no PASS at level K-1), and PASS at level k stops a region at level
+k + 1. All level-k cells of a region are codes or all are PASS, so the grain
+map is coded jointly with the codes. Every cell also shows, as context, the
+finest coarser code that covers it: the code of a closed region, or with
+nested grains the code a region refines.
 
 One transformer, shared by the levels, predicts the cells of a level with
 context on all sides, because physical fields have no causal scan direction.
@@ -40,9 +44,9 @@ budget.
 
 The grain of a region is decided at one cell: its "lead" cell, the region's
 first cell in the reveal order. The lead pays for the grain with the full
-distribution over codes and FINER; once the region is known to carry codes,
+distribution over codes and PASS; once the region is known to carry codes,
 its other cells pay only for their code (the distribution over codes alone),
-and once it is known to go finer, they are all FINER and cost nothing.
+and once it is known to pass, they are all PASS and cost nothing.
 """
 
 import math
@@ -53,8 +57,8 @@ import torch.nn.functional as F
 
 from .code_embedding import CodeEmbedding
 from .prior import PriorOutput, check_sampling, evaluating, filter_logits
-from .level_grids import from_regions, grid_distance, grids_to_tokens, level_grids, to_regions
-from .reveal import lattice_order, lattice_rounds
+from .level_grids import grid_distance, grids_to_tokens, level_grids, to_regions
+from .reveal import lattice_order, lattice_rounds, region_leads
 from .tokens import check_factors, repeat_cells
 from .transformer import Rotary, Transformer
 
@@ -62,31 +66,19 @@ from .transformer import Rotary, Transformer
 def _split_nll(logits_BLV, target_BL):
     """Nats of each target symbol, split into its grain part and its code part.
 
-    logits_BLV holds N code logits and the FINER logit last; target_BL is a
+    logits_BLV holds N code logits and the PASS logit last; target_BL is a
     symbol in [0, N] (anything else gives meaningless values, for the caller to
     mask). The full negative log-likelihood is grain + code:
-    -log p(c) = -log(1 - p(FINER)) - log p(c | not FINER).
+    -log p(c) = -log(1 - p(PASS)) - log p(c | not PASS).
     """
     N = logits_BLV.shape[-1] - 1
     lse_all = logits_BLV.logsumexp(-1)
     lse_code = logits_BLV[..., :N].logsumexp(-1)
-    finer = target_BL == N
-    grain = torch.where(finer, lse_all - logits_BLV[..., N], lse_all - lse_code)
+    passes = target_BL == N
+    grain = torch.where(passes, lse_all - logits_BLV[..., N], lse_all - lse_code)
     code_logit = logits_BLV.gather(-1, target_BL.clamp(0, N - 1)[..., None])[..., 0]
-    code = torch.where(finer, torch.zeros_like(lse_code), lse_code - code_logit)
+    code = torch.where(passes, torch.zeros_like(lse_code), lse_code - code_logit)
     return grain, code
-
-
-def _schedule(rounds, H, W, s):
-    """The lead of each region of s x s cells of an (H, W) grid whose cells are revealed at `rounds` (L,).
-
-    A region's lead is its first cell in the reveal order (round, then raster
-    place). Returns (lead (L,) bool, the round of each cell's lead (L,)).
-    """
-    position = rounds * (H * W) + torch.arange(H * W)
-    first = to_regions(position.view(1, H, W), s).argmin(-1)
-    lead_round = repeat_cells(to_regions(rounds.view(1, H, W), s).amin(-1), s).flatten()
-    return from_regions(F.one_hot(first, s * s).bool(), s).flatten(), lead_round
 
 
 def _draw(logits_BLV, generator, temperature, top_k, top_p):
@@ -120,13 +112,15 @@ class MaskedPrior(nn.Module):
         every cell alike (an ablation: the prior then learns little context).
     rotary : rotary embeddings in 2D (``Rotary``, on the torus when periodic):
         attention sees the offset between two cells, direction included.
+    nested : the tokenizer's grains are nested (``Tokens.nested``).
 
     The constructor arguments are kept in ``self.config`` (JSON-serialisable),
     so ``MaskedPrior(**prior.config)`` rebuilds the module.
     """
 
     def __init__(self, *, order, factors, shape, codebook_size, dim=256, depth=4, heads=4, dropout=0.0,
-                 spacing=4, neighbourhood=3, code_dim=0, periodic=False, locality=True, rotary=False):
+                 spacing=4, neighbourhood=3, code_dim=0, periodic=False, locality=True, rotary=False,
+                 nested=False):
         super().__init__()
         if order != "bidirectional":
             raise ValueError(f"MaskedPrior implements the 'bidirectional' order, got {order!r}")
@@ -144,23 +138,26 @@ class MaskedPrior(nn.Module):
         self.config = dict(
             order=order, factors=list(factors), shape=list(shape), codebook_size=codebook_size, dim=dim,
             depth=depth, heads=heads, dropout=dropout, spacing=spacing, neighbourhood=neighbourhood,
-            code_dim=code_dim, periodic=periodic, locality=locality, rotary=rotary,
+            code_dim=code_dim, periodic=periodic, locality=locality, rotary=rotary, nested=bool(nested),
         )
         self.factors, self.shape, self.codebook_size, self.periodic = factors, shape, codebook_size, periodic
+        self.nested = bool(nested)
         f_K = factors[-1]
         self.region_shape = (-(-shape[0] // f_K), -(-shape[1] // f_K))  # (Hc, Wc)
         self.grid_shapes = [(self.region_shape[0] * f_K // f, self.region_shape[1] * f_K // f) for f in factors]
         self.level_rounds = []  # number of rounds of each level
         for k, ((H, W), f) in enumerate(zip(self.grid_shapes, factors)):
             rounds = lattice_rounds(H, W, spacing, nested=k == len(factors) - 1)
-            lead, lead_round = _schedule(rounds, H, W, f_K // f)
+            lead, lead_round = region_leads(rounds, H, W, f_K // f)
             for name, value in (("rounds", rounds), ("lead", lead), ("lead_round", lead_round)):
                 self.register_buffer(f"{name}_{k}", value, persistent=False)
             self.level_rounds.append(int(rounds.max()) + 1)
         N, K = codebook_size, len(factors)
-        self.FINER, self.MASK = N, N + 1
-        self.tok_emb = CodeEmbedding(N, dim, extra=2, code_dim=code_dim)  # codes, FINER, MASK
+        self.PASS, self.MASK = N, N + 1
+        self.no_pass_level = K - 1 if self.nested else 0  # the level where every open region carries codes
+        self.tok_emb = CodeEmbedding(N, dim, extra=2, code_dim=code_dim)  # codes, PASS, MASK
         self.src_emb = nn.Embedding(K, dim)  # level a shown symbol lives at: k for the level's own cells, j > k for context
+        self.refined_emb = nn.Embedding(N + 1, dim) if self.nested else None  # nested: the code a cell refines, or none
         # Per level, a row table and a column table: a cell's place is their sum. Shared along
         # rows and columns, they learn where neighbours are far sooner than one vector per cell
         # would; being per level, they also tell the shared transformer which level it predicts.
@@ -173,7 +170,7 @@ class MaskedPrior(nn.Module):
         self.locality = nn.Parameter(slopes) if locality else None
         self.transformer = Transformer(dim, depth, heads, dropout)  # no causal mask: every cell sees every cell
         self.rotary = Rotary(dim // heads, period=self.region_shape if periodic else None) if rotary else None
-        self.head = nn.Linear(dim, N + 1)  # codes, FINER
+        self.head = nn.Linear(dim, N + 1)  # codes, PASS
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, std=0.02)
@@ -186,24 +183,28 @@ class MaskedPrior(nn.Module):
 
     def _level_grids(self, tokens):
         """Check that `tokens` belong to this prior; return their symbol grids."""
-        if tokens.shape != self.shape or tokens.factors != self.factors or tokens.codebook_size != self.codebook_size:
+        if (tokens.shape != self.shape or tokens.factors != self.factors or tokens.codebook_size != self.codebook_size
+                or tokens.nested != self.nested):
+            kind = {True: "nested", False: "alternative"}
             raise ValueError(
-                f"the prior models shape {self.shape}, factors {self.factors}, codebook {self.codebook_size}; "
-                f"got tokens of shape {tokens.shape}, factors {tokens.factors}, codebook {tokens.codebook_size}"
+                f"the prior models shape {self.shape}, factors {self.factors}, codebook {self.codebook_size}, "
+                f"{kind[self.nested]} grains; got tokens of shape {tokens.shape}, factors {tokens.factors}, "
+                f"codebook {tokens.codebook_size}, {kind[tokens.nested]} grains"
             )
         return level_grids(tokens.validate())
 
     def _context(self, grids, k):
         """What level k sees of the coarser levels, per cell (B, L).
 
-        Returns (symbol, source level): in a closed region the coarser code that
-        covers the cell and its level; in an open region MASK and k.
+        Returns (symbol, source level): the finest coarser code that covers the
+        cell and its level; MASK and k where none does (an open region of
+        alternative grains).
         """
         symbol = torch.full_like(grids[k], self.MASK)
         source = torch.full_like(grids[k], k)
-        for j in range(k + 1, self.num_levels):
+        for j in reversed(range(k + 1, self.num_levels)):  # finer codes overwrite coarser ones
             up = repeat_cells(grids[j], self.factors[j] // self.factors[k])
-            taken = (up >= 0) & (up < self.FINER)
+            taken = (up >= 0) & (up < self.PASS)
             symbol, source = torch.where(taken, up, symbol), torch.where(taken, j, source)
         return symbol.flatten(1), source.flatten(1)
 
@@ -215,8 +216,13 @@ class MaskedPrior(nn.Module):
         symbols of the cells of earlier rounds alone, whatever the others hold.
         """
         symbol, source = context
-        own = self.tok_emb(torch.where(grid_BL >= 0, grid_BL, symbol))  # what a revealed cell shows
-        hidden = self.tok_emb(symbol)  # and one not yet revealed: MASK, or the coarser code over it
+        refined = 0.0
+        if self.nested:  # an open cell shows the code it refines apart from its own, else the two look alike
+            open_ = grid_BL >= 0
+            refined = self.refined_emb(torch.where(open_ & (symbol < self.PASS), symbol, self.PASS))  # PASS: none
+            symbol = torch.where(open_, self.MASK, symbol)
+        own = self.tok_emb(torch.where(grid_BL >= 0, grid_BL, symbol)) + refined  # what a revealed cell shows
+        hidden = self.tok_emb(symbol) + refined  # and one not yet revealed: MASK, or the coarser code over it
         row, col = self.row_emb[k].weight, self.col_emb[k].weight
         place_LD = (row[:, None] + col[None, :]).flatten(0, 1)  # (H * W, dim), raster order of the grid
         base = self.src_emb(source) + place_LD
@@ -225,8 +231,8 @@ class MaskedPrior(nn.Module):
         h = self.transformer.two_stream(content, query, *self._masks(k, reveal_BL),
                                         rotate=self._rotation(k, own.device))
         logits = self.tok_emb.add_scores(self.head(h), h)
-        if k == 0:  # every open region of the finest level carries codes
-            logits = logits.masked_fill(torch.arange(self.FINER + 1, device=logits.device) == self.FINER, -math.inf)
+        if k == self.no_pass_level:
+            logits = logits.masked_fill(torch.arange(self.PASS + 1, device=logits.device) == self.PASS, -math.inf)
         return logits
 
     def _near(self, k, own_BLD, hidden_BLD, reveal_BL):
@@ -284,19 +290,19 @@ class MaskedPrior(nn.Module):
     def _schedule(self, k):
         """The fixed reveal schedule of level k: (round (L,) of each cell, lead (L,) bool, its lead's round (L,)).
 
-        A region's lead carries the region's grain decision, and a FINER
-        decision reveals the whole region at the lead's round.
+        A region's lead carries the region's grain decision, and a PASS
+        reveals the whole region at the lead's round.
         """
         return getattr(self, f"rounds_{k}"), getattr(self, f"lead_{k}"), getattr(self, f"lead_round_{k}")
 
     def _reveal(self, k, grid_BL):
-        """(B, L) the round at which each cell of level k is revealed: -1 when closed, its lead's when FINER.
+        """(B, L) the round at which each cell of level k is revealed: -1 when closed, its lead's when PASS.
 
         A cell not yet drawn (MASK) is given its own round, after every cell
         its prediction depends on.
         """
         rounds, _, lead_round = self._schedule(k)
-        return torch.where(grid_BL < 0, -1, torch.where(grid_BL == self.FINER, lead_round, rounds))
+        return torch.where(grid_BL < 0, -1, torch.where(grid_BL == self.PASS, lead_round, rounds))
 
     def forward(self, tokens):
         """The exact code length of ``bits``, in one pass per level; differentiable, with dropout when training.
@@ -331,7 +337,7 @@ class MaskedPrior(nn.Module):
             g, c = _split_nll(logits, grid)
             open_ = grid >= 0
             grain = grain + torch.where(open_ & lead, g, 0.0).sum(1)
-            code = code + torch.where(open_ & (grid != self.FINER), c, 0.0).sum(1)
+            code = code + torch.where(open_ & (grid != self.PASS), c, 0.0).sum(1)
         return grain, code
 
     @torch.no_grad()
@@ -346,8 +352,8 @@ class MaskedPrior(nn.Module):
     def sample(self, n, *, seed=0, temperature=1.0, top_k=None, top_p=None):
         """Draw `n` token sets, level by level, round by round of the reveal schedule.
 
-        A region's lead cell draws among codes and FINER (FINER makes the whole
-        region FINER); every later cell of a coded region draws among codes. At
+        A region's lead cell draws among codes and PASS (PASS makes the whole
+        region PASS); every later cell of a coded region draws among codes. At
         temperature 1 without filtering the samples follow the very
         distribution whose code length ``bits`` measures. Returns valid Tokens
         on the module's device.
@@ -378,9 +384,11 @@ class MaskedPrior(nn.Module):
                 logits = self._logits(k, grid, self._reveal(k, grid), context).float()
                 drawn = torch.where(lead, _draw(logits, generator, temperature, top_k, top_p),
                                     _draw(logits[..., :N], generator, temperature, top_k, top_p))
-                finer = repeat_cells(to_regions((now & lead & (drawn == N)).view(n, H, W), s).any(-1), s).flatten(1)
-                grid = torch.where(finer, N, torch.where(now, drawn, grid))
-                known = known | now | finer
+                passes = repeat_cells(to_regions((now & lead & (drawn == N)).view(n, H, W), s).any(-1), s).flatten(1)
+                grid = torch.where(passes, N, torch.where(now, drawn, grid))
+                known = known | now | passes
             grids[k] = grid.view(n, H, W)
-            open_regions = to_regions(grids[k], s).eq(N).all(-1)
-        return grids_to_tokens(grids, self.factors, self.shape, N)
+            cells = to_regions(grids[k], s)
+            # the regions open at the next level: with nested grains those coded here, else those passed
+            open_regions = ((cells >= 0) & (cells < N) if self.nested else cells.eq(N)).all(-1)
+        return grids_to_tokens(grids, self.factors, self.shape, N, self.nested)

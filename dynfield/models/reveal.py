@@ -1,6 +1,10 @@
 """The order in which the bidirectional prior reveals the cells of a grid: interlaced lattices, coarse first."""
 
 import torch
+import torch.nn.functional as F
+
+from .level_grids import from_regions, to_regions
+from .tokens import repeat_cells
 
 
 def lattice_order(spacing):
@@ -38,3 +42,15 @@ def lattice_rounds(H, W, spacing, nested=False):
         rounds = rounds + int(sub.max())
         rounds[::spacing, ::spacing] = sub.view(-(-H // spacing), -(-W // spacing))
     return rounds.flatten().unique(return_inverse=True)[1]
+
+
+def region_leads(rounds, H, W, s):
+    """The lead of each region of s x s cells of an (H, W) grid whose cells are revealed at `rounds` (L,).
+
+    A region's lead is its first cell in the reveal order (round, then raster
+    place). Returns (lead (L,) bool, the round of each cell's lead (L,)).
+    """
+    position = rounds * (H * W) + torch.arange(H * W)
+    first = to_regions(position.view(1, H, W), s).argmin(-1)
+    lead_round = repeat_cells(to_regions(rounds.view(1, H, W), s).amin(-1), s).flatten()
+    return from_regions(F.one_hot(first, s * s).bool(), s).flatten(), lead_round

@@ -134,13 +134,6 @@ class Tokens:
         used = self.grain <= k if self.nested else self.grain == k
         return repeat_cells(used, self.factors[-1] // self.factors[k])
 
-    def require_alternative(self, user):
-        """Raise ValueError naming `user` if these are nested tokens; return self."""
-        if self.nested:
-            raise ValueError(f"{user} models tokens with one grain per region; these are nested tokens "
-                             f"(a coarse code in every region, finer codes as refinements)")
-        return self
-
     def count(self):
         """(B,) long: number of codes actually used per sample."""
         return sum((c >= 0).flatten(1).sum(1) for c in self.codes + self.residual)
