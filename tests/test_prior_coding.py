@@ -116,6 +116,24 @@ def test_prior_coded_files_round_trip_and_decode_as_without_it(models, tmp_path,
     assert not (tmp_path / "x.nc").exists()
 
 
+def test_a_prior_that_costs_more_than_histograms_is_declined(models, tmp_path, capsys):
+    # 16 snapshots of one smooth pattern: the histograms learn its few codes, the untrained prior
+    # prices every code alike, so the file is coded as without it and decodes with no prior
+    src = tmp_path / "in.nc"
+    ds = dummy_dataset(n_sample=16, ny=16, nx=24)[["u"]]
+    y, x = np.meshgrid(np.arange(16), np.arange(24), indexing="ij")
+    ds["u"].values[:] = np.sin(2 * np.pi * x / 24) * np.cos(2 * np.pi * y / 16)
+    ds.to_netcdf(src)
+    base = [str(src), "--checkpoint", str(models["tokenizer"])]
+    assert compress.main([base[0], str(tmp_path / "plain.dfz"), *base[1:], "--quiet"]) == 0
+    assert compress.main([base[0], str(tmp_path / "prior.dfz"), *base[1:], "--prior", str(models["prior"])]) == 0
+    assert "coded with the histograms" in capsys.readouterr().out
+    assert inspect_file(tmp_path / "prior.dfz")["token_prior"] is None
+    assert (tmp_path / "prior.dfz").read_bytes() == (tmp_path / "plain.dfz").read_bytes()
+    assert decompress.main([str(tmp_path / "prior.dfz"), str(tmp_path / "back.nc"), "--checkpoint",
+                            str(models["tokenizer"]), "--quiet"]) == 0
+
+
 def test_a_prior_that_does_not_fit_the_file_is_refused(models, tmp_path, capsys):
     src = tmp_path / "in.nc"
     dummy_dataset(n_sample=1, ny=16, nx=24)[["u"]].to_netcdf(src)

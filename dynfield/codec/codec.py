@@ -46,9 +46,11 @@ decoded in float32.
 
 import concurrent.futures
 import itertools
+import json
 import multiprocessing
 import time
 import uuid
+import zlib
 from collections import deque
 from contextlib import closing
 from pathlib import Path
@@ -187,11 +189,16 @@ def compress_file(in_path, out_path, checkpoint=None, variables=None, fine_ratio
     device : torch device of the tokenizer (bounded fields are reconstructed there in float64).
     prior : a stage-2 autoregressive prior checkpoint over this tokenizer's
         tokens and fields of this shape: it codes the tokens instead of the
-        per-file histograms (``prior_coding``; decoding then needs it too).
+        per-file histograms (``prior_coding``; decoding then needs it too),
+        unless the histograms, their own bytes included, take fewer bytes on
+        the calibration snapshots (a prior of another flow), when the file is
+        coded as without it.
 
     Returns
     -------
-    dict : ``inspect_file`` of the output, plus ``seconds`` and ``input_mb_per_s``.
+    dict : ``inspect_file`` of the output, plus ``seconds``, ``input_mb_per_s``
+    and, with a prior, ``prior_declined`` (whether the histograms coded the
+    tokens instead).
 
     The output is written to a temporary file and renamed at the end: an error
     or an interruption leaves no output file.
@@ -219,6 +226,8 @@ def compress_file(in_path, out_path, checkpoint=None, variables=None, fine_ratio
     summary = inspect_file(out_path)
     summary["seconds"] = seconds
     summary["input_mb_per_s"] = summary["input_bytes"] / 1e6 / seconds
+    if prior is not None:
+        summary["prior_declined"] = summary["token_prior"] is None
     return summary
 
 
@@ -234,16 +243,39 @@ def _write(coder, results, n_calibration, out_path, progress):
             calibration.append(result)
             bar.update()
         coder.plan = coder.plan_for(calibration)
-        if coder.prior_coder is None:  # a prior codes the tokens: no histograms to store
-            header["entropy"] = coder.calibrate(calibration)
+        payloads = _calibrate_tokens(coder, calibration)
         writer.write_header(header)
-        for result in calibration:
-            writer.write_chunk(coder.chunk(result))
-        del calibration
+        for payload in payloads:
+            writer.write_chunk(payload)
+        del calibration, payloads
         for result in results:
             writer.write_chunk(coder.chunk(result))
             bar.update()
         writer.finish()
+
+
+def _calibrate_tokens(coder, calibration):
+    """Choose how the tokens are coded from the calibration chunks; return their payloads.
+
+    Per-file histograms are fitted to them (stored in the header). With a
+    prior the chunks are coded both ways, and the prior is kept where it takes
+    fewer bytes than the histograms with their own; else the file is coded as
+    without it, so that a prior never costs more than none.
+    """
+    header = coder.header
+    entropy = coder.calibrate(calibration)
+    prior_coder, coder.prior_coder = coder.prior_coder, None
+    plain = [coder.chunk(r) for r in calibration]
+    if prior_coder is not None:
+        coder.prior_coder = prior_coder
+        coded = [coder.chunk(r) for r in calibration]
+        histogram_bytes = len(zlib.compress(json.dumps(entropy, separators=(",", ":")).encode()))
+        if sum(map(len, coded)) < sum(map(len, plain)) + histogram_bytes:
+            return coded  # no histograms to store
+        coder.prior_coder = None
+        del header["prior"]
+    header["entropy"] = entropy
+    return plain
 
 
 def decompress_file(in_path, out_path, checkpoint=None, progress=True, device="cpu", prior=None):
