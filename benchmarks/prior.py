@@ -51,16 +51,17 @@ from dynfield.sample import held_out_source, sample_fields
 
 
 def random_tokens(n, tokenizer, shape, generator):
-    """Valid tokens with a uniformly random grain per region and a uniformly random code per token."""
-    factors, V = tokenizer.factors, tokenizer.config["codebook_size"]
+    """Valid tokens with a uniformly random grain per region and a uniformly random code per token (nested
+    where the tokenizer's grains are)."""
+    factors, V, nested = tokenizer.factors, tokenizer.config["codebook_size"], tokenizer.nested
     f_K = factors[-1]
     grid = (-(-shape[0] // f_K), -(-shape[1] // f_K))
     grain = torch.randint(len(factors), (n, *grid), generator=generator)
     codes = []
     for k, f in enumerate(factors):
-        mask = repeat_cells(grain == k, f_K // f)
+        mask = repeat_cells(grain <= k if nested else grain == k, f_K // f)
         codes.append(torch.where(mask, torch.randint(V, mask.shape, generator=generator), -1))
-    return Tokens(grain, codes, factors, shape, V).validate()
+    return Tokens(grain, codes, factors, shape, V, nested=nested).validate()
 
 
 @torch.no_grad()

@@ -121,3 +121,14 @@ def test_prior_codec_benchmark_compares_the_prior_with_per_file_histograms(tmp_p
     assert row["histograms"]["header_bytes"] > row["prior"]["header_bytes"]  # no histograms stored with a prior
     assert (tmp_path / "out" / "prior_codec.png").exists()
     assert json.loads((tmp_path / "out" / "prior_codec.json").read_text())["prior_order"] == "raster"
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_random_tokens_are_of_the_tokenizers_kind(nested):
+    tokenizer = DQVAE(in_channels=1, factors=(2, 4), hidden=8, code_dim=8, codebook_size=16, nested=nested)
+    tokens = benchmark_module("prior").random_tokens(64, tokenizer, (16, 16), torch.Generator().manual_seed(0))
+    assert tokens.nested == nested and tokenizer.decode(tokens).shape == (64, 1, 16, 16)
+    # every region's grain and every used code drawn uniformly: both levels, all codes
+    assert set(tokens.grain.unique().tolist()) == {0, 1} and tokens.codes[0].max() == 15
+    coarse_used = tokens.codes[1] >= 0  # the coarse grid is the grain map's
+    assert torch.equal(coarse_used, torch.ones_like(coarse_used) if nested else tokens.grain == 1)
