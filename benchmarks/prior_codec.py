@@ -8,7 +8,9 @@ total: token bits and bits per token of each, the header bytes (the
 histograms are the per-file model's cost), the ratio of the two token
 costs with and without that cost, encode and decode seconds of the prior
 path (the prior runs token by token in float64 on the CPU), and whether both
-decode to the same values (they must: the tokens are the same). Writes
+decode to the same values (they must: the tokens are the same). Where the
+histograms cost less, ``compress --prior`` declines the prior (the row says
+so) and the two files are the same. Writes
 ``prior_codec.json`` and ``prior_codec.png`` into ``--out``.
 
     python benchmarks/prior_codec.py --prior RUN/prior.pt --data held_out.nc [more.nc ...] [--checkpoint T]
@@ -49,7 +51,7 @@ def code(data, out_dir, checkpoint, prior, variables, fine_ratio):
     fields = sum(int(np.prod(v["shape"][:-2])) for v in info["variables"].values())
     return {"token_bits": info["tokens"]["bits"], "header_bytes": info["header_bytes"], "bytes": info["bytes"],
             "fields": fields, "encode_s": encode_s, "decode_s": decode_s,
-            "decode_fields_per_s": fields / decode_s}, values
+            "decode_fields_per_s": fields / decode_s, "prior_declined": info.get("prior_declined")}, values
 
 
 def parser():
@@ -82,7 +84,8 @@ def main(argv=None):
         rows.append(row)
         print(f"{data}: token bits under the prior / per-file histograms = {row['token_bits_ratio']:.3f} "
               f"({row['with_model_ratio']:.3f} with the headers); prior decode {prior['decode_fields_per_s']:.2f} "
-              f"fields/s; same values: {row['same_values']}")
+              f"fields/s; same values: {row['same_values']}"
+              + ("; the prior was declined (histograms cost less)" if prior["prior_declined"] else ""))
     total = {k: sum(r[k]["token_bits"] for r in rows) for k in ("histograms", "prior")}
     summary = {"machine": machine(), "prior": str(args.prior), "prior_order": state["model_config"]["order"],
                "fine_ratio": fine_ratio,
