@@ -190,9 +190,9 @@ def compress_file(in_path, out_path, checkpoint=None, variables=None, fine_ratio
     prior : a stage-2 autoregressive prior checkpoint over this tokenizer's
         tokens and fields of this shape: it codes the tokens instead of the
         per-file histograms (``prior_coding``; decoding then needs it too),
-        unless the histograms, their own bytes included, take fewer bytes on
-        the calibration snapshots (a prior of another flow), when the file is
-        coded as without it.
+        unless the histograms, their own bytes included, would take fewer
+        bytes (judged on the calibration snapshots; a prior of another flow),
+        when the file is coded as without it.
 
     Returns
     -------
@@ -259,8 +259,9 @@ def _calibrate_tokens(coder, calibration):
 
     Per-file histograms are fitted to them (stored in the header). With a
     prior the chunks are coded both ways, and the prior is kept where it takes
-    fewer bytes than the histograms with their own; else the file is coded as
-    without it, so that a prior never costs more than none.
+    fewer bytes than the histograms with their share of their own (spread
+    over every chunk of the file); else the file is coded as without it, so
+    that a prior never costs more than none.
     """
     header = coder.header
     entropy = coder.calibrate(calibration)
@@ -270,7 +271,8 @@ def _calibrate_tokens(coder, calibration):
         coder.prior_coder = prior_coder
         coded = [coder.chunk(r) for r in calibration]
         histogram_bytes = len(zlib.compress(json.dumps(entropy, separators=(",", ":")).encode()))
-        if sum(map(len, coded)) < sum(map(len, plain)) + histogram_bytes:
+        share = histogram_bytes * len(calibration) / max(header["n_chunks"], 1)
+        if sum(map(len, coded)) < sum(map(len, plain)) + share:
             return coded  # no histograms to store
         coder.prior_coder = None
         del header["prior"]
