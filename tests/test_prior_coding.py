@@ -37,13 +37,14 @@ def test_margin_is_the_distance_to_the_nearest_rounding_edge():
 @pytest.mark.parametrize("order, extra", [("raster", {}), ("coarse_to_fine", {}),
                                           ("coarse_to_fine", {"locality": True, "code_dim": 4}),
                                           ("raster", {"locality": True, "position_locality": True, "rotary": True,
-                                                      "code_dim": 4})])
+                                                      "code_dim": 4}),
+                                          ("raster", {"nested": True}), ("coarse_to_fine", {"nested": True})])
 def test_tokens_round_trip_and_cost_what_the_prior_says(order, extra):
     prior = tiny(order, **extra)
-    if extra:
+    if "code_dim" in extra:
         prior.code_emb.set_vectors(torch.randn(32, 4))
     coder = PriorCoder(prior)
-    tokens = make_tokens("random", B=3, seed=1)
+    tokens = make_tokens("random", B=3, seed=1, nested=extra.get("nested", False))
     bits = prior.bits(tokens)
     fields = tokens_to_numpy(tokens)
     streams = coder.encode(fields, SHAPE)
