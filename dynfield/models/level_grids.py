@@ -14,6 +14,11 @@ import torch
 from .tokens import Tokens, repeat_cells
 
 
+def is_code(grid, codebook_size):
+    """Where a symbol grid holds a code: not -1 (closed), PASS (= codebook_size) or anything above."""
+    return (grid >= 0) & (grid < codebook_size)
+
+
 def to_regions(x_BHW, s):
     """(B, Hc * s, Wc * s) -> (B, Hc, Wc, s * s): the cells of each region side by side."""
     B, H, W = x_BHW.shape
@@ -50,10 +55,10 @@ def grids_to_tokens(grids, factors, shape, codebook_size, nested=False):
     K, f_K = len(factors), factors[-1]
     corner = [grid[:, :: f_K // f, :: f_K // f] for grid, f in zip(grids, factors)]
     if nested:  # a region at level g has codes at the K - g levels from g up
-        grain = K - torch.stack([(c >= 0) & (c < codebook_size) for c in corner]).long().sum(0)
+        grain = K - torch.stack([is_code(c, codebook_size) for c in corner]).long().sum(0)
     else:  # a region at level g passes at each of the K - 1 - g coarser levels
         grain = (K - 1) - torch.stack([c == codebook_size for c in corner]).long().sum(0)
-    codes = [torch.where((grid >= 0) & (grid < codebook_size), grid, -1) for grid in grids]
+    codes = [torch.where(is_code(grid, codebook_size), grid, -1) for grid in grids]
     return Tokens(grain, codes, factors, shape, codebook_size, nested=nested)
 
 

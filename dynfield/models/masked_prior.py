@@ -57,7 +57,7 @@ import torch.nn.functional as F
 
 from .code_embedding import CodeEmbedding
 from .prior import PriorOutput, check_sampling, evaluating, filter_logits
-from .level_grids import grid_distance, grids_to_tokens, level_grids, to_regions
+from .level_grids import grid_distance, grids_to_tokens, is_code, level_grids, to_regions
 from .reveal import lattice_order, lattice_rounds, region_leads
 from .tokens import check_factors, repeat_cells
 from .transformer import Rotary, Transformer
@@ -204,7 +204,7 @@ class MaskedPrior(nn.Module):
         source = torch.full_like(grids[k], k)
         for j in reversed(range(k + 1, self.num_levels)):  # finer codes overwrite coarser ones
             up = repeat_cells(grids[j], self.factors[j] // self.factors[k])
-            taken = (up >= 0) & (up < self.PASS)
+            taken = is_code(up, self.PASS)
             symbol, source = torch.where(taken, up, symbol), torch.where(taken, j, source)
         return symbol.flatten(1), source.flatten(1)
 
@@ -216,12 +216,11 @@ class MaskedPrior(nn.Module):
         symbols of the cells of earlier rounds alone, whatever the others hold.
         """
         symbol, source = context
-        refined = 0.0
+        open_, refined = grid_BL >= 0, 0.0
         if self.nested:  # an open cell shows the code it refines apart from its own, else the two look alike
-            open_ = grid_BL >= 0
-            refined = self.refined_emb(torch.where(open_ & (symbol < self.PASS), symbol, self.PASS))  # PASS: none
+            refined = self.refined_emb(torch.where(open_ & is_code(symbol, self.PASS), symbol, self.PASS))  # PASS: none
             symbol = torch.where(open_, self.MASK, symbol)
-        own = self.tok_emb(torch.where(grid_BL >= 0, grid_BL, symbol)) + refined  # what a revealed cell shows
+        own = self.tok_emb(torch.where(open_, grid_BL, symbol)) + refined  # what a revealed cell shows
         hidden = self.tok_emb(symbol) + refined  # and one not yet revealed: MASK, or the coarser code over it
         row, col = self.row_emb[k].weight, self.col_emb[k].weight
         place_LD = (row[:, None] + col[None, :]).flatten(0, 1)  # (H * W, dim), raster order of the grid
@@ -390,5 +389,5 @@ class MaskedPrior(nn.Module):
             grids[k] = grid.view(n, H, W)
             cells = to_regions(grids[k], s)
             # the regions open at the next level: with nested grains those coded here, else those passed
-            open_regions = ((cells >= 0) & (cells < N) if self.nested else cells.eq(N)).all(-1)
+            open_regions = (is_code(cells, N) if self.nested else cells.eq(N)).all(-1)
         return grids_to_tokens(grids, self.factors, self.shape, N, self.nested)
