@@ -329,7 +329,9 @@ def test_the_bundled_tokenizer_compresses_fields_it_never_saw(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_parallel_workers_write_the_same_file(tmp_path, ckpt, monkeypatch):
-    # 4 calibration snapshots of 12: the other 8 are coded under the plan the 4 make, which workers are handed
+    # 2 plan snapshots, 4 calibration snapshots of 12: the other 10 are coded under the plan the 2 make,
+    # which workers are handed
+    monkeypatch.setattr("dynfield.codec.codec.PLAN_CHUNKS", 2)
     monkeypatch.setattr("dynfield.codec.codec.CALIBRATION_CHUNKS", 4)
     src = write_dummy_netcdf(tmp_path / "in.nc", n_sample=3, n_time=4, ny=8, nx=12)
     compress_file(src, tmp_path / "one.dfz", checkpoint=ckpt, max_abs_error=0.01, progress=False)

@@ -1,4 +1,4 @@
-"""After its calibration snapshots, a file tries only the ways of coding that they chose."""
+"""After its first snapshots, a file tries only the ways of coding that they chose."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from conftest import tiny_tokenizer
 
 from dynfield.codec import chunks, compress_file, decompress_file, residual
 
-SNAPSHOTS, CALIBRATION = 8, 2
+SNAPSHOTS, PLAN, CALIBRATION = 8, 2, 4
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +15,8 @@ def ckpt(tmp_path_factory):
     return tiny_tokenizer(tmp_path_factory.mktemp("ckpt") / "tokenizer.pt")
 
 
-def test_the_snapshots_after_calibration_try_only_what_it_chose(tmp_path, ckpt, monkeypatch):
+def test_the_snapshots_after_the_plan_try_only_what_it_chose(tmp_path, ckpt, monkeypatch):
+    monkeypatch.setattr("dynfield.codec.codec.PLAN_CHUNKS", PLAN)
     monkeypatch.setattr("dynfield.codec.codec.CALIBRATION_CHUNKS", CALIBRATION)
     # white noise: an untrained tokenizer's tokens never pay for themselves under a bound
     noise = np.random.default_rng(0).normal(size=(SNAPSHOTS, 16, 24)).astype(np.float32)
@@ -37,13 +38,13 @@ def test_the_snapshots_after_calibration_try_only_what_it_chose(tmp_path, ckpt, 
     monkeypatch.setattr(residual, "encode_values", recorded)
     info = compress_file(src, tmp_path / "w.dfz", checkpoint=ckpt, rel_error=1e-2, progress=False)
     assert info["tokens"]["units_without"] == SNAPSHOTS  # what the test sets out to make
-    # calibration: both ways (against the tokens, and alone), every coder; the tokens lost each time
+    # the plan's snapshots: both ways (against the tokens, and alone), every coder; the tokens lost each time
     first = [c for c in calls if c[0] is None]
-    assert len(first) == 2 * CALIBRATION and len(batches) == CALIBRATION
+    assert len(first) == 2 * PLAN and len(batches) == PLAN
     chosen = sorted({family for _, family, alone in first if alone})
     # after it: no tokenizer, the field alone, only the coders chosen
     later = calls[len(first):]
-    assert len(later) == SNAPSHOTS - CALIBRATION and all(alone for _, _, alone in later)
+    assert len(later) == SNAPSHOTS - PLAN and all(alone for _, _, alone in later)
     assert all(coders == chosen for coders, _, _ in later)
     decompress_file(tmp_path / "w.dfz", out, checkpoint=ckpt, progress=False)
     with xr.open_dataset(out) as back:

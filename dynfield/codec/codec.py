@@ -23,12 +23,13 @@ How a file is coded
   before the tokenizer sees them. With an error bound E, the residual
   against the token reconstruction is coded so that every decoded value is
   within E of the original (see ``residual``).
-- Plan. The calibration snapshots are coded every way the codec knows: with
-  and without tokens, under every residual coder. The snapshots after them
-  try only the ways those chose (``Coder.plan_for``): a unit that never kept
-  its tokens skips the tokenizer, a variable tries only the residual coders
-  that won. That is most of the bounded mode's time saved, and the file
-  does not depend on the number of workers.
+- Plan. The first ``PLAN_CHUNKS`` snapshots of each group are coded every
+  way the codec knows: with and without tokens, under every residual coder.
+  The snapshots after them try only the ways those chose
+  (``Coder.plan_for``): a unit that never kept its tokens skips the
+  tokenizer, a variable tries only the residual coders that won. That is
+  most of the bounded mode's time saved, and the file does not depend on the
+  number of workers.
 
 Determinism of the error bound
 ------------------------------
@@ -70,7 +71,7 @@ from .chunks import Coder, Layout, unit_key
 from .container import CodecError, ContainerReader, ContainerWriter, atomic_output
 from .entropy import TokenCounts, token_information_bits
 from .field import default_checkpoint, tokens_from_numpy
-from .header import CALIBRATION_CHUNKS, SNAPSHOT_CHUNKS, check_header, check_rate, job_phases, make_header
+from .header import CALIBRATION_CHUNKS, PLAN_CHUNKS, SNAPSHOT_CHUNKS, check_header, check_rate, job_phases, make_header
 from .netcdf import NetCDFWriter
 from .prior_coding import load_prior, open_prior, prior_for
 from .reading import cache_no_chunks, no_chunk_cache
@@ -101,7 +102,7 @@ def _encode_all(coder, ds, phases, workers, spec, client=None):
 
     Each phase is encoded under ``coder.plan`` as it stands when the phase
     starts: the consumer sets it from the first phase's results before it
-    asks for the second phase's first.
+    asks for the next phase's first.
     """
     if client is None and workers <= 1:
         for jobs in phases:
@@ -220,8 +221,9 @@ def compress_file(in_path, out_path, checkpoint=None, variables=None, fine_ratio
         coder = Coder(model, header, device, prior=prior_coder)
         spec = {"checkpoint": str(checkpoint), "in_path": None if isinstance(in_path, xr.Dataset) else in_path, "variables": list(header["variables"]),
                 "dims": dims, "header": header, "device": device, "token": uuid.uuid4().hex}
-        phases = job_phases(header["groups"], CALIBRATION_CHUNKS)
-        _write(coder, _encode_all(coder, ds, phases, workers, spec, client), len(phases[0]), out_path, progress)
+        phases = job_phases(header["groups"], PLAN_CHUNKS, CALIBRATION_CHUNKS)
+        _write(coder, _encode_all(coder, ds, phases, workers, spec, client), len(phases[0]),
+               len(phases[0]) + len(phases[1]), out_path, progress)
     seconds = time.perf_counter() - start
     summary = inspect_file(out_path)
     summary["seconds"] = seconds
@@ -231,9 +233,10 @@ def compress_file(in_path, out_path, checkpoint=None, variables=None, fine_ratio
     return summary
 
 
-def _write(coder, results, n_calibration, out_path, progress):
+def _write(coder, results, n_plan, n_calibration, out_path, progress):
     """Write the encoded snapshots `results` (the `n_calibration` calibration chunks first) as a .dfz file,
-    atomically; the calibration chunks set the coder's entropy models and its plan for the rest."""
+    atomically; the first `n_plan` set the coder's plan for the rest, the calibration chunks its entropy
+    models."""
     header = coder.header
     with atomic_output(out_path) as tmp, open(tmp, "wb") as f, closing(results), \
             tqdm(total=header["n_chunks"], desc="compress", unit="snapshot", disable=not progress) as bar:
@@ -242,7 +245,8 @@ def _write(coder, results, n_calibration, out_path, progress):
         for result in itertools.islice(results, n_calibration):
             calibration.append(result)
             bar.update()
-        coder.plan = coder.plan_for(calibration)
+            if len(calibration) == n_plan:  # before the next snapshot is asked for
+                coder.plan = coder.plan_for(calibration)
         payloads = _calibrate_tokens(coder, calibration)
         writer.write_header(header)
         for payload in payloads:

@@ -19,7 +19,9 @@ from . import residual
 from .container import CodecError, to_json
 
 FORMAT = "dynfield-dfz"
-CALIBRATION_CHUNKS = 16
+# The first PLAN_CHUNKS snapshots of a group are coded every way and make the plan the later ones follow;
+# the first CALIBRATION_CHUNKS (those included) fit the token histograms.
+PLAN_CHUNKS, CALIBRATION_CHUNKS = 4, 16
 PER_VARIABLE, JOINT = "per-variable", "joint"
 SNAPSHOT_CHUNKS = {SAMPLE: 1, TIME: 1, Z: 1}  # reading one 2D field reads nothing else
 RATE_SETTINGS = ("fine_ratio", "bits_per_value", "psnr")  # how the tokens of a field are chosen
@@ -178,11 +180,14 @@ def snapshots(group):
     return int(np.prod(group["shape"][:-2], dtype=np.int64))
 
 
-def job_phases(groups, calibration):
-    """Two lists of (group, snapshot) pairs: the first `calibration` snapshots of every group, then the rest."""
-    first = [(g, i) for g, grp in enumerate(groups) for i in range(min(calibration, snapshots(grp)))]
+def job_phases(groups, plan, calibration):
+    """Three runs of (group, snapshot) pairs: the first `plan` snapshots of every group, then those up to
+    `calibration`, then the rest."""
+    def span(start, stop):
+        return [(g, i) for g, grp in enumerate(groups) for i in range(start, min(stop, snapshots(grp)))]
+
     rest = ((g, i) for g, grp in enumerate(groups) for i in range(calibration, snapshots(grp)))
-    return first, rest
+    return span(0, plan), span(plan, calibration), rest
 
 
 def check_header(header, path):
@@ -226,7 +231,7 @@ def make_header(ds, model, state, rate, max_abs_error, rel_error, sha256=None):
         "mode": mode,
         "settings": {**rate,
                      "max_abs_error": _bound_json(max_abs_error), "rel_error": _bound_json(rel_error),
-                     "calibration_chunks": CALIBRATION_CHUNKS},
+                     "plan_chunks": PLAN_CHUNKS, "calibration_chunks": CALIBRATION_CHUNKS},
         "variables": {v: _variable_meta(ds, v, mode, state, per_variable[v]) for v in names},
         "groups": groups,
         "coords": _coords_meta(ds),
