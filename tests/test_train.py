@@ -28,6 +28,13 @@ def test_smoke_experiment_overrides_sizes():
     assert compose_config(["model=vqvae"]).model.factor == 8
 
 
+def test_the_256_ladder_experiment_is_the_ladder_recipe_on_256_fields():
+    ladder, ladder_256 = compose_config(["experiment=ladder"]), compose_config(["experiment=ladder_256"])
+    assert ladder_256.model == ladder.model and ladder_256.trainer.lr == ladder.trainer.lr
+    gen = ladder_256.dataset.generator
+    assert (gen.resolution, gen.spinup_resolution, ladder_256.trainer.batch_size) == (256, 128, 4)
+
+
 def test_smoke_run_writes_results_and_nothing_in_cwd(smoke_run):
     run_dir, proc, cwd = smoke_run
     assert list(cwd.iterdir()) == []
