@@ -15,19 +15,12 @@ DEFAULT_WEIGHTS = {"recon": 1.0, "spectral": 0.01, "gradient": 0.0, "vq": 1.0, "
 
 
 def reconstruction_loss(recon, x, kind="l1"):
-    """Mean L1 ("l1") or squared ("mse") error, in normalised units; or "psnr": each channel's squared
-    error weighted by the inverse of its own (held constant, mean weight 1), whose gradient is that of
-    the mean over channels of their log errors, so of the mean PSNR over variables that the benchmarks
-    report. With one channel it is the squared error."""
+    """Mean L1 ("l1") or squared ("mse") error, in normalised units."""
     if kind == "l1":
         return F.l1_loss(recon, x)
     if kind == "mse":
         return F.mse_loss(recon, x)
-    if kind == "psnr":
-        per_channel = (recon - x).pow(2).mean(dim=(0, *range(2, x.dim())))  # (C,)
-        held = per_channel.detach().clamp_min(torch.finfo(per_channel.dtype).tiny)
-        return (per_channel * (held.mean() / held)).mean()
-    raise ValueError(f"reconstruction loss must be 'l1', 'mse' or 'psnr', got {kind!r}")
+    raise ValueError(f"reconstruction loss must be 'l1' or 'mse', got {kind!r}")
 
 
 def forward_differences(x_BCHW, periodic):
