@@ -47,11 +47,9 @@ decoded in float32.
 
 import concurrent.futures
 import itertools
-import json
 import multiprocessing
 import time
 import uuid
-import zlib
 from collections import deque
 from contextlib import closing
 from pathlib import Path
@@ -68,7 +66,7 @@ from dynfield.data import open_fields
 
 from . import residual
 from .chunks import Coder, Layout, unit_key
-from .container import CodecError, ContainerReader, ContainerWriter, atomic_output
+from .container import CodecError, ContainerReader, ContainerWriter, atomic_output, encode_header
 from .entropy import TokenCounts, token_information_bits
 from .field import default_checkpoint, tokens_from_numpy
 from .header import CALIBRATION_CHUNKS, PLAN_CHUNKS, SNAPSHOT_CHUNKS, check_header, check_rate, job_phases, make_header
@@ -274,7 +272,7 @@ def _calibrate_tokens(coder, calibration):
     if prior_coder is not None:
         coder.prior_coder = prior_coder
         coded = [coder.chunk(r) for r in calibration]
-        histogram_bytes = len(zlib.compress(json.dumps(entropy, separators=(",", ":")).encode()))
+        histogram_bytes = len(encode_header(entropy))
         share = histogram_bytes * len(calibration) / max(header["n_chunks"], 1)
         if sum(map(len, coded)) < sum(map(len, plain)) + share:
             return coded  # no histograms to store

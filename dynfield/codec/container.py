@@ -172,6 +172,11 @@ def from_json(obj):
 
 # --------------------------------------------------------------------------- writing
 
+def encode_header(header):
+    """The header's bytes as the container stores them (zlib-compressed compact JSON)."""
+    return zlib.compress(json.dumps(header, separators=(",", ":")).encode())
+
+
 class ContainerWriter:
     """Write a ``.dfz`` stream: ``write_header`` once, ``write_chunk`` per chunk, then ``finish``."""
 
@@ -179,7 +184,7 @@ class ContainerWriter:
         self.f, self.n_chunks, self.expected = f, 0, None
 
     def write_header(self, header):
-        data = zlib.compress(json.dumps(header, separators=(",", ":")).encode())
+        data = encode_header(header)
         self.f.write(MAGIC + struct.pack("<H", VERSION) + struct.pack("<I", len(data)) + data)
         self.f.write(struct.pack("<I", zlib.crc32(data)))
         self.expected = header["n_chunks"]
