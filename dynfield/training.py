@@ -143,6 +143,7 @@ def resume(last, model, opt, device, total_steps, verbose=True, check=None):
     if not last.exists():
         return 0, 0.0, 0
     state = checkpoint.read_checkpoint(last, map_location=device)
+    _same_model(last, state, getattr(model, "module", model))
     if check is not None:
         check(state)
     model.load_state_dict(state["state_dict"])
@@ -151,6 +152,16 @@ def resume(last, model, opt, device, total_steps, verbose=True, check=None):
     if verbose:
         print(f"resuming {last.parent} at step {ts['step']}/{total_steps}")
     return ts["step"], ts["train_time"], ts["samples_seen"]
+
+
+def _same_model(last, state, model):
+    """Refuse to resume a run whose model was built with other arguments, naming them."""
+    saved, now = state["model_config"], dict(model.config)
+    differ = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+    if differ:
+        was = ", ".join(f"{k}={saved.get(k)!r} (now {now.get(k)!r})" for k in differ)
+        raise ValueError(f"{last} was made by a model with {was}; resume with the run's own overrides "
+                         f"(listed in {last.parent / '.hydra' / 'overrides.yaml'})")
 
 
 def autocast_for(tcfg, device):

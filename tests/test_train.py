@@ -149,3 +149,23 @@ def test_channel_agnostic_tokenizer_codes_variables_it_never_saw(tmp_path, env):
     with xr.open_dataset(tmp_path / "back.nc") as back:
         assert set(back.data_vars) == set(ds.data_vars)
         assert back["temperature"].shape == ds["temperature"].shape
+
+
+def test_resume_refuses_a_run_of_another_model_and_names_what_differs(tmp_path):
+    from dynfield.models import DQVAE
+    from dynfield.training import resume
+
+    def small(hidden):
+        return DQVAE(in_channels=2, hidden=hidden, code_dim=8, codebook_size=16)
+
+    saved = small(16)
+    opt = torch.optim.AdamW(saved.parameters())
+    checkpoint.save_checkpoint(tmp_path / "last.pt", saved, kind="tokenizer", stats={}, variables=["a", "b"],
+                               periodic=True, train_state={"optimizer": opt.state_dict(), "step": 3,
+                                                           "train_time": 1.0, "samples_seen": 6})
+    other = small(32)
+    with pytest.raises(ValueError, match=r"hidden=16 \(now 32\).*overrides.yaml"):
+        resume(tmp_path / "last.pt", other, torch.optim.AdamW(other.parameters()), torch.device("cpu"), 10)
+    same = small(16)
+    assert resume(tmp_path / "last.pt", same, torch.optim.AdamW(same.parameters()), torch.device("cpu"), 10,
+                  verbose=False) == (3, 1.0, 6)
