@@ -31,7 +31,10 @@ from dynfield import checkpoint
 from dynfield.analysis import load_fields
 from dynfield.data.turbulence import HELD_OUT_SEED
 from dynfield.evaluation import evaluate_tokenizer
-from dynfield.models.allocation import rd_allocate
+import torch
+import torch.nn.functional as F
+
+from dynfield.models.allocation import rd_allocate, region_error_spread, spread
 
 RULE_ROUTERS = ("learned", "enstrophy", "random")
 FINE_RATIOS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -126,6 +129,26 @@ def plot(results, path):
     fig.savefig(path, dpi=120)
 
 
+def headroom(model, fields, batch_size):
+    """How far any allocation could lower the relative L2 below uniform depths, from the ``spread`` of the
+    model's region errors: {option: (spread, bound)}, at every (grain level, depth)."""
+    per_batch = [region_error_spread(model, x) for x in fields.split(batch_size)]
+    values = np.average(per_batch, axis=0, weights=[len(x) for x in fields.split(batch_size)])
+    S = model.quantizer.num_stages
+    return {f"level {o // S} depth {o % S + 1}": {"spread": v, "rel_l2 bound": 1 - v**-0.5}
+            for o, v in enumerate(values)}
+
+
+def data_headroom(fields, block):
+    """The same for the data's own detail: the spread of each block's energy about its mean
+    (channels weighted by their squared range), the headroom of a coder whose error follows it."""
+    blocks = F.interpolate(F.avg_pool2d(fields, block), scale_factor=block, mode="nearest")
+    span = (fields.flatten(2).amax(2) - fields.flatten(2).amin(2)).square()[:, :, None, None]
+    energy = F.avg_pool2d((fields - blocks).square() / span, block).sum(1).flatten(1)
+    v = float(spread(energy.double().numpy()).mean())
+    return {"block": block, "spread": v, "rel_l2 bound": 1 - v**-0.5}
+
+
 def parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dq", required=True, help="dynamic-grain tokenizer checkpoint")
@@ -171,11 +194,17 @@ def main(argv=None):
             record(f"fixed f={model.factors[0]} rd", model, state, dict(encode=rd_allocate, bits_per_value=bits),
                    target_bits=bits)
 
+    with torch.no_grad():
+        room = {"data": data_headroom(fields, dq.factors[-1]), "dq": headroom(dq, fields, args.batch_size)}
+        for path in args.fixed:
+            model, _ = checkpoint.load_model(path)
+            room[f"fixed f={model.factors[0]}"] = headroom(model, fields, args.batch_size)
     models = {"dq": args.dq, "fixed": args.fixed}
     provenance = {k: checkpoint.read_checkpoint(v).get("metrics") for k, v in
                   [("dq", args.dq)] + [(f"fixed {i}", f) for i, f in enumerate(args.fixed)]}
     summary = {"machine": machine(), "source": args.source, "held_out_seed": HELD_OUT_SEED, "n_fields": len(fields),
-               "checkpoints": models, "training": provenance, "results": results, "targets": targets(results)}
+               "checkpoints": models, "training": provenance, "results": results, "targets": targets(results),
+               "allocation headroom": room}
     (out / "tokenizer.json").write_text(json.dumps(summary, indent=2, default=str))
     plot(results, out / "tokenizer.png")
     print(json.dumps(summary["targets"], indent=2))

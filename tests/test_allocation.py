@@ -9,7 +9,7 @@ import torch
 
 from dynfield.evaluation import nominal_bits
 from dynfield.models import DQVAE
-from dynfield.models.allocation import _greedy, rd_allocate, side_bits
+from dynfield.models.allocation import _greedy, rd_allocate, region_error_spread, side_bits, spread
 
 COSTS = np.array([1.0, 2.0, 4.0, 8.0])  # one region's options, cheapest first
 
@@ -140,3 +140,27 @@ def test_rd_router_gives_the_fine_grain_where_it_measurably_pays(tiny_model):
         assert scores[b][fine].min() >= scores[b][~fine].max()
     with pytest.raises(ValueError, match="encode time only"):
         DQVAE(in_channels=1, factors=(2, 4), router="rd")
+
+
+def test_spread_is_what_the_greedy_allocation_gains_over_uniform_depths():
+    # every region's error halves per unit of cost; busy regions start 100 times higher
+    amplitude = np.repeat([100.0, 1.0], 20)
+    costs = np.arange(21, dtype=np.float64)
+    errors = amplitude[:, None, None] * 0.5 ** costs[None, None, :]
+    uniform = errors[:, 0, 10].sum()  # every region at cost 10
+    choice = _greedy(costs, errors, np.ones(1), budget=10.0 * len(amplitude))
+    gain = uniform / errors[np.arange(len(choice)), 0, choice].sum()
+    # (100 + 1) / 2 over sqrt(100): 5.05, less what whole units of cost cannot split
+    assert spread(amplitude) == pytest.approx(5.05)
+    assert gain == pytest.approx(spread(amplitude), rel=0.05) and gain <= spread(amplitude)
+    assert spread(np.full(7, 3.0)) == pytest.approx(1.0)
+
+
+def test_region_error_spread_follows_where_the_field_varies(tiny_model):
+    torch.manual_seed(0)
+    flat = torch.randn(2, tiny_model.config["in_channels"], 32, 32)
+    patchy = flat.clone()
+    patchy[..., :16, :] *= 30.0  # half the regions carry 900 times the energy
+    even, uneven = region_error_spread(tiny_model, flat), region_error_spread(tiny_model, patchy)
+    assert even.shape == uneven.shape == (tiny_model.num_levels * tiny_model.quantizer.num_stages,)
+    assert (even < 1.5).all() and (uneven > 5.0).all()

@@ -61,6 +61,11 @@ def test_tokenizer_benchmark_writes_every_router_rate_and_depth(tmp_path, monkey
     targets = summary["targets"]
     assert set(targets["psnr at 0.1"]) >= {"dq rd", "fixed f=8"}
     assert "best router - best fixed at 0.1 (dB)" in targets
+    # what any allocation could gain: 2 levels x 2 depths of the dq model, 2 depths of the fixed one
+    room = summary["allocation headroom"]
+    assert len(room["dq"]) == 4 and len(room["fixed f=8"]) == 2 and room["data"]["block"] == 8
+    for entry in [room["data"], *room["dq"].values(), *room["fixed f=8"].values()]:
+        assert entry["spread"] >= 1.0 and 0.0 <= entry["rel_l2 bound"] < 1.0
 
 
 def test_rate_curves_keep_the_upper_envelope_and_interpolate_in_log_rate(tokenizer_benchmark):

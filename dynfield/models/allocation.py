@@ -123,6 +123,31 @@ def rd_region_scores(model, x_pad, feats=None):
     return weighted[..., coarse] - weighted[..., fine]
 
 
+def spread(errors):
+    """Arithmetic over geometric mean of positive errors along the last axis: the headroom of allocation.
+
+    When every region's error falls by the same factor per bit, an optimal
+    allocation of a fixed number of bits divides the total squared error of a
+    uniform one by this ratio (the high-rate result of classical bit
+    allocation), so its relative L2 falls by at most ``1 - spread**-0.5``.
+    Regions of equal error leave nothing to allocate (1.0).
+    """
+    e = np.maximum(np.asarray(errors, dtype=np.float64), 1e-300)
+    return e.mean(-1) / np.exp(np.log(e).mean(-1))
+
+
+@torch.no_grad()
+def region_error_spread(model, x):
+    """(O,) mean over fields x (B, C, H, W) of the ``spread`` of the regions' errors with every region at
+    each option of ``_options`` (channels weighted by their squared value range, as PSNR and ``rd`` weigh them)."""
+    x_pad = model._pad(x)
+    feats = model.features(x_pad)
+    errors = option_errors(model, x_pad, feats, model.stage_indices(feats)).double()  # (B, C, Hc, Wc, O)
+    span = x_pad.flatten(2).amax(2) - x_pad.flatten(2).amin(2)  # (B, C)
+    weighted = (errors / span.double().square().clamp(min=1e-30)[:, :, None, None, None]).sum(1)
+    return spread(weighted.flatten(1, 2).transpose(1, 2).cpu().numpy()).mean(0)
+
+
 def side_bits(model, grid):
     """Bits of the grain and depth maps of a field with `grid` = (Hc, Wc) regions, at log2(K) + log2(S) a region."""
     return grid[0] * grid[1] * (math.log2(model.num_levels) + math.log2(model.quantizer.num_stages))
