@@ -87,11 +87,11 @@ def smoke_run(tmp_path_factory, env):
     return run_dir, proc, cwd
 
 
-def tiny_tokenizer(path, in_channels=1, variables=("field",), seed=0, nested=False):
+def tiny_tokenizer(path, in_channels=1, variables=("field",), seed=0, nested=False, stages=1):
     """A randomly initialised tokenizer whose codebook is initialised from data, so codes get used."""
     torch.manual_seed(seed)
     model = DQVAE(in_channels=in_channels, factors=(2, 4), hidden=8, code_dim=8, codebook_size=32, periodic=False,
-                  nested=nested)
+                  nested=nested, stages=stages)
     model.train()
     model(torch.randn(4, in_channels, 16, 16))
     model.eval()

@@ -75,3 +75,43 @@ def test_the_integer_coder_takes_what_the_filters_cannot():
     x = np.full((1, 40), 3.0)  # one value wide: the filters refuse it
     info = residual.encode_values(ByteWriter(), x, np.zeros(x.shape), 0.1, ["sperr"])
     assert info["family"] == "integer"
+
+
+def test_bounded_tokens_are_tried_at_smaller_budgets_only_where_no_rate_was_asked(tmp_path, monkeypatch):
+    monkeypatch.setattr("dynfield.codec.codec.PLAN_CHUNKS", PLAN)
+    monkeypatch.setattr("dynfield.codec.codec.CALIBRATION_CHUNKS", CALIBRATION)
+    ckpt = tiny_tokenizer(tmp_path / "ladder.pt", stages=4)
+    field = np.random.default_rng(2).normal(size=(SNAPSHOTS, 16, 24)).astype(np.float32)
+    src = tmp_path / "in.nc"
+    xr.Dataset({"w": (("time", "y", "x"), field)}).to_netcdf(src)
+    asked, tokenize = [], chunks.tokenize
+    monkeypatch.setattr(chunks, "tokenize", lambda model, x, **rate: asked.append(rate) or tokenize(model, x, **rate))
+
+    compress_file(src, tmp_path / "w.dfz", checkpoint=ckpt, rel_error=1e-2, progress=False)
+    # 4 stages of 5-bit codes over 4 x 4 regions: 1.25 bits a value at full depth; a quarter and a half of it
+    budgets = sorted(r["bits_per_value"] for r in asked if r.get("bits_per_value") is not None)
+    assert budgets == [pytest.approx(0.3125)] * PLAN + [pytest.approx(0.625)] * PLAN
+    assert len(asked) == 3 * PLAN  # noise: the tokens lost at every rate, so no later snapshot tries them
+    decompress_file(tmp_path / "w.dfz", tmp_path / "back.nc", checkpoint=ckpt, progress=False)
+    with xr.open_dataset(tmp_path / "back.nc") as back:
+        assert float(np.abs(back["w"].values - field).max()) <= 1e-2 * float(field.max() - field.min())
+
+    asked.clear()
+    compress_file(src, tmp_path / "b.dfz", checkpoint=ckpt, rel_error=1e-2, bits_per_value=0.4, progress=False)
+    assert asked and all(r["bits_per_value"] == 0.4 for r in asked)  # the rate asked for, and no other
+    asked.clear()
+    compress_file(src, tmp_path / "t.dfz", checkpoint=ckpt, progress=False)  # no bound: full depth only
+    assert len(asked) == SNAPSHOTS and not any(r.get("bits_per_value") for r in asked)
+
+
+def test_the_plan_keeps_the_rate_most_of_its_snapshots_chose():
+    class Units:
+        def units(self, g):
+            return [["u", "v"]]
+
+    small, full = {"bits_per_value": 0.1}, {"fine_ratio": None, "bits_per_value": None, "psnr": None}
+    results = [chunks.Encoded(0, i, [object()], [], {}, {"u+v": rate}) for i, rate in enumerate([full, small, small])]
+    plan = chunks.Coder.plan_for(Units(), results)
+    assert plan["rates"] == {"u+v": small} and plan["tokens"] == {"u+v": True}
+    tie = chunks.Coder.plan_for(Units(), results[:2])
+    assert tie["rates"] == {"u+v": full}  # the earlier of two rates chosen equally often

@@ -23,6 +23,8 @@ from .entropy import TokenCounts, TokenModel, decode_tokens, encode_tokens
 from .field import normalise, prediction, reconstruct, token_grid, token_shape, tokenize, tokens_to_numpy
 from .header import PER_VARIABLE, RATE_SETTINGS, snapshots
 
+BUDGET_FRACTIONS = (0.25, 0.5)  # token budgets a bounded unit also tries, as fractions of its full depth's rate
+
 
 def unit_key(unit):
     return "+".join(unit)
@@ -30,14 +32,16 @@ def unit_key(unit):
 
 class Encoded(NamedTuple):
     """A snapshot encoded, before entropy coding: its group and index, the ``FieldTokens`` of each unit (None
-    for a unit without tokens), each variable's value section, and the residual coder each bounded variable
-    chose ({variable: "integer" | "sperr" | "sz3"})."""
+    for a unit without tokens), each variable's value section, the residual coder each bounded variable
+    chose ({variable: "integer" | "sperr" | "sz3"}) and the rate setting each unit's kept tokens were
+    chosen at ({unit key: {"bits_per_value": ...}}, see ``Coder.rates``)."""
 
     group: int
     snapshot: int
     tokens: list
     sections: list
     coders: dict
+    rates: dict
 
 
 class Layout:
@@ -167,36 +171,36 @@ class Coder(Layout):
         planes = ds[names].isel(self.index(g, i)).compute(scheduler="synchronous")
         xs = {v: np.asarray(planes[v].values) for v in names}  # (H, W) each
         norms = {v: self.normalisation(v, xs[v]) for v in names}
-        fields = [None] * len(units)
-        tokenized = [j for j, unit in enumerate(units)
-                     if self.plan is None or self.plan["tokens"].get(unit_key(unit), True)]
-        if tokenized:  # those units of the snapshot in one batch (per-variable coding: the variables side by side)
-            x_UCHW = torch.from_numpy(np.stack([np.stack([normalise(xs[v], *norms[v]) for v in units[j]])
-                                                for j in tokenized]))
-            for j, t in zip(tokenized, tokens_to_numpy(tokenize(self.model, x_UCHW.to(self.device), **self.rate))):
-                fields[j] = t
         shape = xs[names[0]].shape
-        # a unit whose variables all have a bound may do better without tokens: priced first against the
-        # model's fast reconstruction, so that the float64 one is made only where the tokens may win (tokens
-        # priced under the codebook's usage: the file's own models come later)
-        optional = [t is not None and all(self.bound(v) is not None for v in unit) for unit, t in zip(units, fields)]
-        estimates = self._reconstructions(units, [t if o else None for t, o in zip(fields, optional)], shape,
-                                          exact=False)
+        tries = {j: self.rates(unit) for j, unit in enumerate(units)
+                 if self.plan is None or self.plan["tokens"].get(unit_key(unit), True)}
+        options = self._tokenize(units, xs, norms, tries)  # {j: [(rate, FieldTokens)]}
+        fields, chosen = [None] * len(units), {}
+        for j, tried in options.items():
+            chosen[j], fields[j] = tried[0]
+        # a unit whose variables all have a bound may do better without tokens, or with tokens at another
+        # rate: each way is priced first against the model's fast reconstruction, so that the float64 one is
+        # made only for the way that wins (tokens priced under the codebook's usage: the file's own models
+        # come later)
+        optional = [j for j, unit in enumerate(units) if j in options and all(self.bound(v) is not None for v in unit)]
         alone, families, token_bytes = {}, {}, {}
-        for j, (unit, estimate) in enumerate(zip(units, estimates)):
-            if estimate is None:
-                continue
-            alone[j] = self._sections(unit, xs, norms, None)
-            guess = self._sections(unit, xs, norms, fields[j], estimate)
-            token_bytes[j] = len(encode_tokens(fields[j], self.factors, self.usage_model()))
-            if _size(alone[j]) <= _size(guess) + token_bytes[j]:
-                fields[j] = None
-            else:  # the exact reconstruction's residual tries only the coders that won against the estimate
-                families[j] = {v: [family] for v, (_, family) in zip(unit, guess)}
+        for j in optional:
+            alone[j] = self._sections(units[j], xs, norms, None)
+            best = _size(alone[j])
+            fields[j] = None
+            estimates = self._reconstructions([units[j]] * len(options[j]), [t for _, t in options[j]], shape,
+                                              exact=False)
+            for (rate, tokens), estimate in zip(options[j], estimates):
+                guess = self._sections(units[j], xs, norms, tokens, estimate)
+                price = len(encode_tokens(tokens, self.factors, self.usage_model()))
+                if _size(guess) + price < best:
+                    best, fields[j], chosen[j], token_bytes[j] = _size(guess) + price, tokens, rate, price
+                    # the exact reconstruction's residual tries only the coders that won against the estimate
+                    families[j] = {v: [family] for v, (_, family) in zip(units[j], guess)}
         # the residuals of bounded units are taken against their exact reconstructions
         bounded = [any(self.bound(v) is not None for v in unit) for unit in units]
         recons = self._reconstructions(units, [t if b else None for t, b in zip(fields, bounded)], shape)
-        kept, sections, coders = [], [], {}
+        kept, sections, coders, rates = [], [], {}, {}
         for j, (unit, unit_tokens, recon) in enumerate(zip(units, fields, recons)):
             if unit_tokens is None:
                 coded = alone[j] if j in alone else self._sections(unit, xs, norms, None)
@@ -205,9 +209,43 @@ class Coder(Layout):
                 if j in alone and _size(alone[j]) <= _size(coded) + token_bytes[j]:
                     unit_tokens, coded = None, alone[j]
             kept.append(unit_tokens)
+            if unit_tokens is not None:
+                rates[unit_key(unit)] = chosen[j]
             sections += [data for data, _ in coded]
             coders.update((v, family) for v, (_, family) in zip(unit, coded) if family is not None)
-        return Encoded(g, i, kept, sections, coders)
+        return Encoded(g, i, kept, sections, coders, rates)
+
+    def rates(self, unit):
+        """The rate settings (keyword arguments of ``tokenize``) a unit's tokens are tried at.
+
+        The file's own setting, and where none was asked for and every
+        variable of the unit has a bound, also a ladder of smaller token
+        budgets (``BUDGET_FRACTIONS`` of the full depth's rate): under a
+        loose bound a few tokens and a larger residual can cost less than
+        every stage. The plan's snapshots try them all; the snapshots after
+        them use the setting the plan chose (``plan_for``).
+        """
+        if self.plan is not None:
+            return [self.plan["rates"].get(unit_key(unit), self.rate)]
+        if (any(value is not None for value in self.rate.values()) or self.stages == 1
+                or any(self.bound(v) is None for v in unit)):
+            return [self.rate]
+        full = self.stages * np.log2(self.codebook_size) / (len(unit) * self.factors[-1] ** 2)  # bits a value
+        return [self.rate] + [{"bits_per_value": float(f * full)} for f in BUDGET_FRACTIONS]
+
+    def _tokenize(self, units, xs, norms, tries):
+        """{j: [(rate, FieldTokens)]}: the tokens of units[j] at each rate of tries[j], the units of one rate
+        in one batch (per-variable coding: the variables side by side)."""
+        out, by_rate = {}, {}
+        for j, rates in tries.items():
+            for rate in rates:
+                by_rate.setdefault(tuple(sorted(rate.items())), []).append(j)
+        for key, js in by_rate.items():
+            x_UCHW = torch.from_numpy(np.stack([np.stack([normalise(xs[v], *norms[v]) for v in units[j]])
+                                                for j in js]))
+            for j, t in zip(js, tokens_to_numpy(tokenize(self.model, x_UCHW.to(self.device), **dict(key)))):
+                out.setdefault(j, []).append((dict(key), t))
+        return out
 
     def plan_for(self, results):
         """What the snapshots after `results` (the calibration snapshots, encoded every way) try.
@@ -217,13 +255,17 @@ class Coder(Layout):
         them chose. The plan is made from those snapshots alone, so a file
         comes out the same whatever the number of workers.
         """
-        tokens, coders = {}, {}
+        tokens, coders, rates = {}, {}, {}
         for r in results:
             for unit, field_tokens in zip(self.units(r.group), r.tokens):
                 tokens[unit_key(unit)] = tokens.get(unit_key(unit), False) or field_tokens is not None
             for v, family in r.coders.items():
                 coders.setdefault(v, set()).add(family)
-        return {"tokens": tokens, "coders": {v: sorted(f) for v, f in coders.items()}}
+            for key, rate in r.rates.items():
+                rates.setdefault(key, []).append(rate)
+        # each unit's tokens at the rate most of those snapshots chose (the earliest of a tie)
+        rates = {k: max(rs, key=lambda rate, rs=rs: (rs.count(rate), -rs.index(rate))) for k, rs in rates.items()}
+        return {"tokens": tokens, "coders": {v: sorted(f) for v, f in coders.items()}, "rates": rates}
 
     def usage_model(self):
         """Token model from the codebook's usage: the price of tokens before the file's own models exist."""
@@ -282,7 +324,7 @@ class Coder(Layout):
 
     def chunk(self, encoded):
         """Chunk payload of an ``Encoded`` snapshot."""
-        g, i, tokens, sections, _ = encoded
+        g, i, tokens, sections = encoded[:4]
         w = ByteWriter()
         w.uvarint(g)
         w.uvarint(i)

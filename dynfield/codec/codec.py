@@ -24,12 +24,15 @@ How a file is coded
   against the token reconstruction is coded so that every decoded value is
   within E of the original (see ``residual``).
 - Plan. The first ``PLAN_CHUNKS`` snapshots of each group are coded every
-  way the codec knows: with and without tokens, under every residual coder.
-  The snapshots after them try only the ways those chose
+  way the codec knows: with and without tokens, under every residual coder,
+  and (for a bounded unit of a multi-stage tokenizer, when no rate was asked
+  for) with tokens at full depth and at smaller token budgets
+  (``Coder.rates``). The snapshots after them try only the ways those chose
   (``Coder.plan_for``): a unit that never kept its tokens skips the
-  tokenizer, a variable tries only the residual coders that won. That is
-  most of the bounded mode's time saved, and the file does not depend on the
-  number of workers.
+  tokenizer, a unit that kept them uses the rate most of them chose, a
+  variable tries only the residual coders that won. That is most of the
+  bounded mode's time saved, and the file does not depend on the number of
+  workers.
 
 Determinism of the error bound
 ------------------------------
