@@ -157,6 +157,8 @@ def parser():
     p.add_argument("--n", type=int, default=64, help="held-out fields")
     p.add_argument("--resolution", type=int, default=128, help="grid of the held-out fields (as in training)")
     p.add_argument("--source", default="builtin", help="'builtin' (held-out seed) or a file of the same variables")
+    p.add_argument("--variable", help="with a channel-agnostic checkpoint, the variable of --source to read "
+                   "(default vorticity)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out", default="benchmarks/results")
     return p
@@ -168,7 +170,9 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
 
     dq, dq_state = checkpoint.load_model(args.dq)
-    fields, _, _ = load_fields(args.source, dq_state, args.n, resolution=args.resolution, seed=HELD_OUT_SEED)
+    variables = None if args.variable is None else [args.variable]
+    fields, _, _ = load_fields(args.source, dq_state, args.n, variables=variables, resolution=args.resolution,
+                               seed=HELD_OUT_SEED)
     S = dq.quantizer.num_stages
     results = []
 
@@ -202,7 +206,7 @@ def main(argv=None):
     models = {"dq": args.dq, "fixed": args.fixed}
     provenance = {k: checkpoint.read_checkpoint(v).get("metrics") for k, v in
                   [("dq", args.dq)] + [(f"fixed {i}", f) for i, f in enumerate(args.fixed)]}
-    summary = {"machine": machine(), "source": args.source, "held_out_seed": HELD_OUT_SEED, "n_fields": len(fields),
+    summary = {"machine": machine(), "source": args.source, "variable": args.variable, "held_out_seed": HELD_OUT_SEED, "n_fields": len(fields),
                "checkpoints": models, "training": provenance, "results": results, "targets": targets(results),
                "allocation headroom": room}
     (out / "tokenizer.json").write_text(json.dumps(summary, indent=2, default=str))

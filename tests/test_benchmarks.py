@@ -2,7 +2,9 @@
 
 import json
 
+import numpy as np
 import pytest
+import xarray as xr
 import torch
 from conftest import benchmark_module
 from omegaconf import OmegaConf
@@ -137,3 +139,23 @@ def test_random_tokens_are_of_the_tokenizers_kind(nested):
     assert set(tokens.grain.unique().tolist()) == {0, 1} and tokens.codes[0].max() == 15
     coarse_used = tokens.codes[1] >= 0  # the coarse grid is the grain map's
     assert torch.equal(coarse_used, torch.ones_like(coarse_used) if nested else tokens.grain == 1)
+
+
+def test_tokenizer_benchmark_reads_the_variable_named_for_a_channel_agnostic_model(tmp_path, tokenizer_benchmark):
+    from dynfield.conventions import AGNOSTIC_CHANNEL
+
+    model = DQVAE(in_channels=1, factors=(4, 8), hidden=8, code_dim=8, codebook_size=16, stages=2)
+    model.train()(torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(0)))
+    path = tmp_path / "agnostic.pt"
+    save_checkpoint(path, model.eval(), kind="tokenizer", stats={AGNOSTIC_CHANNEL: {"mean": 0.0, "std": 1.0}},
+                    variables=[AGNOSTIC_CHANNEL], periodic=True)
+    src = tmp_path / "fields.nc"
+    rng = np.random.default_rng(0)
+    xr.Dataset({v: (("sample", "y", "x"), rng.normal(size=(4, 32, 32)).astype(np.float32)) for v in "uw"}).to_netcdf(src)
+    out = tmp_path / "out"
+    tokenizer_benchmark.main(["--dq", str(path), "--source", str(src), "--variable", "w", "--n", "4",
+                              "--budgets", "0.2", "--out", str(out)])
+    assert json.loads((out / "tokenizer.json").read_text())["variable"] == "w"
+    # without --variable it reads the vorticity, which this file lacks
+    with pytest.raises(KeyError, match=r"\['vorticity'\] not in .*available: \['u', 'w'\]"):
+        tokenizer_benchmark.main(["--dq", str(path), "--source", str(src), "--n", "4", "--out", str(out)])
