@@ -75,8 +75,8 @@ def curves(results):
     return {name: envelope(points) for name, points in out.items()}
 
 
-def targets(results):
-    """The issue's claims: no floor, grains pay, allocation matters."""
+def targets(results, budgets=(0.05, 0.1, 0.2)):
+    """The issue's claims: no floor, grains pay, allocation matters (at each of `budgets`)."""
     c = curves(results)
     dq = {k: v for k, v in c.items() if k.startswith("dq ")}
     fixed = {k: v for k, v in c.items() if k.startswith("fixed ")}
@@ -100,7 +100,7 @@ def targets(results):
     both = best_dq[0] is not None and best_fixed[0] is not None
     out["best router - best fixed at 0.1 (dB)"] = best_dq[0] - best_fixed[0] if both else None
     reductions = {}
-    for bits in (0.05, 0.1, 0.2):
+    for bits in budgets:
         rand = at_rate(c.get("dq random", []), bits, key=2)
         for name in ("dq rd", "dq learned"):
             mine = at_rate(c.get(name, []), bits, key=2)
@@ -207,7 +207,7 @@ def main(argv=None):
     provenance = {k: checkpoint.read_checkpoint(v).get("metrics") for k, v in
                   [("dq", args.dq)] + [(f"fixed {i}", f) for i, f in enumerate(args.fixed)]}
     summary = {"machine": machine(), "source": args.source, "variable": args.variable, "held_out_seed": HELD_OUT_SEED, "n_fields": len(fields),
-               "checkpoints": models, "training": provenance, "results": results, "targets": targets(results),
+               "checkpoints": models, "training": provenance, "results": results, "targets": targets(results, args.budgets),
                "allocation headroom": room}
     (out / "tokenizer.json").write_text(json.dumps(summary, indent=2, default=str))
     plot(results, out / "tokenizer.png")
