@@ -25,15 +25,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from provenance import machine  # benchmarks/provenance.py
 
 from dynfield import checkpoint
 from dynfield.analysis import load_fields
 from dynfield.data.turbulence import HELD_OUT_SEED
 from dynfield.evaluation import evaluate_tokenizer
-import torch
-import torch.nn.functional as F
-
 from dynfield.models.allocation import rd_allocate, region_error_spread, spread
 
 RULE_ROUTERS = ("learned", "enstrophy", "random")
@@ -132,8 +131,8 @@ def plot(results, path):
 def headroom(model, fields, batch_size):
     """How far any allocation could lower the relative L2 below uniform depths, from the ``spread`` of the
     model's region errors: {option: (spread, bound)}, at every (grain level, depth)."""
-    per_batch = [region_error_spread(model, x) for x in fields.split(batch_size)]
-    values = np.average(per_batch, axis=0, weights=[len(x) for x in fields.split(batch_size)])
+    batches = fields.split(batch_size)
+    values = np.average([region_error_spread(model, x) for x in batches], axis=0, weights=[len(x) for x in batches])
     S = model.quantizer.num_stages
     return {f"level {o // S} depth {o % S + 1}": {"spread": v, "rel_l2 bound": 1 - v**-0.5}
             for o, v in enumerate(values)}
@@ -206,8 +205,9 @@ def main(argv=None):
     models = {"dq": args.dq, "fixed": args.fixed}
     provenance = {k: checkpoint.read_checkpoint(v).get("metrics") for k, v in
                   [("dq", args.dq)] + [(f"fixed {i}", f) for i, f in enumerate(args.fixed)]}
-    summary = {"machine": machine(), "source": args.source, "variable": args.variable, "held_out_seed": HELD_OUT_SEED, "n_fields": len(fields),
-               "checkpoints": models, "training": provenance, "results": results, "targets": targets(results, args.budgets),
+    summary = {"machine": machine(), "source": args.source, "variable": args.variable,
+               "held_out_seed": HELD_OUT_SEED, "n_fields": len(fields), "checkpoints": models,
+               "training": provenance, "results": results, "targets": targets(results, args.budgets),
                "allocation headroom": room}
     (out / "tokenizer.json").write_text(json.dumps(summary, indent=2, default=str))
     plot(results, out / "tokenizer.png")

@@ -182,21 +182,21 @@ class Coder(Layout):
         # rate: each way is priced first against the model's fast reconstruction, so that the float64 one is
         # made only for the way that wins (tokens priced under the codebook's usage: the file's own models
         # come later)
-        optional = [j for j, unit in enumerate(units) if j in options and all(self.bound(v) is not None for v in unit)]
-        alone, families, token_bytes = {}, {}, {}
+        optional = [j for j in options if all(self.bound(v) is not None for v in units[j])]
+        ways = [(j, rate, tokens) for j in optional for rate, tokens in options[j]]
+        estimates = self._reconstructions([units[j] for j, _, _ in ways], [t for _, _, t in ways], shape,
+                                          exact=False)  # every way of every unit in one batch
+        alone, families, token_bytes, best = {}, {}, {}, {}
         for j in optional:
             alone[j] = self._sections(units[j], xs, norms, None)
-            best = _size(alone[j])
-            fields[j] = None
-            estimates = self._reconstructions([units[j]] * len(options[j]), [t for _, t in options[j]], shape,
-                                              exact=False)
-            for (rate, tokens), estimate in zip(options[j], estimates):
-                guess = self._sections(units[j], xs, norms, tokens, estimate)
-                price = len(encode_tokens(tokens, self.factors, self.usage_model()))
-                if _size(guess) + price < best:
-                    best, fields[j], chosen[j], token_bytes[j] = _size(guess) + price, tokens, rate, price
-                    # the exact reconstruction's residual tries only the coders that won against the estimate
-                    families[j] = {v: [family] for v, (_, family) in zip(units[j], guess)}
+            best[j], fields[j] = _size(alone[j]), None
+        for (j, rate, tokens), estimate in zip(ways, estimates):
+            guess = self._sections(units[j], xs, norms, tokens, estimate)
+            price = len(encode_tokens(tokens, self.factors, self.usage_model()))
+            if _size(guess) + price < best[j]:
+                best[j], fields[j], chosen[j], token_bytes[j] = _size(guess) + price, tokens, rate, price
+                # the exact reconstruction's residual tries only the coders that won against the estimate
+                families[j] = {v: [family] for v, (_, family) in zip(units[j], guess)}
         # the residuals of bounded units are taken against their exact reconstructions
         bounded = [any(self.bound(v) is not None for v in unit) for unit in units]
         recons = self._reconstructions(units, [t if b else None for t, b in zip(fields, bounded)], shape)

@@ -104,6 +104,15 @@ def _greedy(costs, errors_RCO, weights_C, budget=None, target=None):
     return choice
 
 
+def _range_weighted_errors(model, x_pad, feats=None):
+    """(B, Hc, Wc, O) ``option_errors`` summed over channels, each weighted by its field's squared value range
+    (as PSNR weighs it); `feats` are the model's features of x_pad when the caller has them."""
+    feats = model.features(x_pad) if feats is None else feats
+    errors = option_errors(model, x_pad, feats, model.stage_indices(feats))  # (B, C, Hc, Wc, O)
+    span = x_pad.flatten(2).amax(2) - x_pad.flatten(2).amin(2)  # (B, C)
+    return (errors / span.square().clamp(min=1e-30)[:, :, None, None, None]).sum(1)
+
+
 @torch.no_grad()
 def rd_region_scores(model, x_pad, feats=None):
     """(B, Hc, Wc): how much each region's error falls from the coarsest grain to the finest, at full depth.
@@ -113,12 +122,9 @@ def rd_region_scores(model, x_pad, feats=None):
     weighted by its field's squared value range (as PSNR weighs it).
     `feats` are the model's features of x_pad when the caller has them.
     """
-    feats = model.features(x_pad) if feats is None else feats
-    errors = option_errors(model, x_pad, feats, model.stage_indices(feats))  # (B, C, Hc, Wc, O)
+    weighted = _range_weighted_errors(model, x_pad, feats)
     options, _ = _options(model)
     S = model.quantizer.num_stages
-    span = x_pad.flatten(2).amax(2) - x_pad.flatten(2).amin(2)  # (B, C)
-    weighted = (errors / span.square().clamp(min=1e-30)[:, :, None, None, None]).sum(1)
     coarse, fine = options.index((model.num_levels - 1, S)), options.index((0, S))
     return weighted[..., coarse] - weighted[..., fine]
 
@@ -140,11 +146,7 @@ def spread(errors):
 def region_error_spread(model, x):
     """(O,) mean over fields x (B, C, H, W) of the ``spread`` of the regions' errors with every region at
     each option of ``_options`` (channels weighted by their squared value range, as PSNR and ``rd`` weigh them)."""
-    x_pad = model._pad(x)
-    feats = model.features(x_pad)
-    errors = option_errors(model, x_pad, feats, model.stage_indices(feats)).double()  # (B, C, Hc, Wc, O)
-    span = x_pad.flatten(2).amax(2) - x_pad.flatten(2).amin(2)  # (B, C)
-    weighted = (errors / span.double().square().clamp(min=1e-30)[:, :, None, None, None]).sum(1)
+    weighted = _range_weighted_errors(model, model._pad(x)).double()
     return spread(weighted.flatten(1, 2).transpose(1, 2).cpu().numpy()).mean(0)
 
 
