@@ -1,20 +1,25 @@
 """Fit a tokenizer on your own data in one command, for ``compress --checkpoint``.
 
     python -m dynfield.fit run_*.nc --out model.pt [--minutes 15] [--variables u,v] [--dims lat=y,lon=x]
-        [--periodic auto|yes|no] [--channel-agnostic] [--set trainer.lr=2e-3 ...]
+        [--periodic auto|yes|no] [--channel-agnostic] [--grains fixed|dynamic] [--set trainer.lr=2e-3 ...]
 
 It reads the files as ``open_fields`` does (sample or time, then the spatial
 dimensions, lat/lon included; ``--dims`` names others), takes every field
 variable unless told, decides whether the fields wrap around (``auto``: each
-field's jump across its edges against its steps inside), and trains the
-rate-ladder tokenizer (``conf/experiment/ladder.yaml``: two grain levels,
-four residual stages, every fine ratio and depth in training, MSE) for
-``--minutes`` of training steps, with a progress bar, holding out the last
+field's jump across its edges against its steps inside), and trains a
+rate-ladder tokenizer for ``--minutes`` of training steps, with a progress bar, holding out the last
 tenth of the samples (or time steps) for validation. The checkpoint is
 written to ``--out`` (atomically), its provenance (command, data,
 variables, steps, time, validation figures) beside it as ``<out>.json``.
 ``--set`` passes any training option on (the keys of ``python -m
 dynfield.train``'s config).
+
+``--grains fixed`` (the default) trains one grain of 8x8 codes with eight
+residual stages (``conf/experiment/ladder_fixed.yaml``), so the rate
+allocation chooses each region's depth; ``--grains dynamic`` the two-grain
+ladder (``conf/experiment/ladder.yaml``: 4x4 and 8x8 codes, four stages),
+which also chooses each region's grain. Fitted for 15 minutes, the fixed
+grain is 1.4 to 1.7 dB better at equal bits (benchmarks/reference/README.md).
 """
 
 import argparse
@@ -27,7 +32,7 @@ from pathlib import Path
 
 from dynfield.cli import run_command, variable_list
 
-LADDER = ["experiment=ladder"]  # conf/experiment/ladder.yaml
+RECIPES = {"fixed": "experiment=ladder_fixed", "dynamic": "experiment=ladder"}  # conf/experiment/
 
 
 def dims_map(text):
@@ -66,6 +71,8 @@ def parser():
     p.add_argument("--periodic", choices=("auto", "yes", "no"), default="auto", help="do the fields wrap around")
     p.add_argument("--channel-agnostic", action="store_true",
                    help="one-channel model: every variable a field of its own (else the variables jointly)")
+    p.add_argument("--grains", choices=tuple(RECIPES), default="fixed",
+                   help="one grain of 8x8 codes with eight depths, or 4x4 and 8x8 codes with four")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="more training options (Hydra)")
     return p
 
@@ -97,7 +104,7 @@ def main(argv=None):
                      f"dataset.periodic={str(periodic).lower()}",
                      f"dataset.channel_agnostic={str(args.channel_agnostic).lower()}",
                      f"trainer.minutes={args.minutes}", f"paths.data_dir={paths.default_data_dir()}",
-                     *LADDER, *args.set]
+                     RECIPES[args.grains], *args.set]
         if args.dims:
             overrides.append("dataset.dims={" + ",".join(f"{k}:{v}" for k, v in args.dims.items()) + "}")
         print(f"fitting a tokenizer on {variables} ({', '.join(f'{d} {n}' for d, n in sizes.items())}), "

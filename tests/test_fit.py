@@ -31,10 +31,16 @@ def test_periodicity_is_detected(tmp_path, periodic):
         assert fit.wraps(ds, ["z500"]) is periodic
 
 
-def test_fit_writes_a_checkpoint_compress_takes(tmp_path, capsys):
+@pytest.mark.parametrize("grains, levels, stages", [(None, 1, 8), ("dynamic", 2, 4)])
+def test_fit_writes_a_checkpoint_compress_takes(tmp_path, capsys, grains, levels, stages):
+    from dynfield.checkpoint import load_model
+
     src = user_file(tmp_path / "run.nc")
     out = tmp_path / "model.pt"
-    assert fit.main([str(src), "--out", str(out), "--minutes", "0.03", "--set", *TINY]) == 0
+    choice = [] if grains is None else ["--grains", grains]
+    assert fit.main([str(src), "--out", str(out), "--minutes", "0.03", *choice, "--set", *TINY]) == 0
+    model, _ = load_model(out)
+    assert (model.num_levels, model.quantizer.num_stages) == (levels, stages)
     assert "periodic" in capsys.readouterr().out
     provenance = json.loads((tmp_path / "model.pt.json").read_text())
     assert provenance["variables"] == ["z500"] and provenance["periodic"] is True
