@@ -4,10 +4,14 @@ One dynamic-grain checkpoint is evaluated over bits per value with every
 router: ``rd`` (rate-distortion allocation of grains and depths at each
 budget), and ``learned``, ``enstrophy`` and ``random`` at every exact fine
 ratio and uniform depth (their upper envelope is their curve, so each gets
-its best mix of grain and depth at every rate). Fixed-grain checkpoints,
-trained with the same compute, are evaluated at every uniform depth and with
-the ``rd`` allocation of depths (``fixed f=F rd``), so that what the grains
-buy is told apart from what allocating depths buys. Every model
+its best mix of grain and depth at every rate). ``random budget`` spends
+each budget blind (``random_allocate``: depths as even as the budget
+allows, the deeper step on random regions), rd's yardstick at exactly
+equal bits, with no interpolation between uniform depths. Fixed-grain
+checkpoints, trained with the same compute, are evaluated at every uniform
+depth and with the ``rd`` and ``random budget`` allocations of depths
+(``fixed f=F rd``), so that what the grains buy is told apart from what
+allocating depths buys. Every model
 sees the same held-out fields (a solver seed used neither in training nor in
 validation). Writes ``tokenizer.json`` and ``tokenizer.png`` into ``--out``.
 
@@ -33,7 +37,7 @@ from dynfield import checkpoint
 from dynfield.analysis import load_fields
 from dynfield.data.turbulence import HELD_OUT_SEED
 from dynfield.evaluation import evaluate_tokenizer
-from dynfield.models.allocation import rd_allocate, region_error_spread, spread
+from dynfield.models.allocation import random_allocate, rd_allocate, region_error_spread, spread
 
 RULE_ROUTERS = ("learned", "enstrophy", "random")
 FINE_RATIOS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -99,12 +103,18 @@ def targets(results, budgets=(0.05, 0.1, 0.2)):
     both = best_dq[0] is not None and best_fixed[0] is not None
     out["best router - best fixed at 0.1 (dB)"] = best_dq[0] - best_fixed[0] if both else None
     reductions = {}
+    budget_points = {(r["name"], r["target_bits"]): r["rel_l2"] for r in results if "target_bits" in r}
     for bits in budgets:
         rand = at_rate(c.get("dq random", []), bits, key=2)
         for name in ("dq rd", "dq learned"):
             mine = at_rate(c.get(name, []), bits, key=2)
             if rand and mine:
                 reductions[f"{name} vs random at {bits}"] = 1 - mine / rand
+        # against the blind allocation of the very same budget: no interpolation between uniform depths
+        for model in sorted({k[: -len(" random budget")] for k in c if k.endswith(" random budget")}):
+            mine, rand = (budget_points.get((f"{model} {n}", bits)) for n in ("rd", "random budget"))
+            if rand and mine:
+                reductions[f"{model} rd vs random budget at {bits}"] = 1 - mine / rand
     out["rel_l2 reduction"] = reductions
     return out
 
@@ -182,6 +192,7 @@ def main(argv=None):
 
     for bits in args.budgets:
         record("dq rd", dq, dq_state, dict(encode=rd_allocate, bits_per_value=bits), target_bits=bits)
+        record("dq random budget", dq, dq_state, dict(encode=random_allocate, bits_per_value=bits), target_bits=bits)
     for router in RULE_ROUTERS if dq.num_levels > 1 else ():
         for ratio in FINE_RATIOS:
             for depth in range(1, S + 1):
@@ -194,8 +205,9 @@ def main(argv=None):
         for depth in range(1, model.quantizer.num_stages + 1):
             record(f"fixed f={model.factors[0]}", model, state, dict(depth=depth), depth=depth)
         for bits in args.budgets if model.quantizer.num_stages > 1 else ():
-            record(f"fixed f={model.factors[0]} rd", model, state, dict(encode=rd_allocate, bits_per_value=bits),
-                   target_bits=bits)
+            for name, allocate in (("rd", rd_allocate), ("random budget", random_allocate)):
+                record(f"fixed f={model.factors[0]} {name}", model, state, dict(encode=allocate, bits_per_value=bits),
+                       target_bits=bits)
 
     with torch.no_grad():
         room = {"data": data_headroom(fields, dq.factors[-1]), "dq": headroom(dq, fields, args.batch_size)}

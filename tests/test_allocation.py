@@ -9,7 +9,7 @@ import torch
 
 from dynfield.evaluation import nominal_bits
 from dynfield.models import DQVAE
-from dynfield.models.allocation import _greedy, rd_allocate, region_error_spread, side_bits, spread
+from dynfield.models.allocation import _greedy, random_allocate, rd_allocate, region_error_spread, side_bits, spread
 
 COSTS = np.array([1.0, 2.0, 4.0, 8.0])  # one region's options, cheapest first
 
@@ -103,6 +103,29 @@ def test_rd_tokens_meet_a_bit_budget(tiny_model):
         assert (bits >= min(floor, bpv * values) - 1e-6).all()
     with pytest.raises(ValueError, match="exactly one"):
         rd_allocate(tiny_model, x)
+
+
+def test_random_allocation_spends_the_budget_without_looking(tiny_model):
+    """The baseline at equal bits: as close to the budget as one more step allows, blind to the field."""
+    x, y = torch.randn(3, 2, 16, 16), 10 * torch.randn(3, 2, 16, 16)
+    values, regions = 2 * 16 * 16, 4 * 4
+    step = 4 * math.log2(32)  # the dearest step of the ladder: the last depth of the fine grain (4 codes)
+    every_code = regions * 4 * 3 * math.log2(32) + side_bits(tiny_model, (4, 4))
+    for bpv in (0.6, 1.2, 2.5):
+        tokens = random_allocate(tiny_model, x, bits_per_value=bpv, seed=1).validate()
+        bits = nominal_bits(tokens, tiny_model.quantizer.num_stages)
+        assert (bits <= bpv * values + 1e-6).all()
+        assert (bits > min(bpv * values, every_code) - step - 1e-6).all()
+        other = random_allocate(tiny_model, y, bits_per_value=bpv, seed=1)
+        assert torch.equal(tokens.grain, other.grain) and torch.equal(tokens.depth, other.depth)
+    # one grain: uniform depth, the deeper step on regions drawn at random, anew for every field
+    model = DQVAE(in_channels=2, factors=(4,), router="fixed", hidden=8, code_dim=8, codebook_size=32, stages=3,
+                  periodic=True).eval()
+    tokens = random_allocate(model, x, bits_per_value=0.3)  # 9 of the 16 regions at depth 2
+    depth = tokens.depth.flatten(1)
+    assert (depth.amax(1) - depth.amin(1) == 1).all() and not torch.equal(depth[0], depth[1])
+    # 153.6 bits: 16 log2(3) for the depth map, 16 codes of 5 bits at depth 1, and 9 more
+    assert ((depth == 2).sum(1) == 9).all()
 
 
 def psnr_of(x, y):

@@ -60,7 +60,13 @@ def test_tokenizer_benchmark_writes_every_router_rate_and_depth(tmp_path, monkey
     fixed_rd = [r for r in results if r["name"] == "fixed f=8 rd"]
     assert [r["target_bits"] for r in fixed_rd] == [0.05, 0.2]
     assert all(r["bits_per_value"] <= r["target_bits"] + 1e-9 for r in fixed_rd)
+    # and both models the blind allocation of every budget, rd's yardstick at equal bits
+    for name in ("dq random budget", "fixed f=8 random budget"):
+        blind = [r for r in results if r["name"] == name]
+        assert [r["target_bits"] for r in blind] == [0.05, 0.2]
+        assert all(r["bits_per_value"] <= r["target_bits"] + 1e-9 for r in blind)
     targets = summary["targets"]
+    assert {"fixed f=8 rd vs random budget at 0.2", "dq rd vs random budget at 0.2"} <= set(targets["rel_l2 reduction"])
     assert set(targets["psnr at 0.1"]) >= {"dq rd", "fixed f=8"}
     assert "best router - best fixed at 0.1 (dB)" in targets
     # what any allocation could gain: 2 levels x 2 depths of the dq model, 2 depths of the fixed one

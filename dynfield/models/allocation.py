@@ -86,22 +86,28 @@ def _greedy(costs, errors_RCO, weights_C, budget=None, target=None):
     weighted = (errors_RCO * weights_C[None, :, None]).sum(1)  # (R, O)
     regions, src, dst, slopes = _hull(costs, weighted)
     choice = np.full(len(weighted), np.argmin(costs), dtype=np.int64)
-    spent = costs[choice].sum()
     total_C = errors_RCO[np.arange(len(choice)), :, choice].sum(0)
     if target is not None and target(total_C):
         return choice
-    for i in np.argsort(-slopes, kind="stable"):
-        r = regions[i]
-        if choice[r] != src[i]:
-            continue  # an earlier step of this region's ladder was passed over
-        step = costs[dst[i]] - costs[src[i]]
-        if budget is not None and spent + step > budget + 1e-9:
-            continue
-        total_C += errors_RCO[r, :, dst[i]] - errors_RCO[r, :, src[i]]
-        choice[r], spent = dst[i], spent + step
+    order = np.argsort(-slopes, kind="stable")
+    for r, a, b in _upgrades(costs, choice, regions[order], src[order], dst[order], budget):
+        total_C += errors_RCO[r, :, b] - errors_RCO[r, :, a]
         if target is not None and target(total_C):
             break
     return choice
+
+
+def _upgrades(costs, choice, regions, src, dst, budget=None):
+    """Take the upgrades (region, from, to) in the order given, updating `choice` (R,) in place, and yield each
+    one taken: one whose region has moved on to another option is passed over (an earlier step of its ladder
+    was), and so is one that does not fit what is left of `budget` bits (smaller ones after it are still taken)."""
+    spent = costs[choice].sum()
+    for r, a, b in zip(regions, src, dst):
+        step = costs[b] - costs[a]
+        if choice[r] != a or (budget is not None and spent + step > budget + 1e-9):
+            continue
+        choice[r], spent = b, spent + step
+        yield r, a, b
 
 
 def _range_weighted_errors(model, x_pad, feats=None):
@@ -175,22 +181,18 @@ def rd_allocate(model, x, bits_per_value=None, psnr=None):
         raise ValueError("give exactly one of bits_per_value and psnr")
     if bits_per_value is not None and bits_per_value <= 0:
         raise ValueError(f"bits_per_value must be positive, got {bits_per_value}")
-    H, W = x.shape[-2:]
-    x_pad = model._pad(x)
+    (B, C, H, W), x_pad = x.shape, model._pad(x)
     feats = model.features(x_pad)
     idx_levels = model.stage_indices(feats)
     errors = option_errors(model, x_pad, feats, idx_levels).double().cpu().numpy()  # (B, C, Hc, Wc, O)
-    B, C, Hc, Wc, O = errors.shape
-    options, codes = _options(model)
-    costs = codes * math.log2(model.quantizer.codebook_size)
-    # crop the padding out of every error: only the field's own cells count
-    valid = F.avg_pool2d(F.pad(torch.ones(1, 1, H, W), (0, x_pad.shape[-1] - W, 0, x_pad.shape[-2] - H)),
-                         model.factors[-1]).numpy()[0, 0] > 0
+    Hc, Wc, O = errors.shape[2:]
+    options, costs = _option_bits(model)
+    valid = _field_regions(model, x_pad, (H, W))  # only the field's own cells count, not the padding
     x_np = x.double().cpu().numpy()
     choices = []
     for b in range(B):
         err_RCO = errors[b].transpose(1, 2, 0, 3).reshape(Hc * Wc, C, O)
-        err_RCO = np.where(valid.reshape(-1)[:, None, None], err_RCO, 0.0)
+        err_RCO = np.where(valid[:, None, None], err_RCO, 0.0)
         span = x_np[b].reshape(C, -1)
         range_sq = np.maximum((span.max(1) - span.min(1)) ** 2, 1e-30)  # PSNR's peak per channel
         if psnr is None:
@@ -200,6 +202,53 @@ def rd_allocate(model, x, bits_per_value=None, psnr=None):
             field_idx = [i[b : b + 1] for i in idx_levels]
             choices.append(_reach_psnr(model, x[b : b + 1], field_idx, costs, err_RCO, range_sq, psnr, options))
     return _choice_tokens(model, choices, options, idx_levels, (Hc, Wc), (H, W))
+
+
+@torch.no_grad()
+def random_allocate(model, x, bits_per_value, seed=0):
+    """Tokens of fields x (B, C, H, W) that spend the same bit budget as ``rd_allocate`` without looking
+    at the field: the allocation that rd must beat at equal bits.
+
+    Every region climbs one ladder of options by rising cost (ties to the
+    coarser grain): each in turn, in a random order, takes its next step
+    while the budget allows, so the regions' depths differ by at most one
+    step and which regions get the deeper one is chance. With one grain
+    this is uniform depth, the deeper step spread at random to spend the
+    budget exactly.
+    """
+    if bits_per_value <= 0:
+        raise ValueError(f"bits_per_value must be positive, got {bits_per_value}")
+    (B, C, H, W), x_pad = x.shape, model._pad(x)
+    idx_levels = model.stage_indices(model.features(x_pad))
+    grid = tuple(idx_levels[-1].shape[1:3])
+    options, costs = _option_bits(model)
+    ladder = sorted(range(len(options)), key=lambda o: (costs[o], -options[o][0]))
+    ladder = [o for i, o in enumerate(ladder) if i == 0 or costs[o] > costs[ladder[i - 1]]]
+    regions = np.flatnonzero(_field_regions(model, x_pad, (H, W)))
+    budget = bits_per_value * C * H * W - side_bits(model, grid)
+    rng = np.random.default_rng(seed)
+    choices = []
+    for _ in range(B):
+        order = rng.permutation(regions)
+        steps = [(order, np.full(len(order), a), np.full(len(order), b)) for a, b in zip(ladder, ladder[1:])]
+        choice = np.full(grid[0] * grid[1], ladder[0], dtype=np.int64)
+        for _ in _upgrades(costs, choice, *map(np.concatenate, zip(*steps)), budget):
+            pass
+        choices.append(choice)
+    return _choice_tokens(model, choices, options, idx_levels, grid, (H, W))
+
+
+def _option_bits(model):
+    """[(level, depth)] of every option and the (O,) bits each costs a region."""
+    options, codes = _options(model)
+    return options, codes * math.log2(model.quantizer.codebook_size)
+
+
+def _field_regions(model, x_pad, shape):
+    """(Hc * Wc,) whether each coarsest region of the padded fields holds any of the field's own (H, W) cells."""
+    H, W = shape
+    inside = F.pad(torch.ones(1, 1, H, W), (0, x_pad.shape[-1] - W, 0, x_pad.shape[-2] - H))
+    return F.avg_pool2d(inside, model.factors[-1]).numpy().reshape(-1) > 0
 
 
 def _choice_tokens(model, choices, options, idx_levels, grid, shape):
