@@ -35,6 +35,15 @@ def test_the_256_ladder_experiment_is_the_ladder_recipe_on_256_fields():
     assert (gen.resolution, gen.spinup_resolution, ladder_256.trainer.batch_size) == (256, 128, 4)
 
 
+def test_the_bundled_candidate_is_the_fixed_ladder_at_16x16_on_one_channel_of_the_256_data():
+    fixed, candidate = compose_config(["experiment=ladder_fixed"]), compose_config(["experiment=pretrained_ladder"])
+    assert candidate.model._target_ == fixed.model._target_ and candidate.model.stages == fixed.model.stages == 8
+    assert (candidate.model.factor, fixed.model.factor) == (16, 8)
+    assert candidate.dataset.generator == compose_config(["experiment=ladder_256"]).dataset.generator
+    data = candidate.dataset
+    assert (data.crop, data.periodic, data.channel_agnostic, data.train.n_samples) == (128, False, True, 128)
+
+
 def test_smoke_run_writes_results_and_nothing_in_cwd(smoke_run):
     run_dir, proc, cwd = smoke_run
     assert list(cwd.iterdir()) == []
