@@ -7,6 +7,15 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 
 # The small pretrained tokenizer shipped with the package (see `make pretrained`).
 BUNDLED_TOKENIZER = _PACKAGE_DIR / "pretrained" / "tokenizer.pt"
+# The tokenizers shipped before it, named by the first 16 hex digits of their weights' SHA-256, so that
+# files made with them still decode.
+RETIRED_TOKENIZERS = _PACKAGE_DIR / "pretrained" / "retired"
+
+
+def retired_tokenizer(sha256):
+    """The checkpoint of a formerly bundled tokenizer whose weights hash to `sha256`, or None."""
+    path = RETIRED_TOKENIZERS / f"{sha256[:16]}.pt"
+    return path if path.is_file() else None
 
 
 def source_root():

@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import tiny_tokenizer
 
+from dynfield import paths
 from dynfield.codec import CodecError, codec, decompress_file, inspect_file
 from dynfield.models import precision
 
@@ -36,6 +38,22 @@ def test_the_golden_file_decodes_as_it_did(tmp_path, monkeypatch, bfloat16):
     info = inspect_file(GOLDEN)
     assert info["format_version"] == 3 and info["tokens"]["units_without"] == 4  # u and v went without tokens
     assert info["variables"]["v"]["residual_coders"] == {"integer-lorenzo": 1, "sz3": 1}
+
+
+def test_files_made_with_a_formerly_bundled_tokenizer_decode_once_another_is_bundled(tmp_path, monkeypatch):
+    formerly = paths.BUNDLED_TOKENIZER
+    monkeypatch.setattr(paths, "BUNDLED_TOKENIZER", tiny_tokenizer(tmp_path / "new_bundled.pt"))
+    monkeypatch.setattr(paths, "RETIRED_TOKENIZERS", tmp_path / "retired")
+    sha = inspect_file(GOLDEN)["model"]["sha256"]
+    header = {"model": {"sha256": sha}}  # (the golden file also remembers where its model was, on its maker's disk)
+    with pytest.raises(CodecError, match="holds other weights"):  # the new bundled model alone cannot decode it
+        codec.model_for(header, None, GOLDEN)
+    (tmp_path / "retired").mkdir()
+    shutil.copy(formerly, tmp_path / "retired" / f"{sha[:16]}.pt")
+    assert codec.weights_hash(codec.model_for(header, None, GOLDEN)) == sha
+    out = decompress_file(GOLDEN, tmp_path / "back.nc", progress=False)
+    with xr.open_dataset(out) as back, xr.open_dataset(DATA / "golden_decoded.nc") as then:
+        assert np.nanmax(np.abs(back["u"].values - then["u"].values)) <= 1e-6
 
 
 def damaged_copies(n, seed):

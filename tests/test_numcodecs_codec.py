@@ -6,7 +6,7 @@ import pytest
 import xarray as xr
 from conftest import benchmark_module, tiny_tokenizer
 
-from dynfield import compress
+from dynfield import compress, paths
 from dynfield.codec import CodecError
 from dynfield.codec.numcodecs_codec import Dynfield
 from dynfield.data.dummy import dummy_dataset
@@ -34,6 +34,21 @@ def test_get_codec_finds_it_by_its_id_and_its_config_round_trips(ckpt):
     again = numcodecs.get_codec(config)
     assert again.get_config() == config
     data = codec.encode(field())
+    assert np.array_equal(again.decode(data), codec.decode(data))
+
+
+def test_a_store_made_with_a_formerly_bundled_tokenizer_decodes_once_another_is_bundled(ckpt, tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "BUNDLED_TOKENIZER", ckpt)
+    monkeypatch.setattr(paths, "RETIRED_TOKENIZERS", tmp_path / "retired")
+    codec = Dynfield(max_abs_error=0.02)  # "bundled": the config names it and its hash
+    config, data = codec.get_config(), codec.encode(field())
+    monkeypatch.setattr(paths, "BUNDLED_TOKENIZER", tiny_tokenizer(tmp_path / "new_bundled.pt", seed=1))
+    with pytest.raises(CodecError, match="give the checkpoint"):
+        numcodecs.get_codec(config)
+    (tmp_path / "retired").mkdir()
+    (tmp_path / "retired" / f"{config['model_sha256'][:16]}.pt").write_bytes(ckpt.read_bytes())
+    again = numcodecs.get_codec(config)
+    assert again.get_config() == config
     assert np.array_equal(again.decode(data), codec.decode(data))
 
 

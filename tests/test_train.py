@@ -35,10 +35,11 @@ def test_the_256_ladder_experiment_is_the_ladder_recipe_on_256_fields():
     assert (gen.resolution, gen.spinup_resolution, ladder_256.trainer.batch_size) == (256, 128, 4)
 
 
-def test_the_bundled_candidate_is_the_fixed_ladder_at_16x16_on_one_channel_of_the_256_data():
-    fixed, candidate = compose_config(["experiment=ladder_fixed"]), compose_config(["experiment=pretrained_ladder"])
-    assert candidate.model._target_ == fixed.model._target_ and candidate.model.stages == fixed.model.stages == 8
-    assert (candidate.model.factor, fixed.model.factor) == (16, 8)
+def test_the_bundled_candidate_is_the_ladder_with_the_bundled_grains_on_one_channel_of_the_256_data():
+    ladder, candidate = compose_config(["experiment=ladder"]), compose_config(["experiment=pretrained_ladder"])
+    bundled = compose_config(["experiment=pretrained"])
+    assert list(candidate.model.factors) == list(bundled.model.factors) == [8, 16]
+    assert candidate.model.train_fine_ratio == ladder.model.train_fine_ratio and candidate.model.stages == 8
     assert candidate.dataset.generator == compose_config(["experiment=ladder_256"]).dataset.generator
     data = candidate.dataset
     assert (data.crop, data.periodic, data.channel_agnostic, data.train.n_samples) == (128, False, True, 128)

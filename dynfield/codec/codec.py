@@ -149,14 +149,15 @@ def _load_tokenizer(checkpoint):
 
 
 def model_for(header, checkpoint, path):
-    """The tokenizer a file was made with: `checkpoint`; by default the bundled one, or the one at the path
-    the file remembers (where it still holds the same weights)."""
+    """The tokenizer a file was made with: `checkpoint`; by default the bundled one, one bundled before it,
+    or the one at the path the file remembers (where it still holds the same weights)."""
     expected = header["model"]["sha256"]
     hint = header["model"].get("path_hint")
     if checkpoint is not None:
         candidates = [checkpoint]
     else:
-        candidates = [c for c in (paths.BUNDLED_TOKENIZER, hint) if c is not None and Path(c).is_file()]
+        candidates = [c for c in (paths.BUNDLED_TOKENIZER, paths.retired_tokenizer(expected), hint)
+                      if c is not None and Path(c).is_file()]
     for candidate in candidates:
         candidate, model, _ = _load_tokenizer(candidate)
         if weights_hash(model) == expected:

@@ -34,6 +34,7 @@ from numcodecs.abc import Codec
 from numcodecs.compat import ensure_ndarray_like, ndarray_copy
 
 from dynfield import checkpoint as ckpt
+from dynfield import paths
 from dynfield.checkpoint import weights_hash
 from dynfield.conventions import SAMPLE, X, Y
 
@@ -63,6 +64,13 @@ def load(model):
                              f"codes one array at a time and needs a one-channel (channel-agnostic) tokenizer")
         _MODELS[path] = tokenizer, state, weights_hash(tokenizer)
     return _MODELS[path]
+
+
+def _source(model, sha256):
+    """The checkpoint `model` stands for: a store made with a formerly bundled tokenizer names ``"bundled"``
+    and that tokenizer's hash, and decodes with it."""
+    retired = paths.retired_tokenizer(sha256) if model == BUNDLED and sha256 is not None else None
+    return model if retired is None else str(retired)
 
 
 def _fields(shape, dtype, values=None):
@@ -96,7 +104,8 @@ class Dynfield(Codec):
         if given is not None:
             check_bound("max_abs_error" if rel_error is None else "rel_error", given)
         self.model = str(model)
-        tokenizer, _, sha = load(self.model)
+        self._source = _source(self.model, model_sha256)
+        tokenizer, _, sha = load(self._source)
         if model_sha256 is not None and model_sha256 != sha:
             raise CodecError(f"the codec's config names the model of SHA-256 {model_sha256[:16]}..., but {self.model} "
                              f"holds {sha[:16]}...; give the checkpoint the data were compressed with")
@@ -110,7 +119,7 @@ class Dynfield(Codec):
                 "model": self.model, **self.rate, "model_sha256": self.model_sha256}
 
     def _coder(self, ds, max_abs_error, rel_error):
-        tokenizer, state, sha = load(self.model)
+        tokenizer, state, sha = load(self._source)
         coder = Coder(tokenizer, make_header(ds, tokenizer, state, self.rate, max_abs_error, rel_error, sha),
                       shared=_DERIVED.setdefault(sha, {}))
         coder.entropy = {VARIABLE: coder.usage_model()}
