@@ -14,11 +14,13 @@ checkpoint alone is enough to sample fields.
 import hashlib
 import importlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
+from dynfield import paths
 from dynfield.models import precision
 
 FORMAT = "dynfield-checkpoint"
@@ -137,6 +139,21 @@ def weights_hash(model):
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def retire_bundled():
+    """Keep the bundled tokenizer among the retired ones (``paths.retired_tokenizer``) before another
+    replaces it, so that the files made with it still decode; its path there, or None if none is bundled."""
+    if not paths.BUNDLED_TOKENIZER.is_file():
+        return None
+    model, _ = load_model(paths.BUNDLED_TOKENIZER)
+    target = paths.retired_tokenizer(weights_hash(model))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
+    os.close(fd)
+    shutil.copyfile(paths.BUNDLED_TOKENIZER, tmp)
+    os.replace(tmp, target)
+    return target
 
 
 def tokenizer_entry(path, fine_ratio=None):

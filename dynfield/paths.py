@@ -13,9 +13,8 @@ RETIRED_TOKENIZERS = _PACKAGE_DIR / "pretrained" / "retired"
 
 
 def retired_tokenizer(sha256):
-    """The checkpoint of a formerly bundled tokenizer whose weights hash to `sha256`, or None."""
-    path = RETIRED_TOKENIZERS / f"{sha256[:16]}.pt"
-    return path if path.is_file() else None
+    """Where the formerly bundled tokenizer whose weights hash to `sha256` is kept (if it is)."""
+    return RETIRED_TOKENIZERS / f"{sha256[:16]}.pt"
 
 
 def source_root():

@@ -10,6 +10,7 @@ import xarray as xr
 from conftest import tiny_tokenizer
 
 from dynfield import paths
+from dynfield.checkpoint import retire_bundled
 from dynfield.codec import CodecError, codec, decompress_file, inspect_file
 from dynfield.models import precision
 
@@ -41,15 +42,16 @@ def test_the_golden_file_decodes_as_it_did(tmp_path, monkeypatch, bfloat16):
 
 
 def test_files_made_with_a_formerly_bundled_tokenizer_decode_once_another_is_bundled(tmp_path, monkeypatch):
-    formerly = paths.BUNDLED_TOKENIZER
-    monkeypatch.setattr(paths, "BUNDLED_TOKENIZER", tiny_tokenizer(tmp_path / "new_bundled.pt"))
     monkeypatch.setattr(paths, "RETIRED_TOKENIZERS", tmp_path / "retired")
     sha = inspect_file(GOLDEN)["model"]["sha256"]
     header = {"model": {"sha256": sha}}  # (the golden file also remembers where its model was, on its maker's disk)
+    bundled = paths.BUNDLED_TOKENIZER
+    monkeypatch.setattr(paths, "BUNDLED_TOKENIZER", tiny_tokenizer(tmp_path / "new_bundled.pt"))
     with pytest.raises(CodecError, match="holds other weights"):  # the new bundled model alone cannot decode it
         codec.model_for(header, None, GOLDEN)
-    (tmp_path / "retired").mkdir()
-    shutil.copy(formerly, tmp_path / "retired" / f"{sha[:16]}.pt")
+    monkeypatch.setattr(paths, "BUNDLED_TOKENIZER", bundled)
+    assert retire_bundled() == tmp_path / "retired" / f"{sha[:16]}.pt"  # what `make pretrained` does first
+    monkeypatch.setattr(paths, "BUNDLED_TOKENIZER", tmp_path / "new_bundled.pt")
     assert codec.weights_hash(codec.model_for(header, None, GOLDEN)) == sha
     out = decompress_file(GOLDEN, tmp_path / "back.nc", progress=False)
     with xr.open_dataset(out) as back, xr.open_dataset(DATA / "golden_decoded.nc") as then:

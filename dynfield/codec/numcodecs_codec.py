@@ -70,7 +70,7 @@ def _source(model, sha256):
     """The checkpoint `model` stands for: a store made with a formerly bundled tokenizer names ``"bundled"``
     and that tokenizer's hash, and decodes with it."""
     retired = paths.retired_tokenizer(sha256) if model == BUNDLED and sha256 is not None else None
-    return model if retired is None else str(retired)
+    return str(retired) if retired is not None and retired.is_file() else model
 
 
 def _fields(shape, dtype, values=None):
