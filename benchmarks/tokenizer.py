@@ -78,6 +78,16 @@ def curves(results):
     return {name: envelope(points) for name, points in out.items()}
 
 
+def fixed_labels(factors):
+    """'fixed f=F' for each fixed-grain model, numbered ('fixed f=8 #2') where several share a factor."""
+    seen = {}
+    labels = []
+    for f in factors:
+        seen[f] = seen.get(f, 0) + 1
+        labels.append(f"fixed f={f}" + (f" #{seen[f]}" if factors.count(f) > 1 else ""))
+    return labels
+
+
 def targets(results, budgets=(0.05, 0.1, 0.2)):
     """The issue's claims: no floor, grains pay, allocation matters (at each of `budgets`)."""
     c = curves(results)
@@ -202,22 +212,21 @@ def main(argv=None):
             for depth in range(1, S + 1):
                 record(f"dq {router}", dq, dq_state, dict(router=router, fine_ratio=ratio, depth=depth),
                        target_fine_ratio=ratio, depth=depth)
-    for path in args.fixed:
-        model, state = checkpoint.load_model(path)
+    fixed = [checkpoint.load_model(path) for path in args.fixed]
+    labels = fixed_labels([model.factors[0] for model, _ in fixed])
+    for path, (model, state), label in zip(args.fixed, fixed, labels):
         if state["variables"] != dq_state["variables"]:
             raise ValueError(f"{path} was trained on {state['variables']}, the dq model on {dq_state['variables']}")
         for depth in range(1, model.quantizer.num_stages + 1):
-            record(f"fixed f={model.factors[0]}", model, state, dict(depth=depth), depth=depth)
+            record(label, model, state, dict(depth=depth), depth=depth)
         for bits in args.budgets if model.quantizer.num_stages > 1 else ():
             for name, allocate in (("rd", rd_allocate), ("random budget", random_allocate)):
-                record(f"fixed f={model.factors[0]} {name}", model, state, dict(encode=allocate, bits_per_value=bits),
-                       target_bits=bits)
+                record(f"{label} {name}", model, state, dict(encode=allocate, bits_per_value=bits), target_bits=bits)
 
     with torch.no_grad():
         room = {"data": data_headroom(fields, dq.factors[-1]), "dq": headroom(dq, fields, args.batch_size)}
-        for path in args.fixed:
-            model, _ = checkpoint.load_model(path)
-            room[f"fixed f={model.factors[0]}"] = headroom(model, fields, args.batch_size)
+        for (model, _), label in zip(fixed, labels):
+            room[label] = headroom(model, fields, args.batch_size)
     models = {"dq": args.dq, "fixed": args.fixed}
     provenance = {k: checkpoint.read_checkpoint(v).get("metrics") for k, v in
                   [("dq", args.dq)] + [(f"fixed {i}", f) for i, f in enumerate(args.fixed)]}

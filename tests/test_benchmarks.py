@@ -90,6 +90,10 @@ def test_rd_is_compared_with_the_blind_allocation_only_where_both_spend_the_budg
     assert reductions == {"fixed f=8 rd vs random budget at 0.2": pytest.approx(0.2)}
 
 
+def test_fixed_models_of_one_factor_are_told_apart(tokenizer_benchmark):
+    assert tokenizer_benchmark.fixed_labels([8, 16, 8]) == ["fixed f=8 #1", "fixed f=16", "fixed f=8 #2"]
+
+
 def test_rate_curves_keep_the_upper_envelope_and_interpolate_in_log_rate(tokenizer_benchmark):
     points = [(0.1, 30.0, 0.3), (0.05, 25.0, 0.5), (0.2, 29.0, 0.4), (0.4, 36.0, 0.2)]
     curve = tokenizer_benchmark.envelope(points)
