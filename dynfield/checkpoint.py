@@ -14,7 +14,6 @@ checkpoint alone is enough to sample fields.
 import hashlib
 import importlib
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -146,13 +145,9 @@ def retire_bundled():
     replaces it, so that the files made with it still decode; its path there, or None if none is bundled."""
     if not paths.BUNDLED_TOKENIZER.is_file():
         return None
-    model, _ = load_model(paths.BUNDLED_TOKENIZER)
+    model, state = load_model(paths.BUNDLED_TOKENIZER)
     target = paths.retired_tokenizer(weights_hash(model))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-    os.close(fd)
-    shutil.copyfile(paths.BUNDLED_TOKENIZER, tmp)
-    os.replace(tmp, target)
+    atomic_save(state, target)
     return target
 
 
