@@ -292,5 +292,9 @@ def test_depth_cuts_the_ladder_per_region():
     # a region's depth changes its reconstruction, so the depth map is information the decoder uses
     assert not torch.allclose(m.decode(cut), m.decode(full))
     assert torch.allclose(m.decode(m.encode(x, fine_ratio=0.5, depth=3)), m.decode(full))
+    # a shallower ladder searches fewer stages and keeps the same codes in those it searches
+    shallow = m.encode(x, fine_ratio=0.5, depth=2).validate()
+    for c_shallow, c_full in zip(shallow.stage_codes(), full.stage_codes()):
+        assert torch.equal(c_shallow[:, :2], c_full[:, :2]) and (c_shallow[:, 2] == -1).all()
     with pytest.raises(ValueError, match="depth must lie in"):
         m.encode(x, depth=4)

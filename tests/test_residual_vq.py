@@ -34,6 +34,12 @@ def test_error_falls_with_every_stage():
         assert torch.allclose(rvq.lookup(stopped), prefix_sums(rvq, idx)[d - 1])
 
 
+def test_a_shallow_encode_searches_only_its_stages():
+    rvq, z = fitted(stages=4)
+    full, shallow = rvq.encode(z), rvq.encode(z, depth=2)
+    assert torch.equal(shallow[:, :2], full[:, :2]) and (shallow[:, 2:] == 0).all()
+
+
 def test_forward_quantizes_each_row_to_its_depth():
     rvq, z = fitted(stages=3)
     depth = torch.randint(1, 4, (len(z),), generator=torch.Generator().manual_seed(1))

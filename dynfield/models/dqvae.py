@@ -334,25 +334,27 @@ class DQVAE(GrainRouting, nn.Module):
         x_pad = self._pad(x)
         feats = self.features(x_pad)
         grain, _, _ = self._route(x_pad, feats, router or self.router_mode, fine_ratio=fine_ratio, level=level)
-        return self._tokens(grain, self._depth_map(grain, depth), self.stage_indices(feats, grain), x.shape[-2:])
+        depth = self._depth_map(grain, depth)
+        deepest = int(depth.max()) if depth.numel() else 1
+        return self._tokens(grain, depth, self.stage_indices(feats, grain, deepest), x.shape[-2:])
 
     @torch.no_grad()
-    def stage_indices(self, feats, grain=None):
+    def stage_indices(self, feats, grain=None, depth=None):
         """Per level, the (B, Hk, Wk, stages) code indices of every vector of encoder features `feats`.
 
         Nested levels code their map minus the coarser levels' codes at full
         depth. Given the `grain` map, alternative levels search the codebook
-        only where the grain chooses them (elsewhere the indices are 0: the
-        tokens mask them).
+        only where the grain chooses them, and given `depth` only in its
+        first stages (elsewhere the indices are 0: the tokens mask them).
         """
         if not self.nested:
             if grain is None:
-                return [self.quantizer.encode(f.permute(0, 2, 3, 1)) for f in feats]
+                return [self.quantizer.encode(f.permute(0, 2, 3, 1), depth) for f in feats]
             out = []
             for f, used in zip(feats, self._level_masks(grain)):
                 z = f.permute(0, 2, 3, 1)
                 idx = z.new_zeros(*z.shape[:-1], self.quantizer.num_stages, dtype=torch.long)
-                idx[used] = self.quantizer.encode(z[used])
+                idx[used] = self.quantizer.encode(z[used], depth)
                 out.append(idx)
             return out
         indices, above = [None] * self.num_levels, None

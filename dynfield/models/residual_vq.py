@@ -80,15 +80,18 @@ class ResidualVQ(nn.Module):
         return quantized, torch.stack(indices, 1) if indices else z_ND.new_zeros(N, 0, dtype=torch.long), loss
 
     @torch.no_grad()
-    def encode(self, z):
-        """(..., stages) indices of every stage for vectors z (..., dim), without touching the codebooks."""
+    def encode(self, z, depth=None):
+        """(..., stages) indices of every stage for vectors z (..., dim), without touching the codebooks.
+
+        With `depth`, only the first `depth` stages are searched; the indices
+        past it are 0 (a depth map masks them).
+        """
         residual = z.detach().reshape(-1, self.dim).float()
-        indices = []
-        for vq in self.stages:
-            idx = vq.nearest(residual)
-            residual = residual - vq.lookup(idx)
-            indices.append(idx)
-        return torch.stack(indices, -1).view(*z.shape[:-1], self.num_stages)
+        indices = torch.zeros(len(residual), self.num_stages, dtype=torch.long, device=residual.device)
+        for s, vq in enumerate(self.stages[:depth]):
+            indices[:, s] = vq.nearest(residual)
+            residual = residual - vq.lookup(indices[:, s])
+        return indices.view(*z.shape[:-1], self.num_stages)
 
     def lookup(self, indices_NS):
         """(..., dim): the sum of the stage codes of an index tensor (..., stages); -1 stops a row's ladder."""
