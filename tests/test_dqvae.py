@@ -298,3 +298,15 @@ def test_depth_cuts_the_ladder_per_region():
         assert torch.equal(c_shallow[:, :2], c_full[:, :2]) and (c_shallow[:, 2] == -1).all()
     with pytest.raises(ValueError, match="depth must lie in"):
         m.encode(x, depth=4)
+
+
+def test_a_router_trained_at_exact_ratios_routes_at_the_lowest_one_unless_told():
+    # its gate was never trained to choose a budget by argmax (an untrained one makes ~half the regions fine)
+    m = model(factors=(4, 8), train_fine_ratio=(0.25, 0.5)).eval()
+    x = field(B=2, H=32, W=64)  # 32 coarse regions per field
+    tokens = m.encode(x)
+    assert tokens.fine_fraction().tolist() == [0.25, 0.25]
+    assert m.encode(x, fine_ratio=0.5).fine_fraction().tolist() == [0.5, 0.5]
+    assert m.tokens_per_field((32, 64)) == tokens.count()[0].item()
+    # the random router keeps its target ratios
+    assert m.encode(x, router="random").fine_fraction().tolist() == [0.5, 0.5]

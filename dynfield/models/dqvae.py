@@ -324,7 +324,8 @@ class DQVAE(GrainRouting, nn.Module):
         ----------
         fine_ratio : exact per-sample fraction of regions finer than the coarsest
             level (see ``dynfield.models.router``); None: argmax of the learned
-            router, or the target ratios for the random/enstrophy routers.
+            router (the lowest ratio of ``train_fine_ratio`` where training
+            set the ratio), or the target ratios for the random/enstrophy routers.
         router : overrides the configured router, one of ``ROUTERS``, so one
             trained model can be evaluated with several routing rules.
         level : level of the "fixed" router (default: ``fixed_level``).
@@ -389,11 +390,13 @@ class DQVAE(GrainRouting, nn.Module):
     def tokens_per_field(self, shape, fine_ratio=None, router=None, level=None, depth=None):
         """Number of codes ``encode`` gives a field of `shape` (H, W), same arguments (`depth` an int).
 
-        Exact for every router except the learned one without `fine_ratio`
-        (argmax): for it, the count at the target ratios, which training aims at.
+        Exact for every router except the learned one choosing by argmax (no
+        `fine_ratio`, trained with the budget loss): for it, the count at the
+        target ratios, which training aims at.
         """
         f_K, K = self.factors[-1], self.num_levels
         regions = -(-shape[0] // f_K) * -(-shape[1] // f_K)
+        fine_ratio = self.inference_fine_ratio(router or self.router_mode, fine_ratio)
         if (router or self.router_mode) == "fixed":
             level = self.fixed_level if level is None else level
             ratios = [float(k == level) for k in range(K)]

@@ -2,7 +2,7 @@
 
 ``GrainRouting`` is the part of ``DQVAE`` that turns encoder features (and,
 for the rules, the padded field) into a grain map. It expects the model's
-``num_levels``, ``factors``, ``target_ratios``, ``fixed_level``, ``router``
+``num_levels``, ``factors``, ``target_ratios``, ``train_fine_ratio``, ``fixed_level``, ``router``
 (the learned ``Router`` or None), ``router_mode``, ``seed``, ``periodic``,
 ``vorticity_channel``, ``_train_generator``, ``_pad`` and ``features``.
 """
@@ -41,6 +41,8 @@ class GrainRouting:
         B, _, Hc, Wc = coarse.shape
         if mode not in ROUTERS:
             raise ValueError(f"router must be one of {ROUTERS}, got {mode!r}")
+        if temperature is None:
+            fine_ratio = self.inference_fine_ratio(mode, fine_ratio)
         ratios = self.target_ratios if fine_ratio is None else budget_ratios(fine_ratio, self.target_ratios)
         logits = None
         if K == 1:
@@ -69,6 +71,14 @@ class GrainRouting:
             grain = rank_assign(self._rule_scores(x_pad, mode, generator, feats), ratios)
         gate = F.one_hot(grain, K).permute(0, 3, 1, 2).to(coarse.dtype)
         return grain, gate, logits
+
+    def inference_fine_ratio(self, mode, fine_ratio=None):
+        """The fine ratio an inference routing by `mode` uses: `fine_ratio` if given, else None (the router's
+        own choice), except for a learned router trained at exact ratios (``train_fine_ratio``): it only ranks
+        regions, so it routes at the lowest ratio it was trained at."""
+        if fine_ratio is None and mode == "learned" and self.train_fine_ratio is not None and self.num_levels > 1:
+            return self.train_fine_ratio[0]
+        return fine_ratio
 
     def _router_logits(self, feats):
         if self.router is None:
