@@ -77,9 +77,7 @@ bench-tokenizer: $(BENCH_DIR)/runs/dq/tokenizer.pt $(FIXED_RUNS)
 PRETRAINED_RUN ?= outputs/pretrained
 pretrained: install
 	$(PY) -m dynfield.train experiment=pretrained hydra.run.dir=$(PRETRAINED_RUN)
-	$(PY) -c "from dynfield.checkpoint import retire_bundled; retire_bundled()"
-	mkdir -p dynfield/pretrained
-	cp $(PRETRAINED_RUN)/tokenizer.pt $(PRETRAINED_RUN)/metrics.json $(PRETRAINED_RUN)/metrics.csv dynfield/pretrained/
+	$(PY) -c "from dynfield.checkpoint import bundle; bundle('$(PRETRAINED_RUN)', 'python -m dynfield.train experiment=pretrained')"
 
 # Prior benchmark: the three token orders, each trained once on the
 # benchmark's dynamic-grain tokenizer, compared on held-out fields.

@@ -1,7 +1,7 @@
 """Codec throughput: MB/s of input (the file's own dtype) for compress and decompress.
 
-Token-only compression at one fine ratio (or, with ``--rel-error``,
-error-bounded compression), with 1..N worker processes, then decompression
+Token-only compression at the codec's default rate or at one fine ratio
+(or, with ``--rel-error``, error-bounded compression), with 1..N worker processes, then decompression
 of the result; the best of ``--repeat`` runs of each. Writes
 ``throughput.json`` into ``--out``.
 
@@ -34,7 +34,7 @@ def parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="a field file open_fields reads")
     p.add_argument("--checkpoint", help="tokenizer checkpoint (default: the one bundled with dynfield)")
-    p.add_argument("--fine-ratio", type=float, default=0.5)
+    p.add_argument("--fine-ratio", type=float, help="exact fraction of fine regions (default: the codec's default)")
     p.add_argument("--rel-error", type=float, help="bound every value within this fraction of its variable's range")
     p.add_argument("--workers", default="1,2", help="comma-separated worker counts to time")
     p.add_argument("--repeat", type=int, default=2)

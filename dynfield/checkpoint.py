@@ -13,7 +13,10 @@ checkpoint alone is enough to sample fields.
 
 import hashlib
 import importlib
+import json
 import os
+import platform
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -149,6 +152,39 @@ def retire_bundled():
     target = paths.retired_tokenizer(weights_hash(model))
     atomic_save(state, target)
     return target
+
+
+def bundle(run_dir, command, note=None):
+    """Make a training run's tokenizer the bundled one (``make pretrained``).
+
+    The tokenizer bundled before it is retired first (``retire_bundled``).
+    Beside the new one go the run's metrics and ``provenance.json``: the
+    `command`, the data settings, the steps, the training time, the machine
+    and the SHA-256 of the weights (and a `note`, for what the command does
+    not say). Returns the provenance.
+    """
+    from omegaconf import OmegaConf  # only here: the package's core reads checkpoints without Hydra
+
+    run_dir, dest = Path(run_dir), paths.BUNDLED_TOKENIZER.parent
+    model, state = load_model(run_dir / "tokenizer.pt")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    config = run_dir / ".hydra" / "config.yaml"
+    provenance = {
+        "command": command,
+        "weights_sha256": weights_hash(model),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "steps": metrics["steps"],
+        "train_time_s": round(metrics["train_time_s"]),
+        "dataset": OmegaConf.to_container(OmegaConf.load(config).dataset) if config.is_file() else None,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        **({"note": note} if note else {}),
+    }
+    retire_bundled()
+    atomic_save(state, paths.BUNDLED_TOKENIZER)
+    shutil.copyfile(run_dir / "metrics.csv", dest / "metrics.csv")
+    (dest / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (dest / "provenance.json").write_text(json.dumps(provenance, indent=2))
+    return provenance
 
 
 def tokenizer_entry(path, fine_ratio=None):

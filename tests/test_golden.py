@@ -1,6 +1,7 @@
 """A .dfz file made by an earlier build still decodes to what it decoded to then; damaged copies are refused."""
 
 import functools
+import json
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import xarray as xr
 from conftest import tiny_tokenizer
 
 from dynfield import paths
-from dynfield.checkpoint import retire_bundled
+from dynfield.checkpoint import bundle
 from dynfield.codec import CodecError, codec, decompress_file, inspect_file
 from dynfield.models import precision
 
@@ -41,17 +42,29 @@ def test_the_golden_file_decodes_as_it_did(tmp_path, monkeypatch, bfloat16):
     assert info["variables"]["v"]["residual_coders"] == {"integer-lorenzo": 1, "sz3": 1}
 
 
-def test_files_made_with_a_formerly_bundled_tokenizer_decode_once_another_is_bundled(tmp_path, monkeypatch):
-    monkeypatch.setattr(paths, "RETIRED_TOKENIZERS", tmp_path / "retired")
+def test_bundling_a_new_tokenizer_keeps_the_files_of_the_old_one_decoding(tmp_path, monkeypatch):
+    """What `make pretrained` does (``bundle``), in a scratch package: the golden file's model is bundled,
+    then a newly trained one replaces it."""
     sha = inspect_file(GOLDEN)["model"]["sha256"]
     header = {"model": {"sha256": sha}}  # (the golden file also remembers where its model was, on its maker's disk)
-    bundled = paths.BUNDLED_TOKENIZER
-    monkeypatch.setattr(paths, "BUNDLED_TOKENIZER", tiny_tokenizer(tmp_path / "new_bundled.pt"))
-    with pytest.raises(CodecError, match="holds other weights"):  # the new bundled model alone cannot decode it
-        codec.model_for(header, None, GOLDEN)
-    monkeypatch.setattr(paths, "BUNDLED_TOKENIZER", bundled)
-    assert retire_bundled() == tmp_path / "retired" / f"{sha[:16]}.pt"  # what `make pretrained` does first
-    monkeypatch.setattr(paths, "BUNDLED_TOKENIZER", tmp_path / "new_bundled.pt")
+    golden_model = paths.retired_tokenizer(sha)  # retired in the package itself since
+    monkeypatch.setattr(paths, "RETIRED_TOKENIZERS", tmp_path / "pretrained" / "retired")
+    monkeypatch.setattr(paths, "BUNDLED_TOKENIZER", tmp_path / "pretrained" / "tokenizer.pt")
+    (tmp_path / "pretrained").mkdir()
+    shutil.copyfile(golden_model, paths.BUNDLED_TOKENIZER)
+    run = tmp_path / "run"
+    run.mkdir()
+    tiny_tokenizer(run / "tokenizer.pt")
+    (run / "metrics.json").write_text('{"steps": 12, "train_time_s": 3.4}')
+    (run / "metrics.csv").write_text("step,split\n")
+    provenance = bundle(run, "python -m dynfield.train experiment=tiny", note="a test")
+    new = codec.model_for({"model": {"sha256": provenance["weights_sha256"]}}, None, GOLDEN)
+    assert codec.weights_hash(new) == provenance["weights_sha256"] != sha
+    assert (provenance["command"], provenance["steps"], provenance["note"]) == (
+        "python -m dynfield.train experiment=tiny", 12, "a test")
+    assert json.loads((tmp_path / "pretrained" / "provenance.json").read_text()) == provenance
+    assert (tmp_path / "pretrained" / "retired" / f"{sha[:16]}.pt").is_file()
+    # the golden file's model is no longer the bundled one, and the file still decodes as it did
     assert codec.weights_hash(codec.model_for(header, None, GOLDEN)) == sha
     out = decompress_file(GOLDEN, tmp_path / "back.nc", progress=False)
     with xr.open_dataset(out) as back, xr.open_dataset(DATA / "golden_decoded.nc") as then:

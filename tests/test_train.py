@@ -35,14 +35,18 @@ def test_the_256_ladder_experiment_is_the_ladder_recipe_on_256_fields():
     assert (gen.resolution, gen.spinup_resolution, ladder_256.trainer.batch_size) == (256, 128, 4)
 
 
-def test_the_bundled_candidate_is_the_ladder_with_the_bundled_grains_on_one_channel_of_the_256_data():
-    ladder, candidate = compose_config(["experiment=ladder"]), compose_config(["experiment=pretrained_ladder"])
-    bundled = compose_config(["experiment=pretrained"])
-    assert list(candidate.model.factors) == list(bundled.model.factors) == [8, 16]
-    assert candidate.model.train_fine_ratio == ladder.model.train_fine_ratio and candidate.model.stages == 8
-    assert candidate.dataset.generator == compose_config(["experiment=ladder_256"]).dataset.generator
-    data = candidate.dataset
+def test_the_bundled_tokenizer_is_the_ladder_with_two_grains_on_one_channel_of_the_256_data():
+    ladder, bundled = compose_config(["experiment=ladder"]), compose_config(["experiment=pretrained"])
+    assert list(bundled.model.factors) == [8, 16] and bundled.model.stages == 8
+    assert bundled.model.train_fine_ratio == ladder.model.train_fine_ratio
+    assert bundled.dataset.generator == compose_config(["experiment=ladder_256"]).dataset.generator
+    data = bundled.dataset
     assert (data.crop, data.periodic, data.channel_agnostic, data.train.n_samples) == (128, False, True, 128)
+    # the wider candidate differs in its trunk and codes alone
+    wide = compose_config(["experiment=pretrained_ladder"])
+    assert (wide.model.hidden, wide.model.code_dim) == (32, 64) and wide.dataset == bundled.dataset
+    assert {k: v for k, v in wide.model.items() if k not in ("hidden", "channel_mult", "code_dim")} == {
+        k: v for k, v in bundled.model.items() if k not in ("hidden", "channel_mult", "code_dim")}
 
 
 def test_smoke_run_writes_results_and_nothing_in_cwd(smoke_run):

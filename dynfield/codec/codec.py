@@ -147,7 +147,6 @@ def _load_tokenizer(checkpoint):
     return path, model, state
 
 
-
 def model_for(header, checkpoint, path):
     """The tokenizer a file was made with: `checkpoint`; by default the bundled one, one bundled before it,
     or the one at the path the file remembers (where it still holds the same weights)."""
