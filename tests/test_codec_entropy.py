@@ -17,6 +17,7 @@ from dynfield.codec.entropy import (
     level_masks,
     token_information_bits,
 )
+from dynfield.codec.field import tokens_to_numpy
 from dynfield.models import DQVAE, precision
 
 FACTORS = (2, 4, 8)
@@ -107,3 +108,21 @@ def test_compress_field_round_trip(stages, monkeypatch):
                                                    TokenModel.from_quantizer(model).codes[0]))
     recon = decompress_field(receiver, out["strings"], out["shape"])
     assert torch.equal(recon, model.decode(model.encode(x, fine_ratio=0.5)))
+
+
+def test_tokens_stopped_at_a_shallower_depth_are_those_encoded_at_it():
+    torch.manual_seed(0)
+    model = DQVAE(in_channels=1, factors=(2, 4), hidden=8, code_dim=8, codebook_size=32, stages=3, periodic=False)
+    x = torch.randn(2, 1, 16, 24)
+    model.train()
+    model(x)  # codebooks from data
+    model.eval()
+    full = tokens_to_numpy(model.encode(x, fine_ratio=0.5))
+    for depth in (1, 2):
+        encoded = tokens_to_numpy(model.encode(x, fine_ratio=0.5, depth=depth))
+        for a, b in zip(full, encoded):
+            cut = a.shallower(depth)
+            assert np.array_equal(cut.grain, b.grain) and np.array_equal(cut.depth, b.depth)
+            assert all(np.array_equal(c, d) for c, d in zip(cut.codes, b.codes))
+    with pytest.raises(ValueError, match="nested"):
+        full[0]._replace(nested=True).shallower(1)

@@ -6,6 +6,7 @@ import xarray as xr
 from conftest import tiny_tokenizer
 
 from dynfield.codec import chunks, compress_file, decompress_file, residual
+from dynfield.codec.entropy import FieldTokens
 
 SNAPSHOTS, PLAN, CALIBRATION = 8, 2, 4
 
@@ -77,7 +78,7 @@ def test_the_integer_coder_takes_what_the_filters_cannot():
     assert info["family"] == "integer"
 
 
-def test_bounded_tokens_are_tried_at_smaller_budgets_only_where_no_rate_was_asked(tmp_path, monkeypatch):
+def test_bounded_tokens_are_tried_at_shallower_depths_only_where_no_rate_was_asked(tmp_path, monkeypatch):
     monkeypatch.setattr("dynfield.codec.codec.PLAN_CHUNKS", PLAN)
     monkeypatch.setattr("dynfield.codec.codec.CALIBRATION_CHUNKS", CALIBRATION)
     ckpt = tiny_tokenizer(tmp_path / "ladder.pt", stages=4)
@@ -86,12 +87,13 @@ def test_bounded_tokens_are_tried_at_smaller_budgets_only_where_no_rate_was_aske
     xr.Dataset({"w": (("time", "y", "x"), field)}).to_netcdf(src)
     asked, tokenize = [], chunks.tokenize
     monkeypatch.setattr(chunks, "tokenize", lambda model, x, **rate: asked.append(rate) or tokenize(model, x, **rate))
+    cut, shallower = [], FieldTokens.shallower
+    monkeypatch.setattr(FieldTokens, "shallower", lambda tokens, depth: cut.append(depth) or shallower(tokens, depth))
 
     compress_file(src, tmp_path / "w.dfz", checkpoint=ckpt, rel_error=1e-2, progress=False)
-    # 4 stages of 5-bit codes over 4 x 4 regions: 1.25 bits a value at full depth; a quarter and a half of it
-    budgets = sorted(r["bits_per_value"] for r in asked if r.get("bits_per_value") is not None)
-    assert budgets == [pytest.approx(0.3125)] * PLAN + [pytest.approx(0.625)] * PLAN
-    assert len(asked) == 3 * PLAN  # noise: the tokens lost at every rate, so no later snapshot tries them
+    # 4 stages: a quarter and a half of the full depth, every region at it, cut from the full depth's tokens
+    assert sorted(cut) == [1] * PLAN + [2] * PLAN
+    assert len(asked) == PLAN  # noise: the tokens lost at every depth, so no later snapshot tries them
     decompress_file(tmp_path / "w.dfz", tmp_path / "back.nc", checkpoint=ckpt, progress=False)
     with xr.open_dataset(tmp_path / "back.nc") as back:
         assert float(np.abs(back["w"].values - field).max()) <= 1e-2 * float(field.max() - field.min())
@@ -101,7 +103,7 @@ def test_bounded_tokens_are_tried_at_smaller_budgets_only_where_no_rate_was_aske
     assert asked and all(r["bits_per_value"] == 0.4 for r in asked)  # the rate asked for, and no other
     asked.clear()
     compress_file(src, tmp_path / "t.dfz", checkpoint=ckpt, progress=False)  # no bound: full depth only
-    assert len(asked) == SNAPSHOTS and not any(r.get("bits_per_value") for r in asked)
+    assert len(asked) == SNAPSHOTS and not any(r.get("bits_per_value") or r.get("depth") for r in asked)
 
 
 def test_the_plan_keeps_the_rate_most_of_its_snapshots_chose():
@@ -109,7 +111,7 @@ def test_the_plan_keeps_the_rate_most_of_its_snapshots_chose():
         def units(self, g):
             return [["u", "v"]]
 
-    small, full = {"bits_per_value": 0.1}, {"fine_ratio": None, "bits_per_value": None, "psnr": None}
+    small, full = {"depth": 2}, {"fine_ratio": None, "bits_per_value": None, "psnr": None}
     results = [chunks.Encoded(0, i, [object()], [], {}, {"u+v": rate}) for i, rate in enumerate([full, small, small])]
     plan = chunks.Coder.plan_for(Units(), results)
     assert plan["rates"] == {"u+v": small} and plan["tokens"] == {"u+v": True}

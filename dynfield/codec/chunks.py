@@ -23,7 +23,7 @@ from .entropy import TokenCounts, TokenModel, decode_tokens, encode_tokens
 from .field import normalise, prediction, reconstruct, token_grid, token_shape, tokenize, tokens_to_numpy
 from .header import PER_VARIABLE, RATE_SETTINGS, snapshots
 
-BUDGET_FRACTIONS = (0.25, 0.5)  # token budgets a bounded unit also tries, as fractions of its full depth's rate
+DEPTH_FRACTIONS = (0.25, 0.5)  # shallower depths a bounded unit also tries, as fractions of the full depth
 
 
 def unit_key(unit):
@@ -34,7 +34,7 @@ class Encoded(NamedTuple):
     """A snapshot encoded, before entropy coding: its group and index, the ``FieldTokens`` of each unit (None
     for a unit without tokens), each variable's value section, the residual coder each bounded variable
     chose ({variable: "integer" | "sperr" | "sz3"}) and the rate setting each unit's kept tokens were
-    chosen at ({unit key: {"bits_per_value": ...}}, see ``Coder.rates``)."""
+    chosen at ({unit key: {"depth": ...}}, see ``Coder.rates``)."""
 
     group: int
     snapshot: int
@@ -115,6 +115,11 @@ class Layout:
         return out
 
 
+def _families(unit, sections):
+    """{variable: [the residual coder its section chose]}: what a later coding of the unit may try."""
+    return {v: [family] for v, (_, family) in zip(unit, sections)}
+
+
 def _size(sections):
     return sum(len(data) for data, _ in sections)
 
@@ -186,17 +191,24 @@ class Coder(Layout):
         ways = [(j, rate, tokens) for j in optional for rate, tokens in options[j]]
         estimates = self._reconstructions([units[j] for j, _, _ in ways], [t for _, _, t in ways], shape,
                                           exact=False)  # every way of every unit in one batch
-        alone, families, token_bytes, best = {}, {}, {}, {}
+        alone, families, token_bytes, best, cheapest = {}, {}, {}, {}, {}
         for j in optional:
             alone[j] = self._sections(units[j], xs, norms, None)
             best[j], fields[j] = _size(alone[j]), None
         for (j, rate, tokens), estimate in zip(ways, estimates):
-            guess = self._sections(units[j], xs, norms, tokens, estimate)
+            # a unit's ways are ranked with the coders its fields chose alone; only its cheapest tries them all
             price = len(encode_tokens(tokens, self.factors, self.usage_model()))
+            ranked = price
+            if len(options[j]) > 1:
+                ranked += _size(self._sections(units[j], xs, norms, tokens, estimate, _families(units[j], alone[j])))
+            if j not in cheapest or ranked < cheapest[j][0]:
+                cheapest[j] = (ranked, rate, tokens, estimate, price)
+        for j, (_, rate, tokens, estimate, price) in cheapest.items():
+            guess = self._sections(units[j], xs, norms, tokens, estimate)
             if _size(guess) + price < best[j]:
                 best[j], fields[j], chosen[j], token_bytes[j] = _size(guess) + price, tokens, rate, price
                 # the exact reconstruction's residual tries only the coders that won against the estimate
-                families[j] = {v: [family] for v, (_, family) in zip(units[j], guess)}
+                families[j] = _families(units[j], guess)
         # the residuals of bounded units are taken against their exact reconstructions
         bounded = [any(self.bound(v) is not None for v in unit) for unit in units]
         recons = self._reconstructions(units, [t if b else None for t, b in zip(fields, bounded)], shape)
@@ -219,19 +231,21 @@ class Coder(Layout):
         """The rate settings (keyword arguments of ``tokenize``) a unit's tokens are tried at.
 
         The file's own setting, and where none was asked for and every
-        variable of the unit has a bound, also a ladder of smaller token
-        budgets (``BUDGET_FRACTIONS`` of the full depth's rate): under a
+        variable of the unit has a bound, also shallower depths
+        (``DEPTH_FRACTIONS`` of the full depth, every region at it): under a
         loose bound a few tokens and a larger residual can cost less than
-        every stage. The plan's snapshots try them all; the snapshots after
-        them use the setting the plan chose (``plan_for``).
+        every stage. A depth costs one pass of the tokenizer, where a token
+        budget (the rd allocation) would decode every choice. The plan's
+        snapshots try them all; the snapshots after them use the setting the
+        plan chose (``plan_for``).
         """
         if self.plan is not None:
             return [self.plan["rates"].get(unit_key(unit), self.rate)]
         if (any(value is not None for value in self.rate.values()) or self.stages == 1
                 or any(self.bound(v) is None for v in unit)):
             return [self.rate]
-        full = self.stages * np.log2(self.codebook_size) / (len(unit) * self.factors[-1] ** 2)  # bits a value
-        return [self.rate] + [{"bits_per_value": float(f * full)} for f in BUDGET_FRACTIONS]
+        depths = sorted({max(1, round(f * self.stages)) for f in DEPTH_FRACTIONS} - {self.stages})
+        return [self.rate] + [{"depth": d} for d in depths]
 
     def _tokenize(self, units, xs, norms, tries):
         """{j: [(rate, FieldTokens)]}: the tokens of units[j] at each rate of tries[j], the units of one rate
@@ -241,6 +255,13 @@ class Coder(Layout):
             for rate in rates:
                 by_rate.setdefault(tuple(sorted(rate.items())), []).append(j)
         for key, js in by_rate.items():
+            rate = dict(key)
+            if set(rate) == {"depth"} and not self.nested and all(j in out for j in js):
+                # the full depth's tokens stopped earlier: the grains do not depend on the depth, nor do the
+                # codes of the stages kept (``DQVAE.encode``), so the tokenizer need not run again
+                for j in js:
+                    out[j].append((rate, out[j][0][1].shallower(rate["depth"])))
+                continue
             x_UCHW = torch.from_numpy(np.stack([np.stack([normalise(xs[v], *norms[v]) for v in units[j]])
                                                 for j in js]))
             for j, t in zip(js, tokens_to_numpy(tokenize(self.model, x_UCHW.to(self.device), **dict(key)))):

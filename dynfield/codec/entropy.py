@@ -108,6 +108,15 @@ class FieldTokens(NamedTuple):
         return out
 
 
+    def shallower(self, depth):
+        """The same tokens with every region stopped at `depth` stages at most (alternative levels only)."""
+        if self.nested:
+            raise ValueError("nested tokens keep every stage of their coarser levels: encode them again")
+        stages = [np.arange(len(c))[:, None, None] for c in self.codes]
+        return FieldTokens(self.grain, np.minimum(self.depth, depth),
+                           [np.where(s < depth, c, -1) for s, c in zip(stages, self.codes)])
+
+
 class TokenModel:
     """Integer counts per grain level (``grain``, (K,)), per depth (``depth``, (S,), depth d at d - 1)
     and per code of each level and stage (``codes``, K x S x (N,))."""

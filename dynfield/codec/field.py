@@ -47,13 +47,14 @@ def token_grid(shape, factors):
 
 
 @torch.no_grad()
-def tokenize(model, x_BCHW, fine_ratio=None, bits_per_value=None, psnr=None):
+def tokenize(model, x_BCHW, fine_ratio=None, bits_per_value=None, psnr=None, depth=None):
     """Tokens of normalised fields (B, C, H, W); fields under two coarsest regions are padded by replication.
 
     The router chooses the grains (at `fine_ratio` if given) and every region
-    gets the full depth, unless `bits_per_value` or `psnr` asks for the
-    rate-distortion allocation of grains and depths (``rd_allocate``). On a
-    CPU with bfloat16 the model runs in it (``dynfield.models.precision``).
+    gets `depth` stages (default: all), unless `bits_per_value` or `psnr`
+    asks for the rate-distortion allocation of grains and depths
+    (``rd_allocate``). On a CPU with bfloat16 the model runs in it
+    (``dynfield.models.precision``).
     """
     H, W = x_BCHW.shape[-2:]
     Ht, Wt = token_shape((H, W), model.factors)
@@ -62,7 +63,7 @@ def tokenize(model, x_BCHW, fine_ratio=None, bits_per_value=None, psnr=None):
     with autocast(model):
         if bits_per_value is not None or psnr is not None:
             return rd_allocate(model, x_BCHW, bits_per_value=bits_per_value, psnr=psnr)
-        return model.encode(x_BCHW, fine_ratio=fine_ratio)
+        return model.encode(x_BCHW, fine_ratio=fine_ratio, depth=depth)
 
 
 def tokens_to_numpy(tokens):
