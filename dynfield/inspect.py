@@ -27,7 +27,8 @@ def report(info):
         f"model: {model['class']} sha256 {model['sha256']}",
         f"       {model['in_channels']} channel(s), factors {model['factors']}, {model['codebook_size']} codes, "
         f"{info['mode']} coding",
-        f"fine ratio setting: {settings['fine_ratio']}; fraction of fine regions: {info['fine_fraction']:.3f}",
+        f"fine ratio setting: {settings['fine_ratio']}; fraction of fine regions: {info['fine_fraction']:.3f}; "
+        f"mean depth {info['mean_depth']:.2f} of {info['stages']} stages",
         f"error bound: {bound}",
         (f"tokens: {tokens['bits']:.0f} bits, range coded under the {info['token_prior']['order']} prior "
          f"{info['token_prior']['sha256'][:12]}...; " if info["token_prior"] else

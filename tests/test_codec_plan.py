@@ -5,7 +5,7 @@ import pytest
 import xarray as xr
 from conftest import tiny_tokenizer
 
-from dynfield.codec import chunks, compress_file, decompress_file, residual
+from dynfield.codec import chunks, compress_file, decompress_file, inspect_file, residual
 from dynfield.codec.entropy import FieldTokens
 
 SNAPSHOTS, PLAN, CALIBRATION = 8, 2, 4
@@ -104,6 +104,7 @@ def test_bounded_tokens_are_tried_at_shallower_depths_only_where_no_rate_was_ask
     asked.clear()
     compress_file(src, tmp_path / "t.dfz", checkpoint=ckpt, progress=False)  # no bound: full depth only
     assert len(asked) == SNAPSHOTS and not any(r.get("bits_per_value") or r.get("depth") for r in asked)
+    assert (inspect_file(tmp_path / "t.dfz")["mean_depth"], inspect_file(tmp_path / "t.dfz")["stages"]) == (4, 4)
 
 
 def test_the_plan_keeps_the_rate_most_of_its_snapshots_chose():

@@ -26,7 +26,7 @@ How a file is coded
 - Plan. The first ``PLAN_CHUNKS`` snapshots of each group are coded every
   way the codec knows: with and without tokens, under every residual coder,
   and (for a bounded unit of a multi-stage tokenizer, when no rate was asked
-  for) with tokens at full depth and at smaller token budgets
+  for) with tokens at full depth and at shallower depths
   (``Coder.rates``). The snapshots after them try only the ways those chose
   (``Coder.plan_for``): a unit that never kept its tokens skips the
   tokenizer, a unit that kept them uses the rate most of them chose, a
@@ -326,7 +326,8 @@ def inspect_file(path):
     Returns a dict: sizes and bits per value overall and per variable (a
     joint token stream is shared evenly among its variables), compression
     ratio against the decoded dtypes, the model's identity, the settings,
-    the fraction of fine regions, token bits spent against their ideal code
+    the fraction of fine regions and the mean depth of the regions' tokens
+    (of ``stages``), token bits spent against their ideal code
     length under the stored model and their empirical entropy, non-finite
     values and escapes per variable. Where a prior coded the tokens (named
     under ``token_prior``) only their bits are counted: the rest needs the prior.
@@ -370,6 +371,7 @@ def inspect_file(path):
                     per_var[v]["residual_coders"][coder] = per_var[v]["residual_coders"].get(coder, 0) + 1
         tokens["entropy_bits"] = sum(h.entropy_bits() for h in hists.values())
         levels = sum((h.grain for h in hists.values()), np.zeros(K, np.int64))
+        depths = sum((h.depth for h in hists.values()), np.zeros(layout.stages, np.int64))
         size, version, header_bytes = reader.size, reader.version, reader.chunks_start
     variables, n_values, input_bytes = {}, 0, 0
     for v, meta in header["variables"].items():
@@ -390,6 +392,7 @@ def inspect_file(path):
         "mode": header["mode"], "settings": header["settings"], "chunks": header["n_chunks"],
         "fine_fraction": float(levels[:-1].sum() / max(levels.sum(), 1)),
         "level_fractions": (levels / max(levels.sum(), 1)).tolist(),
+        "stages": layout.stages, "mean_depth": float(depths @ np.arange(1, layout.stages + 1) / max(depths.sum(), 1)),
         "tokens": tokens, "variables": variables, "token_prior": header.get("prior"),
     }
 
