@@ -1,9 +1,9 @@
 """Codec throughput: MB/s of input (the file's own dtype) for compress and decompress.
 
 Token-only compression at the codec's default rate or at one fine ratio
-(or, with ``--rel-error``, error-bounded compression), with 1..N worker processes, then decompression
-of the result; the best of ``--repeat`` runs of each. Writes
-``throughput.json`` into ``--out``.
+(or, with ``--rel-error``, error-bounded compression), with 1..N worker
+processes, then decompression of the result; the best of ``--repeat`` runs
+of each. Writes ``throughput.json`` into ``--out``.
 
     python benchmarks/throughput.py --data run.nc [--checkpoint C] [--workers 1,2] [--rel-error 1e-2] \
         --out benchmarks/results

@@ -104,7 +104,8 @@ def test_bounded_tokens_are_tried_at_shallower_depths_only_where_no_rate_was_ask
     asked.clear()
     compress_file(src, tmp_path / "t.dfz", checkpoint=ckpt, progress=False)  # no bound: full depth only
     assert len(asked) == SNAPSHOTS and not any(r.get("bits_per_value") or r.get("depth") for r in asked)
-    assert (inspect_file(tmp_path / "t.dfz")["mean_depth"], inspect_file(tmp_path / "t.dfz")["stages"]) == (4, 4)
+    info = inspect_file(tmp_path / "t.dfz")
+    assert (info["mean_depth"], info["stages"]) == (4, 4)
 
 
 def test_the_plan_keeps_the_rate_most_of_its_snapshots_chose():
